@@ -1,0 +1,254 @@
+"""The AMDIM encoder and its evaluation classifiers.
+
+Architecture and parameter names follow the original code (Bachman, Hjelm & Buchwalter 2019) so that its
+released checkpoints load with a plain key translation (see checkpoint.py). Pure modules: no device, process or
+precision logic lives here.
+
+Vocabulary used throughout:
+- ndf: width (channels) of the encoder's first layer; later stages use 2x, 4x, 8x.
+- n_rkhs: width of the embeddings that the NCE costs compare (the paper's "fake RKHS" space).
+- r1, r5, r7: embeddings of the 1x1 (global), 5x5 and 7x7 (local) feature maps.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ENCODER_SIZES = (32, 64, 128)
+
+
+def maybe_bn2d(n_channels, use_bn):
+    """BatchNorm2d when use_bn, else identity (the original kept unused BN parameters; we don't)."""
+    return nn.BatchNorm2d(n_channels) if use_bn else nn.Identity()
+
+
+class Conv3x3(nn.Module):
+    """pad -> conv -> ReLU. The original's stem layer; it never uses BatchNorm, so the conv has a bias."""
+
+    def __init__(self, n_in, n_out, kernel, stride, pad, pad_mode="constant"):
+        super().__init__()
+        self.pad = pad
+        self.pad_mode = pad_mode
+        self.conv = nn.Conv2d(n_in, n_out, kernel, stride, 0, bias=True)
+
+    def forward(self, x):
+        """x: (B, n_in, H, W) -> (B, n_out, H', W')."""
+        if self.pad > 0:
+            x = F.pad(x, (self.pad,) * 4, mode=self.pad_mode)
+        return F.relu(self.conv(x))
+
+
+class ConvResNxN(nn.Module):
+    """Residual unit: conv(width, stride) -> BN? -> ReLU -> 1x1 conv, plus an average-pooled shortcut.
+
+    When n_out > n_in the shortcut is padded with zero channels after the existing ones. There is no ReLU after
+    the sum (as in the original).
+    """
+
+    def __init__(self, n_in, n_out, width, stride, pad, use_bn=False):
+        super().__init__()
+        if n_out < n_in:
+            raise ValueError(f"ConvResNxN needs n_out >= n_in, got {n_in} -> {n_out}")
+        self.width, self.stride, self.pad = width, stride, pad
+        self.n_grow = n_out - n_in
+        self.conv1 = nn.Conv2d(n_in, n_out, width, stride, pad, bias=False)
+        self.bn1 = maybe_bn2d(n_out, use_bn)
+        self.conv2 = nn.Conv2d(n_out, n_out, 1, 1, 0, bias=False)
+
+    def init_weights(self, init_scale=1.0):
+        fixup_init(self.conv1, self.conv2, init_scale)
+
+    def forward(self, x):
+        """x: (B, n_in, H, W) -> (B, n_out, H', W')."""
+        h = self.conv2(F.relu(self.bn1(self.conv1(x))))
+        shortcut = F.avg_pool2d(x, self.width, self.stride, self.pad)
+        if self.n_grow > 0:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.n_grow))
+        return h + shortcut
+
+
+class ConvResBlock(nn.Module):
+    """One ConvResNxN that changes width/resolution, then depth-1 ConvResNxN 1x1 units."""
+
+    def __init__(self, n_in, n_out, width, stride, pad, depth, use_bn):
+        super().__init__()
+        units = [ConvResNxN(n_in, n_out, width, stride, pad, use_bn)]
+        units += [ConvResNxN(n_out, n_out, 1, 1, 0, use_bn) for _ in range(depth - 1)]
+        # The original wrapped its units in an attribute called layer_list; keep the name for checkpoint keys.
+        self.layer_list = nn.Sequential(*units)
+
+    def forward(self, x):
+        return self.layer_list(x)
+
+
+class FakeRKHSConvNet(nn.Module):
+    """Residual 1x1 head that maps a local feature map into the n_rkhs embedding space.
+
+    conv -> BN? -> ReLU -> conv (zero-initialised), plus a 1x1 shortcut conv with bias that starts close to the
+    identity when n_out >= n_in; the sum goes through an always-on BatchNorm.
+    """
+
+    def __init__(self, n_in, n_out, use_bn=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(n_in, n_out, 1, bias=False)
+        self.bn_hid = maybe_bn2d(n_out, use_bn)
+        self.conv2 = nn.Conv2d(n_out, n_out, 1, bias=False)
+        self.shortcut = nn.Conv2d(n_in, n_out, 1, bias=True)
+        self.bn_out = nn.BatchNorm2d(n_out)
+        if n_out >= n_in:
+            with torch.no_grad():
+                self.shortcut.weight.uniform_(-0.01, 0.01)
+                self.shortcut.weight[:, :, 0, 0].fill_diagonal_(1.0)
+
+    def init_weights(self, init_scale=1.0):
+        fixup_init(self.conv1, self.conv2, init_scale)
+
+    def forward(self, x):
+        """x: (B, n_in, H, W) -> (B, n_out, H, W)."""
+        h = self.conv2(F.relu(self.bn_hid(self.conv1(x))))
+        return self.bn_out(h + self.shortcut(x))
+
+
+def fixup_init(first, second, init_scale):
+    """Fixup-style init of a residual branch: scaled default init for the first conv, zeros for the second,
+    so every residual unit starts as its shortcut."""
+    nn.init.kaiming_uniform_(first.weight, a=math.sqrt(5))
+    with torch.no_grad():
+        first.weight.mul_(init_scale)
+    nn.init.zeros_(second.weight)
+
+
+def _trunk(ndf, n_rkhs, n_depth, encoder_size, use_bn):
+    """The encoder's layer list for a given input size, and the index of its 7x7 tap (the BN? layer)."""
+    def block(n_in, n_out, width, stride):
+        return ConvResBlock(n_in, n_out, width, stride, 0, n_depth, use_bn)
+
+    if encoder_size == 32:
+        w = 4 * ndf
+        stem = [Conv3x3(3, ndf, 3, 1, 0), ConvResNxN(ndf, ndf, 1, 1, 0, use_bn),
+                block(ndf, 2 * ndf, 4, 2), block(2 * ndf, w, 2, 2)]
+    elif encoder_size in (64, 128):
+        w = 8 * ndf
+        if encoder_size == 64:
+            stem = [Conv3x3(3, ndf, 3, 1, 0)]
+        else:  # a strided 5x5 conv takes 128 px to 64 px; the rest is the 64 px encoder
+            stem = [Conv3x3(3, ndf, 5, 2, 2, pad_mode="reflect"), Conv3x3(ndf, ndf, 3, 1, 0)]
+        stem += [block(ndf, 2 * ndf, 4, 2), block(2 * ndf, 4 * ndf, 4, 2), block(4 * ndf, w, 2, 2)]
+    else:
+        raise ValueError(f"encoder_size must be one of {ENCODER_SIZES}, got {encoder_size}")
+    tail = [maybe_bn2d(w, use_bn),                       # 7x7 tap
+            block(w, w, 3, 1),                           # 5x5 tap
+            block(w, w, 3, 1),                           # 3x3
+            ConvResNxN(w, n_rkhs, 3, 1, 0, use_bn),      # 1x1
+            nn.BatchNorm2d(n_rkhs)]                      # 1x1 tap (always-on BN)
+    return stem + tail, len(stem)
+
+
+def last_width(ndf, encoder_size):
+    """Width of the encoder's last block; n_rkhs may not be smaller (its final ConvResNxN only grows)."""
+    return (4 if encoder_size == 32 else 8) * ndf
+
+
+class Encoder(nn.Module):
+    """Multiscale convolutional encoder: image -> (r1, r5, r7) embeddings."""
+
+    def __init__(self, ndf=128, n_rkhs=1024, n_depth=3, encoder_size=32, use_bn=False):
+        super().__init__()
+        if n_rkhs < last_width(ndf, encoder_size):
+            raise ValueError(f"n_rkhs ({n_rkhs}) must be >= the last block's width "
+                             f"({last_width(ndf, encoder_size)})")
+        layers, self.tap7 = _trunk(ndf, n_rkhs, n_depth, encoder_size, use_bn)
+        self.tap5 = self.tap7 + 1
+        self.layer_list = nn.ModuleList(layers)
+        w = last_width(ndf, encoder_size)
+        self.rkhs_block_5 = FakeRKHSConvNet(w, n_rkhs, use_bn)
+        self.rkhs_block_7 = FakeRKHSConvNet(w, n_rkhs, use_bn)
+
+    def init_weights(self, init_scale=1.0):
+        for m in self.modules():
+            if isinstance(m, (ConvResNxN, FakeRKHSConvNet)):
+                m.init_weights(init_scale)
+
+    def forward(self, x):
+        """x: (B, 3, S, S) with S the encoder size -> r1 (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5),
+        r7 (B, n_rkhs, 7, 7)."""
+        for i, layer in enumerate(self.layer_list):
+            x = layer(x)
+            if i == self.tap7:
+                h7 = x
+            elif i == self.tap5:
+                h5 = x
+        return x, self.rkhs_block_5(h5), self.rkhs_block_7(h7)
+
+
+class MLPClassifier(nn.Module):
+    """Linear classifier (n_hidden None) or one-hidden-layer MLP with dropout, as the original's."""
+
+    def __init__(self, n_input, n_classes, n_hidden=None, p=0.0):
+        super().__init__()
+        if n_hidden is None:
+            layers = [nn.Flatten(), nn.Dropout(p), nn.Linear(n_input, n_classes)]
+        else:
+            layers = [nn.Flatten(), nn.Dropout(p), nn.Linear(n_input, n_hidden, bias=False),
+                      nn.BatchNorm1d(n_hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(n_hidden, n_classes)]
+        self.block_forward = nn.Sequential(*layers)
+
+    def forward(self, x):
+        """x: (B, n_input) -> logits (B, n_classes)."""
+        return self.block_forward(x)
+
+
+class Evaluator(nn.Module):
+    """Online evaluation classifiers on the detached global embedding r1: an MLP and a linear model."""
+
+    def __init__(self, n_rkhs, n_classes):
+        super().__init__()
+        self.n_classes = n_classes
+        self.block_glb_mlp = MLPClassifier(n_rkhs, n_classes, n_hidden=1024, p=0.2)
+        self.block_glb_lin = MLPClassifier(n_rkhs, n_classes, n_hidden=None, p=0.0)
+
+    def forward(self, r1):
+        """r1: (B, n_rkhs, 1, 1) -> (mlp_logits (B, n_classes), linear_logits (B, n_classes)).
+
+        The input is detached: classifier gradients never reach the encoder.
+        """
+        h = r1.detach().flatten(1)
+        return self.block_glb_mlp(h), self.block_glb_lin(h)
+
+
+class Model(nn.Module):
+    """AMDIM: the encoder plus the online evaluation classifiers.
+
+    forward(x1, x2) runs both augmented views through the encoder in separate passes (so BatchNorm keeps
+    per-view statistics, as the original) and the classifiers on both views' r1 in one batch. forward(x1)
+    alone serves the classifier phase and evaluation.
+    """
+
+    def __init__(self, ndf, n_classes, n_rkhs, tclip=20.0, n_depth=3, encoder_size=32, use_bn=False):
+        super().__init__()
+        self.hyperparams = dict(ndf=ndf, n_classes=n_classes, n_rkhs=n_rkhs, tclip=float(tclip),
+                                n_depth=n_depth, encoder_size=encoder_size, use_bn=bool(use_bn))
+        self.encoder = Encoder(ndf, n_rkhs, n_depth, encoder_size, use_bn)
+        self.encoder.init_weights()
+        self.evaluator = Evaluator(n_rkhs, n_classes)
+
+    def reset_evaluator(self, n_classes):
+        """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205."""
+        self.evaluator = Evaluator(self.hyperparams["n_rkhs"], n_classes)
+        self.hyperparams["n_classes"] = n_classes
+
+    def forward(self, x1, x2=None):
+        """x1, x2: (B, 3, S, S) two views of the same B images.
+
+        Returns a dict: "x1" -> (r1, r5, r7) of view 1 (and "x2" likewise when x2 is given), and "logits" ->
+        (mlp_logits, linear_logits), shape (2B, n_classes) rows ordered [view 1; view 2], or (B, n_classes)
+        for x1 alone.
+        """
+        out = {"x1": self.encoder(x1)}
+        r1 = out["x1"][0]
+        if x2 is not None:
+            out["x2"] = self.encoder(x2)
+            r1 = torch.cat([r1, out["x2"][0]])
+        out["logits"] = self.evaluator(r1)
+        return out

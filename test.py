@@ -1,0 +1,75 @@
+"""Score a checkpoint's evaluation classifiers on a dataset's test split.
+
+    python test.py runs/default_run/amdim_cpt.pth --dataset C10 --input_dir ./data [--json]
+
+BatchNorm statistics are refreshed first exactly as train.py does before each test (up to 50 training batches,
+or test batches with --bn_warmup test), then every test image is scored once.
+"""
+import argparse
+import json
+
+import checkpoint
+import datasets
+import train
+from utils import UserError, pick_device, run_main, seed_everything
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint written by train.py or the original AMDIM code")
+    p.add_argument("--dataset", type=str.upper, default="STL10", choices=datasets.DATASETS)
+    p.add_argument("--input_dir", default="./data")
+    p.add_argument("--image_size", type=int, choices=(32, 64, 128), help="FOLDER only")
+    p.add_argument("--batch_size", type=int, default=200)
+    p.add_argument("--bn_warmup", choices=("train", "test"), default="train")
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1, help="seeds the augmentation of the BatchNorm refresh")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    args = p.parse_args(argv)
+    if args.dataset == "FOLDER" and args.image_size is None:
+        p.error("--dataset FOLDER needs --image_size 32, 64 or 128")
+    if args.batch_size < 2:
+        p.error("--batch_size must be at least 2")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    ckpt = checkpoint.read(args.checkpoint)
+    model = checkpoint.build_model(checkpoint.hyperparams(ckpt))
+    model.load_state_dict(checkpoint.translate_state_dict(ckpt["model"], model))
+    model.to(device)
+
+    hp = model.hyperparams
+    splits = datasets.build_splits(args.dataset, args.input_dir, "classifiers", image_size=args.image_size)
+    if splits.image_size != hp["encoder_size"]:
+        raise UserError(f"the checkpoint's encoder takes {hp['encoder_size']} px images but --dataset "
+                        f"{args.dataset} gives {splits.image_size} px; pick a dataset of that size")
+    if splits.n_classes != hp["n_classes"]:
+        raise UserError(f"the checkpoint's classifiers predict {hp['n_classes']} classes but {args.dataset} "
+                        f"has {splits.n_classes}: retrain them with train.py --classifiers --checkpoint_path "
+                        f"{args.checkpoint} --dataset {args.dataset}")
+
+    source = splits.train if args.bn_warmup == "train" else splits.test
+    bn_loader = train.make_loader(source, args.batch_size, args.num_workers, device, shuffle=True)
+    train.refresh_bn(model, bn_loader, device, args.amp, eval_encoder=bool(ckpt.get("eval_encoder", False)))
+    test_loader = train.make_loader(splits.test, args.batch_size, args.num_workers, device)
+    acc = train.evaluate(model, test_loader, device, args.amp)
+
+    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "n_images": acc["n_images"],
+              "top1_linear": acc["top1_linear"], "top1_mlp": acc["top1_mlp"]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.checkpoint} on {args.dataset} test ({acc['n_images']} images): top-1 linear "
+              f"{acc['top1_linear']:.2f}%, mlp {acc['top1_mlp']:.2f}%")
+    return result
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,147 @@
+"""Checkpoints: the original code's fixture, format translation, atomic writes and refusing unsafe files."""
+import glob
+import os
+import pickle
+
+import pytest
+import torch
+
+import checkpoint
+import model as M
+from utils import UserError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+ORIGINAL = os.path.join(FIXTURES, "amdim_original_c10_tiny.pth")
+EXPECTED = os.path.join(FIXTURES, "amdim_original_c10_tiny.expected.pt")
+
+
+def _outputs(m, x):
+    m.eval()
+    with torch.no_grad():
+        r1, r5, r7 = m.encoder(x)
+        mlp, lin = m.evaluator(r1)
+    return dict(r1=r1, r5=r5, r7=r7, logits_mlp=mlp, logits_lin=lin)
+
+
+def test_original_checkpoint_reproduces_its_recorded_outputs():
+    m = checkpoint.load_model(ORIGINAL)
+    expected = torch.load(EXPECTED, weights_only=True)
+    got = _outputs(m, expected["input"])
+    for k in ("r1", "r5", "r7", "logits_mlp", "logits_lin"):
+        assert torch.allclose(got[k], expected[k], atol=1e-5, rtol=0), k
+    assert m.hyperparams["ndf"] == 8 and m.hyperparams["use_bn"] is False
+
+
+def test_float16_weights_load_as_float32(tmp_path):
+    ckpt = torch.load(ORIGINAL, weights_only=True)
+    ckpt["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    path = tmp_path / "half.pth"
+    torch.save(ckpt, path)
+    m = checkpoint.load_model(str(path))
+    assert all(p.dtype == torch.float32 for p in m.state_dict().values() if p.is_floating_point())
+    expected = torch.load(EXPECTED, weights_only=True)
+    got = _outputs(m, expected["input"])
+    assert torch.allclose(got["r1"], expected["r1"], atol=0.05)
+
+
+def _as_original_keys(state_dict):
+    """Rewrite our keys in the original's naming: DataParallel prefix, MaybeBatchNorm2d's inner `.bn`."""
+    out = {}
+    for k, v in state_dict.items():
+        k = k.replace("encoder.", "encoder.module.", 1)
+        parts = k.split(".")
+        if parts[-1] in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") and \
+                parts[0] == "encoder" and (parts[-2].startswith("bn") or parts[-2] in ("4", "8")):
+            parts.insert(len(parts) - 1, "bn")
+        out[".".join(parts)] = v
+    out["g2l_loss.masks_r5"] = torch.zeros(25, 1, 5, 5, dtype=torch.uint8)
+    return out
+
+
+def test_original_format_with_batchnorm_loads_with_use_bn_honoured(tmp_path):
+    src = M.Model(ndf=8, n_classes=10, n_rkhs=32, n_depth=2, encoder_size=32, use_bn=True)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        for b in src.buffers():
+            if b.is_floating_point():
+                b.add_(0.1)
+    path = tmp_path / "orig_bn.pth"
+    torch.save({"model": _as_original_keys(src.state_dict()), "hyperparams": dict(src.hyperparams),
+                "cursor": {"info_epoch": 1, "info_step": 2, "classifier_epoch": 0, "classifier_step": 0}}, path)
+    loaded = checkpoint.load_model(str(path))
+    assert loaded.hyperparams["use_bn"] is True
+    x = torch.randn(3, 3, 32, 32)
+    a, b = _outputs(src, x), _outputs(loaded, x)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_weights_that_do_not_fit_are_reported(tmp_path):
+    ckpt = torch.load(ORIGINAL, weights_only=True)
+    del ckpt["model"]["encoder.module.layer_list.0.conv.weight"]
+    path = tmp_path / "broken.pth"
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match="do not fit"):
+        checkpoint.load_model(str(path))
+
+
+def test_save_is_atomic_and_keeps_the_previous_file(tmp_path):
+    path = str(tmp_path / "c.pth")
+    checkpoint.save({"model": {"w": torch.ones(2)}, "hyperparams": {}, "n": 1}, path)
+    checkpoint.save({"model": {"w": torch.zeros(2)}, "hyperparams": {}, "n": 2}, path)
+    assert torch.load(path, weights_only=True)["n"] == 2
+    assert torch.load(path + ".prev", weights_only=True)["n"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["c.pth", "c.pth.prev"]
+
+
+def test_failed_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path):
+    path = str(tmp_path / "c.pth")
+    checkpoint.save({"model": {}, "hyperparams": {}, "n": 1}, path)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(Exception):
+        checkpoint.save({"model": {}, "bad": Unsaveable()}, path)
+    assert torch.load(path, weights_only=True)["n"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["c.pth"]
+
+
+def test_missing_truncated_and_foreign_files_give_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        checkpoint.read(str(tmp_path / "nope.pth"))
+    data = open(ORIGINAL, "rb").read()
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated"):
+        checkpoint.read(str(truncated))
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"weights": torch.ones(1)}, foreign)
+    with pytest.raises(UserError, match="not an AMDIM checkpoint"):
+        checkpoint.read(str(foreign))
+    text = tmp_path / "text.pth"
+    text.write_text("hello")
+    with pytest.raises(UserError):
+        checkpoint.read(str(text))
+
+
+class _Payload:
+    """Unpickling this would create a file: what a malicious checkpoint does."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "hyperparams": {}, "x": _Payload(str(target))}, path, pickle_module=pickle)
+    assert not target.exists()
+    with pytest.raises(UserError, match="refusing to load"):
+        checkpoint.read(str(path))
+    assert not target.exists()
