@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-test.txt
 # Self-supervised training on the embedded DIGITS data (a few minutes on 2 CPU cores), then test.py.
 demo: $(STAMP)
 	$(BIN)/python train.py --dataset DIGITS --output_dir runs --run_name demo \
-		--ndf 16 --n_rkhs 128 --n_depth 1 --batch_size 100 --epochs 12 --warmup_updates 50 --num_workers 2
+		--ndf 16 --n_rkhs 128 --n_depth 1 --batch_size 100 --epochs 30 --warmup_updates 50 --num_workers 2
 	$(BIN)/python test.py $(DEMO_DIR)/amdim_cpt.pth --dataset DIGITS
 
 test: $(STAMP)

@@ -1,0 +1,182 @@
+"""Datasets and augmentation: real image files, the two-view recipe, and user-facing errors."""
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+import datasets
+from utils import UserError
+
+
+def test_digits_split_is_fixed_and_normalised_by_its_training_statistics():
+    a = datasets.build_splits("DIGITS", "unused", "self_supervised")
+    b = datasets.build_splits("DIGITS", "unused", "self_supervised")
+    assert (len(a.train), len(a.test), a.n_classes, a.image_size) == (1500, 297, 10, 32)
+    (xa, ya), (xb, yb) = datasets.digits_arrays()[0], datasets.digits_arrays()[0]
+    assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    assert xa.dtype == np.uint8 and xa.shape == (1500, 32, 32, 3)
+    test = torch.stack([a.test[i][0] for i in range(len(a.test))])
+    assert test.shape == (297, 3, 32, 32)
+    # The un-augmented training images, normalised with the split's own mean/std: ~zero mean, unit std.
+    view = a.train.transform.view_transform.transforms[-1]
+    x = torch.from_numpy(xa).permute(0, 3, 1, 2).float() / 255
+    z = (x - torch.tensor(view.mean)[:, None, None]) / torch.tensor(view.std)[:, None, None]
+    assert z.mean().abs() < 1e-4 and (z.std() - 1).abs() < 1e-3
+    x1, x2, y = a.train[0]
+    assert x1.shape == x2.shape == (3, 32, 32) and x1.dtype == torch.float32 and isinstance(y, int)
+    assert not torch.equal(x1, x2)       # two independent augmentations
+
+
+def _asymmetric_image():
+    arr = np.zeros((32, 32, 3), dtype=np.uint8)
+    arr[:, :16] = 255                    # left half white
+    return Image.fromarray(arr)
+
+
+def test_horizontal_flip_is_shared_by_both_views():
+    tv = datasets.TwoViews(T.Compose([T.PILToTensor()]))
+    torch.manual_seed(0)
+    flipped = []
+    for _ in range(200):
+        v1, v2 = tv(_asymmetric_image())
+        assert torch.equal(v1, v2)       # deterministic per-view transform: views differ only if flips differ
+        flipped.append(v1[0, 0, 0].item() == 0)
+    assert 70 < sum(flipped) < 130       # ~half flipped
+
+
+def test_views_draw_their_other_augmentations_independently():
+    tv = datasets.TwoViews(datasets.train_view_transform("cifar"))
+    torch.manual_seed(1)
+    img = Image.fromarray(np.random.RandomState(0).randint(0, 255, (32, 32, 3), dtype=np.uint8))
+    differ = sum(not torch.equal(*tv(img)) for _ in range(50))
+    assert differ >= 45
+
+
+def test_translate_is_a_crop_of_the_reflect_padded_image_within_4px():
+    img = Image.fromarray(np.random.RandomState(1).randint(0, 255, (32, 32, 3), dtype=np.uint8))
+    arr = np.asarray(img)
+    padded = np.pad(arr, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    crop = T.RandomCrop(32, padding=4, padding_mode="reflect")
+    torch.manual_seed(2)
+    offsets = set()
+    for _ in range(300):
+        out = np.asarray(crop(img))
+        matches = [(dy, dx) for dy in range(9) for dx in range(9)
+                   if np.array_equal(out, padded[dy:dy + 32, dx:dx + 32])]
+        assert matches
+        offsets.add(matches[0])
+    assert len(offsets) > 40              # offsets spread over the 9x9 grid
+
+
+def _write_folder(root, classes=("a", "b"), size=(40, 40)):
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            Image.fromarray(rng.randint(0, 255, (*size, 3), dtype=np.uint8)).save(d / "rgb.jpg")
+            Image.fromarray(rng.randint(0, 255, size, dtype=np.uint8), mode="L").save(d / "gray.png")
+            Image.fromarray(rng.randint(0, 255, (*size, 4), dtype=np.uint8), mode="RGBA").save(d / "rgba.png")
+            Image.fromarray(rng.randint(0, 255, (12, 9, 3), dtype=np.uint8)).save(d / "small.png")
+            Image.fromarray(np.full(size, 50000, dtype=np.uint16)).save(d / "deep.png")
+            Image.fromarray(rng.randint(0, 255, (*size, 3), dtype=np.uint8)).convert("CMYK").save(d / "cmyk.jpg")
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_image_folder_of_mixed_files_at_every_size(tmp_path, size):
+    _write_folder(tmp_path)
+    s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=size)
+    assert s.n_classes == 2 and s.image_size == size and len(s.train) == len(s.test) == 12
+    for i in range(len(s.train)):
+        x1, x2, y = s.train[i]
+        assert x1.shape == x2.shape == (3, size, size) and y in (0, 1)
+    for i in range(len(s.test)):
+        assert s.test[i][0].shape == (3, size, size)
+
+
+def test_16bit_images_are_scaled_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 50000, dtype=np.uint16)).save(path)
+    img = datasets.load_rgb(str(path))
+    assert img.mode == "RGB" and np.asarray(img)[0, 0].tolist() == [50000 >> 8] * 3
+
+
+def test_grayscale_rgba_and_cmyk_become_rgb(tmp_path):
+    _write_folder(tmp_path)
+    for name in ("gray.png", "rgba.png", "cmyk.jpg"):
+        assert datasets.load_rgb(str(tmp_path / "train" / "a" / name)).mode == "RGB"
+
+
+def test_in128_accepts_the_original_folder_names(tmp_path):
+    _write_folder(tmp_path)
+    (tmp_path / "train").rename(tmp_path / "ILSVRC2012_img_train")
+    (tmp_path / "val").rename(tmp_path / "ILSVRC2012_img_val")
+    s = datasets.build_splits("IN128", str(tmp_path), "self_supervised")
+    assert s.image_size == 128 and s.n_classes == 2
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        datasets.build_splits("FOLDER", str(tmp_path / "missing"), "self_supervised", image_size=32)
+    with pytest.raises(UserError, match="train/ and val/"):
+        datasets.build_splits("PLACES205", str(tmp_path), "self_supervised")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(UserError, match="no images"):
+        datasets.build_splits("IN128", str(tmp_path), "self_supervised")
+    with pytest.raises(UserError, match="image_size"):
+        datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=48)
+
+
+def test_mismatched_class_folders_are_refused(tmp_path):
+    _write_folder(tmp_path)
+    (tmp_path / "val" / "b").rename(tmp_path / "val" / "c")
+    with pytest.raises(UserError, match="different class folders"):
+        datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32)
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(UserError, match="bad.jpg"):
+        datasets.load_rgb(str(bad))
+
+
+def test_torchvision_dataset_absent_without_download_is_a_user_error(tmp_path):
+    for name in ("C10", "C100", "STL10"):
+        with pytest.raises(UserError, match="not found in"):
+            datasets.build_splits(name, str(tmp_path), "self_supervised", download=False)
+
+
+@pytest.mark.parametrize("aug", ["autoaugment", "fast_autoaugment"])
+def test_policy_augmentations_give_valid_views(aug):
+    s = datasets.build_splits("DIGITS", "unused", "self_supervised", aug=aug)
+    torch.manual_seed(3)
+    for i in range(20):
+        x1, x2, _ = s.train[i]
+        assert x1.shape == (3, 32, 32) and torch.isfinite(x1).all() and torch.isfinite(x2).all()
+
+
+def test_fast_autoaugment_policy_table():
+    policy = datasets.FAA_IMAGENET_POLICY
+    assert len(policy) == 498 and all(len(sub) == 2 for sub in policy)
+    for sub in policy:
+        for name, prob, magnitude in sub:
+            assert name in datasets._FAA_RANGES and 0 <= prob <= 1 and 0 <= magnitude <= 1
+    assert policy[0] == (("ShearY", 0.14143816458479197, 0.513124791615952),
+                         ("Sharpness", 0.9290316227291179, 0.9788406212603302))
+
+
+def test_fast_autoaugment_operations_map_magnitudes():
+    img = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    same = datasets._faa_op(img, "Brightness", 0.5)           # factor 1.0: identity
+    assert np.array_equal(np.asarray(same), np.asarray(img))
+    posterized = np.asarray(datasets._faa_op(img, "Posterize", 0.0))   # 4 bits kept
+    assert np.all(posterized % 16 == 0)
+    solarized = np.asarray(datasets._faa_op(img, "Solarize", 1.0))     # threshold 256: unchanged
+    assert np.array_equal(solarized, np.asarray(img))
+    torch.manual_seed(0)
+    cut = np.asarray(datasets._faa_op(img, "Cutout", 1.0))             # side 0.2 * 64 px
+    filled = np.all(cut == [125, 123, 114], axis=-1)
+    assert 0 < filled.sum() <= 13 * 13 + 30
