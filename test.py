@@ -11,7 +11,7 @@ import json
 import checkpoint
 import datasets
 import train
-from utils import UserError, pick_device, run_main, seed_everything
+from utils import Dist, UserError, pick_device, run_main, seed_everything
 
 
 def parse_args(argv=None):
@@ -58,8 +58,7 @@ def main(argv=None):
     source = splits.train if args.bn_warmup == "train" else splits.test
     bn_loader = train.make_loader(source, args.batch_size, args.num_workers, device, shuffle=True)
     train.refresh_bn(model, bn_loader, device, args.amp, eval_encoder=bool(ckpt.get("eval_encoder", False)))
-    test_loader = train.make_loader(splits.test, args.batch_size, args.num_workers, device)
-    acc = train.evaluate(model, test_loader, device, args.amp)
+    acc = train.evaluate(model, splits.test, Dist(device=device), args.amp, args.batch_size, args.num_workers)
 
     result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "n_images": acc["n_images"],
               "top1_linear": acc["top1_linear"], "top1_mlp": acc["top1_mlp"]}

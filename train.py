@@ -10,17 +10,20 @@ files and metrics.jsonl. Re-running the same command resumes from that checkpoin
 import argparse
 import os
 import random
+import sys
 import time
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 import checkpoint
 import costs
 import datasets
 import mixed_precision as mp
 from model import last_width
-from utils import Dist, Meters, RunLog, UserError, pick_device, run_main, seed_everything
+import utils
+from utils import Meters, RunLog, UserError, run_main, seed_everything
 
 SELF_SUPERVISED, CLASSIFIERS = "self_supervised", "classifiers"
 # Model flags: their defaults (the original's) apply only when no checkpoint provides them.
@@ -68,8 +71,13 @@ def parse_args(argv=None):
                    help="images used to refresh BatchNorm statistics before each test")
     p.add_argument("--resume", choices=("auto", "never"), default="auto",
                    help="auto: continue from <output_dir>/<run_name>/<cpt_name> when it exists")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--log_every", type=int, default=50, help="updates between progress lines")
+    p.add_argument("--checkpoint_every", type=int, default=0,
+                   help="also save every N updates mid-epoch (0: only at the end of each epoch)")
+    p.add_argument("--sync_bn", action="store_true", help="synchronise BatchNorm statistics across processes")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: every visible CUDA GPU (one process each), else the CPU")
+    p.add_argument("--log_every", type=int, default=50,
+                   help="updates between progress lines when stdout is not a terminal")
     args = p.parse_args(argv)
 
     args.phase = CLASSIFIERS if args.classifiers else SELF_SUPERVISED
@@ -182,7 +190,9 @@ def loss_terms(model, batch, args, tclip, dist):
             n = x1.shape[0]
             locs1 = costs.sample_locations(n, device=dist.device)
             locs2 = costs.sample_locations(n, device=dist.device)
-            terms = costs.infomax_costs(f1, f2, tclip, locs1, locs2)
+            # Negatives come from the global batch: every rank scores its own sources against all targets.
+            gather = utils.all_gather_autograd if dist.active else None
+            terms = costs.infomax_costs(f1, f2, tclip, locs1, locs2, gather=gather, pos_offset=dist.rank * n)
             labels = torch.cat([y, y])
             terms.update(classifier_terms(out["logits"], labels))
         return terms, (out["logits"], labels)
@@ -205,35 +215,41 @@ def set_train_mode(model, args):
         model.encoder.eval()
 
 
-def train_epoch(model, loader, optimizer, scaler, args, state, log, dist):
-    """One pass over the training data; updates state["cursor"] per update. Returns the epoch's mean terms."""
-    cur, ep_key, step_key = state["cursor"], state["epoch_key"], state["step_key"]
-    epoch = cur[ep_key]
-    set_train_mode(model, args)
+def train_epoch(run, loader, save_midway):
+    """One pass over the training data (or its rest, after a mid-epoch resume). Updates the cursor after every
+    update and calls save_midway(batches_done) every --checkpoint_every updates. Returns the epoch's means,
+    averaged over all processes."""
+    args, dist, cur = run.args, run.dist, run.cursor
+    epoch = cur[run.epoch_key]
+    set_train_mode(run.model, args)
     meters = Meters()
+    first = loader.sampler.skip_batches
+    progress = utils.Progress(len(loader), f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
+                              run.log)
     t0, seen = time.perf_counter(), 0
-    for i, batch in enumerate(loader):
-        lr = learning_rate(args, epoch, cur[step_key], state["epochs"], state["milestones"])
-        for group in optimizer.param_groups:
+    for i, batch in enumerate(loader, start=first):
+        lr = learning_rate(args, epoch, cur[run.step_key], run.epochs, run.milestones)
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        terms, (logits, labels) = loss_terms(model, batch, args, state["tclip"], dist)
+        terms, (logits, labels) = loss_terms(run.ddp_model, batch, args, run.tclip, dist)
         loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        cur[step_key] += 1
-        seen += labels.shape[0] if args.phase == CLASSIFIERS else labels.shape[0] // 2
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        cur[run.step_key] += 1
+        seen += batch[0].shape[0] * dist.world_size
         values = {k: v.item() for k, v in terms.items()}
         values["loss"] = loss.item()
         values.update(train_accuracy(logits, labels))
         meters.update(values)
-        log.scalars(f"{args.phase}/train", dict(values, lr=lr), cur[step_key])
-        if (i + 1) % args.log_every == 0:
-            rate = seen / (time.perf_counter() - t0)
-            log.print(f"epoch {epoch + 1} update {i + 1}/{len(loader)} loss {values['loss']:.4f} lr {lr:.2e} "
-                      f"{rate:.1f} img/s")
-    means = meters.means()
+        rate = seen / (time.perf_counter() - t0)
+        run.log.scalars(f"{args.phase}/train", dict(values, lr=lr, img_per_s=rate), cur[run.step_key])
+        progress.update(loss=values["loss"], lr=lr, img_per_s=rate)
+        if args.checkpoint_every and cur[run.step_key] % args.checkpoint_every == 0 and i + 1 < len(loader) + first:
+            save_midway(i + 1)
+    progress.close()
+    means = meters.reduce(dist)
     means["img_per_s"] = seen / max(time.perf_counter() - t0, 1e-9)
     return means
 
@@ -266,20 +282,31 @@ def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFR
             model(batch[0].to(device, non_blocking=True))
 
 
+def shard(dataset, dist):
+    """This rank's share of a test set: every world_size-th item, no padding, so each item is scored once."""
+    if not dist.active:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+
+
 @torch.no_grad()
-def evaluate(model, loader, device, amp):
-    """Top-1 accuracy (percent) of both classifiers over every item of `loader` (items (x, y)), in eval mode.
+def evaluate(model, dataset, dist, amp, batch_size, num_workers):
+    """Top-1 accuracy (percent) of both classifiers over every item of `dataset` (items (x, y)), in eval mode.
+    In a multi-process job pass each rank its shard(); the counts are summed over ranks.
 
     Returns {"n_images", "top1_mlp", "top1_linear"}."""
     model.eval()
+    loader = make_loader(dataset, batch_size, num_workers, dist.device)
     correct_mlp = correct_lin = total = 0
     for x, y in loader:
-        y = y.to(device)
-        with mp.autocast(device, amp):
-            mlp, lin = model(x.to(device, non_blocking=True))["logits"]
+        y = y.to(dist.device)
+        with mp.autocast(dist.device, amp):
+            mlp, lin = model(x.to(dist.device, non_blocking=True))["logits"]
         correct_mlp += (mlp.argmax(1) == y).sum().item()
         correct_lin += (lin.argmax(1) == y).sum().item()
         total += y.shape[0]
+    correct_mlp, correct_lin, total = utils.all_reduce_sum([correct_mlp, correct_lin, total], dist.device)
+    total = int(total)
     return {"n_images": total, "top1_mlp": 100.0 * correct_mlp / max(total, 1),
             "top1_linear": 100.0 * correct_lin / max(total, 1)}
 
@@ -289,15 +316,35 @@ def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_la
     which checkpoints restore, so a resumed run draws the same augmentations."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                        num_workers=num_workers, drop_last=drop_last,
-                                       pin_memory=device.type == "cuda",
-                                       persistent_workers=False)
+                                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 
-def test_accuracy(model, splits, args, device, bn_source_loader):
-    """The per-epoch test: BN refresh, then every test image scored once."""
-    refresh_bn(model, bn_source_loader, device, args.amp, eval_encoder=args.eval_encoder)
-    test_loader = make_loader(splits.test, args.batch_size, args.num_workers, device)
-    return evaluate(model, test_loader, device, args.amp)
+def test_accuracy(run):
+    """The per-epoch test: BN refresh on each rank's training batches, rank 0's statistics shared with every
+    rank, then every test image scored once across the ranks."""
+    args = run.args
+    refresh_bn(run.model, run.bn_loader, run.dist.device, args.amp, eval_encoder=args.eval_encoder)
+    utils.broadcast_buffers(run.model)
+    return evaluate(run.model, shard(run.splits.test, run.dist), run.dist, args.amp, run.per_rank,
+                    args.num_workers)
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler (a seeded permutation per epoch, split across ranks) that can skip the batches an
+    interrupted epoch already trained on, so a mid-epoch resume continues the same data order."""
+
+    def __init__(self, dataset, dist, seed, batch_size):
+        super().__init__(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed,
+                         drop_last=True)
+        self.batch_size = batch_size
+        self.skip_batches = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip_batches * self.batch_size:])
+
+    def __len__(self):
+        return super().__len__() - self.skip_batches * self.batch_size
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -324,98 +371,158 @@ def set_rng_state(state):
 
 # ----------------------------------------------------------------------------------------------------------
 
-def main(argv=None):
-    args = parse_args(argv)
-    dist = Dist(device=pick_device(args.device))
-    seed_everything(args.seed)
+class Run:
+    """Everything one training process holds: arguments, model, optimiser, data, cursor, logs."""
 
+
+def prepare_output(run_dir, dist):
+    if dist.is_main:
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            probe = os.path.join(run_dir, f".write_test{os.getpid()}")
+            open(probe, "w").close()
+            os.remove(probe)
+        except OSError as e:
+            raise UserError(f"cannot write to {run_dir} ({e.strerror}); pass a writable --output_dir") from None
+
+
+def save_checkpoint(run, batches_done=0):
+    """Every rank contributes its RNG state; rank 0 writes the file atomically."""
+    rng = utils.all_gather_objects(rng_state())
+    if not run.dist.is_main:
+        return
+    args = run.args
+    checkpoint.save({"model": run.model.state_dict(), "hyperparams": run.model.hyperparams,
+                     "cursor": dict(run.cursor), "batches_done": batches_done, "phase": args.phase,
+                     "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng,
+                     "world_size": run.dist.world_size, "eval_encoder": args.eval_encoder,
+                     "args": {k: v for k, v in vars(args).items() if v is None or
+                              isinstance(v, (bool, int, float, str))}}, run.cpt_path)
+
+
+def restore(run, ckpt):
+    """Optimizer, scaler, RNG states and mid-epoch position from a checkpoint of this same run."""
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng")
+    if isinstance(rng, list) and len(rng) == run.dist.world_size:
+        set_rng_state(rng[run.dist.rank])
+    elif rng:
+        run.log.print(f"note: the checkpoint was written by {len(rng)} process(es), this job has "
+                      f"{run.dist.world_size}: random streams restart from --seed")
+    return int(ckpt.get("batches_done", 0))
+
+
+def worker(dist, args):
+    """The training job as seen by one process (rank) of it."""
+    seed_everything(args.seed + dist.rank)   # per-rank augmentation; DDP copies rank 0's initial weights
+    if args.batch_size % dist.world_size or args.batch_size // dist.world_size < 2:
+        raise UserError(f"--batch_size {args.batch_size} must split into at least 2 images per process over "
+                        f"{dist.world_size} processes: use a multiple of {dist.world_size}, at least "
+                        f"{2 * dist.world_size}")
+    run = Run()
+    run.args, run.dist = args, dist
     run_dir = os.path.join(args.output_dir, args.run_name)
-    cpt_path = os.path.join(run_dir, args.cpt_name)
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write_test")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to {run_dir} ({e.strerror}); pass a writable --output_dir") from None
+    run.cpt_path = os.path.join(run_dir, args.cpt_name)
+    prepare_output(run_dir, dist)
 
-    ckpt, how, ckpt_from = find_start(args, cpt_path)
-    if args.resume == "never" and os.path.isfile(cpt_path):
-        print(f"--resume never: starting over; {cpt_path} is replaced at the first save", flush=True)
-
+    ckpt, how, ckpt_from = find_start(args, run.cpt_path)
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
-    splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
-                                   aug=args.aug)
-    model = build_model(args, ckpt, how, splits.n_classes, encoder_size)
-    if args.phase == CLASSIFIERS:
-        model.encoder.requires_grad_(False)
-    model.to(dist.device)
+    run.splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
+                                       aug=args.aug, download=dist.is_main or not dist.active)
+    model = build_model(args, ckpt, how, run.splits.n_classes, encoder_size)
     hp = model.hyperparams
     if hp["n_rkhs"] < last_width(hp["ndf"], hp["encoder_size"]):
-        raise UserError(f"n_rkhs {hp['n_rkhs']} is smaller than the encoder's last width")
+        raise UserError(f"n_rkhs {hp['n_rkhs']} is smaller than the encoder's last width "
+                        f"{last_width(hp['ndf'], hp['encoder_size'])}: raise --n_rkhs")
+    if args.phase == CLASSIFIERS:
+        model.encoder.requires_grad_(False)
+    if args.sync_bn and dist.active:
+        if dist.device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop it "
+                            "on CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    run.model = model.to(dist.device)
+    run.ddp_model = model
+    if dist.active:
+        run.ddp_model = DistributedDataParallel(model, device_ids=[dist.device.index] if
+                                                dist.device.type == "cuda" else None)
 
-    cursor = checkpoint.cursor(ckpt) if ckpt is not None else checkpoint.cursor({})
+    run.cursor = checkpoint.cursor(ckpt) if ckpt is not None else checkpoint.cursor({})
     if how == "init" and args.phase == CLASSIFIERS:
-        cursor.update(classifier_epoch=0, classifier_step=0)
+        run.cursor.update(classifier_epoch=0, classifier_step=0)
     prefix = "info" if args.phase == SELF_SUPERVISED else "classifier"
-    epochs, milestones = schedule(args, *default_schedule(args.phase, args.dataset))
-    state = dict(cursor=cursor, epoch_key=f"{prefix}_epoch", step_key=f"{prefix}_step", epochs=epochs,
-                 milestones=milestones, tclip=hp["tclip"])
+    run.epoch_key, run.step_key = f"{prefix}_epoch", f"{prefix}_step"
+    run.epochs, run.milestones = schedule(args, *default_schedule(args.phase, args.dataset))
+    run.tclip = hp["tclip"]
+    run.optimizer = make_optimizer(model, args.learning_rate)
+    run.scaler = mp.grad_scaler(dist.device, args.amp)
+    run.log = RunLog(run_dir, enabled=dist.is_main)
+    batches_done = restore(run, ckpt) if how == "resume" else 0
 
-    optimizer = make_optimizer(model, args.learning_rate)
-    scaler = mp.grad_scaler(dist.device, args.amp)
-    if how == "resume":
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("rng"):
-            set_rng_state(ckpt["rng"])
-
-    per_rank = args.batch_size // dist.world_size
-    if len(splits.train) < args.batch_size:
-        raise UserError(f"the {args.dataset} training split has {len(splits.train)} images, fewer than "
+    run.per_rank = args.batch_size // dist.world_size
+    if len(run.splits.train) < args.batch_size:
+        raise UserError(f"the {args.dataset} training split has {len(run.splits.train)} images, fewer than "
                         f"--batch_size {args.batch_size}; lower --batch_size")
-    sampler = torch.utils.data.DistributedSampler(splits.train, num_replicas=dist.world_size, rank=dist.rank,
-                                                  shuffle=True, seed=args.seed, drop_last=True)
-    train_loader = make_loader(splits.train, per_rank, args.num_workers, dist.device, sampler=sampler,
+    sampler = ResumableSampler(run.splits.train, dist, args.seed, run.per_rank)
+    train_loader = make_loader(run.splits.train, run.per_rank, args.num_workers, dist.device, sampler=sampler,
                                drop_last=True)
-    bn_loader = train_loader if args.bn_warmup == "train" else \
-        make_loader(splits.test, per_rank, args.num_workers, dist.device)
+    run.bn_loader = train_loader if args.bn_warmup == "train" else \
+        make_loader(shard(run.splits.test, dist), run.per_rank, args.num_workers, dist.device)
 
-    log = RunLog(run_dir, enabled=dist.is_main)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.print(f"amdim {args.phase}: dataset {args.dataset} ({len(splits.train)} train / {len(splits.test)} "
-              f"test images, {splits.n_classes} classes, {encoder_size} px), device {dist.device}, "
-              f"world size {dist.world_size}, amp {args.amp}")
-    log.print(f"model {hp} ({n_params / 1e6:.2f} M parameters); epochs {epochs}, milestones {list(milestones)}")
+    announce(run, ckpt_from, how, encoder_size)
+    acc = None
+    while run.cursor[run.epoch_key] < run.epochs:
+        epoch = run.cursor[run.epoch_key]
+        sampler.set_epoch(epoch)
+        sampler.skip_batches, batches_done = batches_done, 0
+        means = train_epoch(run, train_loader, lambda done: save_checkpoint(run, done))
+        sampler.skip_batches = 0
+        acc = test_accuracy(run)
+        run.cursor[run.epoch_key] = epoch + 1
+        save_checkpoint(run)
+        report_epoch(run, epoch, means, acc)
+    if acc is None:
+        run.log.print(f"nothing to do: {run.cpt_path} already finished {run.epochs} epochs")
+    run.log.close()
+    return acc
+
+
+def announce(run, ckpt_from, how, encoder_size):
+    """Start-up lines: resolved config, devices, world size, where outputs go."""
+    args, dist, log, hp = run.args, run.dist, run.log, run.model.hyperparams
+    if args.resume == "never" and os.path.isfile(run.cpt_path):
+        log.print(f"--resume never: starting over; {run.cpt_path} is replaced at the first save")
+    config = " ".join(f"{k}={v}" for k, v in sorted(vars(args).items()))
+    log.print(f"config: {config}")
+    devices = f"{dist.device}" if not dist.active else f"{dist.world_size} processes on {dist.device.type}"
+    log.print(f"amdim {args.phase}: {args.dataset} ({len(run.splits.train)} train / {len(run.splits.test)} test "
+              f"images, {run.splits.n_classes} classes, {encoder_size} px); device {devices}, world size "
+              f"{dist.world_size}, {run.per_rank} images per process, amp {args.amp}")
+    n_params = sum(p.numel() for p in run.model.parameters())
+    log.print(f"model {hp} ({n_params / 1e6:.2f} M parameters); epochs {run.epochs}, LR milestones "
+              f"{list(run.milestones)}")
     if how is not None:
-        log.print(f"{'resuming' if how == 'resume' else 'starting'} from {ckpt_from} at {cursor}")
+        log.print(f"{'resuming' if how == 'resume' else 'starting'} from {ckpt_from} at {run.cursor}")
     elif args.phase == CLASSIFIERS:
         log.print("no --checkpoint_path: training classifiers on a randomly initialised encoder (baseline)")
-    log.print(f"writing {cpt_path} and TensorBoard/metrics.jsonl in {run_dir}")
+    log.print(f"writing {run.cpt_path}, TensorBoard events and metrics.jsonl in {os.path.dirname(run.cpt_path)}")
 
-    acc = None
-    while cursor[state["epoch_key"]] < epochs:
-        epoch = cursor[state["epoch_key"]]
-        sampler.set_epoch(epoch)
-        means = train_epoch(model, train_loader, optimizer, scaler, args, state, log, dist)
-        acc = test_accuracy(model, splits, args, dist.device, bn_loader)
-        cursor[state["epoch_key"]] = epoch + 1
-        checkpoint.save({"model": model.state_dict(), "hyperparams": hp, "cursor": dict(cursor),
-                         "phase": args.phase, "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "rng": rng_state(), "eval_encoder": args.eval_encoder,
-                         "args": {k: v for k, v in vars(args).items() if v is None or
-                                  isinstance(v, (bool, int, float, str))}}, cpt_path)
-        log.scalars(f"{args.phase}/epoch", dict(means, **{k: v for k, v in acc.items() if k != "n_images"}),
-                    epoch + 1)
-        log.epoch_record(dict(phase=args.phase, epoch=epoch + 1, step=cursor[state["step_key"]], **means, **acc))
-        log.print(f"epoch {epoch + 1}/{epochs}: loss {means['loss']:.4f}, test top-1 linear "
+
+def report_epoch(run, epoch, means, acc):
+    scores = {k: v for k, v in acc.items() if k != "n_images"}
+    run.log.scalars(f"{run.args.phase}/epoch", dict(means, **scores), epoch + 1)
+    run.log.epoch_record(dict(phase=run.args.phase, epoch=epoch + 1, step=run.cursor[run.step_key], **means,
+                              **acc))
+    run.log.print(f"epoch {epoch + 1}/{run.epochs}: loss {means['loss']:.4f}, test top-1 linear "
                   f"{acc['top1_linear']:.2f}% mlp {acc['top1_mlp']:.2f}% ({acc['n_images']} images), "
                   f"{means['img_per_s']:.1f} img/s")
-    if acc is None:
-        log.print(f"nothing to do: {cpt_path} already finished {epochs} epochs")
-    log.close()
-    return acc
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return utils.launch(worker, args.device, args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""Process-level helpers: user-facing errors, device and seeding, meters and logging."""
+"""Process-level helpers: user-facing errors, distributed setup, seeding, meters and logging."""
+import datetime
+import time
 import json
 import os
 import random
+import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 
 
 class UserError(Exception):
@@ -31,11 +35,120 @@ class Dist:
     """Where this process sits in the job: rank among world_size processes, and its device."""
     rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self):
         return self.rank == 0
+
+    @property
+    def active(self):
+        return self.world_size > 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distributed training: one process per device, gloo on CPU, NCCL on CUDA.
+
+def launched_by_torchrun():
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def launch(worker, device_name, *args):
+    """Run worker(dist, *args) in every process of the job and return rank 0's result.
+
+    Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) this process joins that group, which also covers
+    multi-node jobs. Otherwise, with several CUDA GPUs visible and no --device cpu, it starts one process per
+    GPU on this machine; else it runs in this process alone.
+    """
+    if launched_by_torchrun():
+        return _run_rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                         int(os.environ["LOCAL_RANK"]), device_name, worker, args)
+    n_gpus = torch.cuda.device_count() if device_name in ("auto", "cuda") else 0
+    if n_gpus > 1:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        spawn(worker, n_gpus, device_name, *args)
+        return None
+    return worker(Dist(device=pick_device(device_name)), *args)
+
+
+def spawn(worker, nprocs, device_name, *args):
+    """Start nprocs local processes running worker; if one fails, the others are killed and this process exits
+    with that process's status (a user error's 2, a crash's 1)."""
+    import torch.multiprocessing as mp
+    try:
+        mp.spawn(_spawned_rank, args=(nprocs, device_name, worker, args), nprocs=nprocs, join=True)
+    except mp.ProcessExitedException as e:
+        sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
+    except mp.ProcessRaisedException as e:
+        print(f"error: a training process failed:\n{e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _spawned_rank(local_rank, nprocs, device_name, worker, args):
+    os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(local_rank))
+    run_main(lambda: _run_rank(local_rank, nprocs, local_rank, device_name, worker, args))
+
+
+def _run_rank(rank, world_size, local_rank, device_name, worker, args):
+    dist = init_distributed(rank, world_size, local_rank, device_name)
+    try:
+        return worker(dist, *args)
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def init_distributed(rank, world_size, local_rank, device_name="auto", timeout_s=600):
+    """Join the process group (env:// rendezvous: MASTER_ADDR/MASTER_PORT) and pick this rank's device."""
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if world_size > 1 and not tdist.is_initialized():
+        tdist.init_process_group(backend, rank=rank, world_size=world_size,
+                                 timeout=datetime.timedelta(seconds=timeout_s),
+                                 device_id=device if device.type == "cuda" else None)
+    return Dist(rank=rank, world_size=world_size, device=device)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def all_gather_autograd(tensor):
+    """Concatenate `tensor` from every rank along dim 0; gradients flow back to the rank that produced each
+    slice (the backward pass is a sum reduce-scatter)."""
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+    out = all_gather_single_autograd(tensor.contiguous(), 0, tdist.group.WORLD)
+    return out.wait() if hasattr(out, "wait") else out
+
+
+def all_reduce_sum(values, device):
+    """Sum a list of numbers over all ranks (identity in a single process)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if tdist.is_initialized():
+        tdist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_buffers(module, src=0):
+    """Copy rank src's buffers (BatchNorm running statistics) to every rank."""
+    if tdist.is_initialized():
+        for b in module.buffers():
+            tdist.broadcast(b, src)
+
+
+def all_gather_objects(obj):
+    """Every rank's `obj` (picklable), as a list indexed by rank."""
+    if not tdist.is_initialized():
+        return [obj]
+    out = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 def pick_device(name="auto"):
@@ -67,6 +180,44 @@ class Meters:
 
     def means(self):
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def reduce(self, dist):
+        """Means over every process's updates (a collective: all ranks must call it)."""
+        if not dist.active:
+            return self.means()
+        keys = sorted(set().union(*all_gather_objects(sorted(self.sums))))
+        sums = all_reduce_sum([self.sums.get(k, 0.0) for k in keys] + [self.counts.get(k, 0) for k in keys],
+                              dist.device)
+        n = len(keys)
+        return {k: sums[i] / sums[n + i] for i, k in enumerate(keys) if sums[n + i] > 0}
+
+
+class Progress:
+    """Per-epoch progress on rank 0: a tqdm bar on a terminal, else a plain line every `every` updates."""
+
+    def __init__(self, total, desc, enabled, every, log):
+        self.total, self.desc, self.every, self.log = total, desc, max(1, every), log
+        self.enabled, self.done, self.t0 = enabled, 0, None
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="upd", dynamic_ncols=True, leave=False)
+
+    def update(self, loss, lr, img_per_s):
+        self.t0 = self.t0 or time.perf_counter()
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {img_per_s:.1f} img/s", refresh=False)
+            self.bar.update(1)
+        elif self.enabled and (self.done % self.every == 0 or self.done == self.total):
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / self.done * (self.total - self.done)
+            self.log.print(f"{self.desc} update {self.done}/{self.total} loss {loss:.4f} lr {lr:.2e} "
+                           f"{img_per_s:.1f} img/s eta {eta:.0f}s")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 class RunLog:

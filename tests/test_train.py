@@ -1,6 +1,7 @@
 """train.py and test.py end to end on the embedded DIGITS data with a tiny model, in-process and as CLIs."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import torch
 
 import checkpoint
 import train
+import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "100",
@@ -164,3 +166,34 @@ def test_cli_errors_are_one_line_without_traceback(ss_run, tmp_path):
         assert "Traceback" not in r.stderr, r.stderr
         last = r.stderr.strip().splitlines()[-1]
         assert "error" in last and needle in last, (argv, r.stderr)
+
+
+def test_resumable_sampler_skips_exactly_the_trained_batches():
+    data = list(range(50))
+    full = train.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
+    full.set_epoch(2)
+    part = train.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
+    part.set_epoch(2)
+    part.skip_batches = 3
+    assert list(part) == list(full)[12:] and len(part) == len(full) - 12
+
+
+def test_mid_epoch_checkpoint_resumes_the_rest_of_the_epoch(tmp_path):
+    run_train(tmp_path, "--epochs", "1", "--run_name", "a", "--checkpoint_every", "7")
+    prev = load(os.path.join(tmp_path, "a", "amdim_cpt.pth.prev"))      # the save after update 14
+    assert prev["cursor"]["info_epoch"] == 0 and prev["cursor"]["info_step"] == 14
+    assert prev["batches_done"] == 14
+    os.makedirs(tmp_path / "b")
+    shutil.copy(tmp_path / "a" / "amdim_cpt.pth.prev", tmp_path / "b" / "amdim_cpt.pth")
+    run_train(tmp_path, "--epochs", "1", "--run_name", "b", "--checkpoint_every", "7")
+    done = load(os.path.join(tmp_path, "b", "amdim_cpt.pth"))
+    assert done["cursor"]["info_epoch"] == 1 and done["cursor"]["info_step"] == 15   # one update left to do
+
+
+def test_batch_size_must_split_over_processes():
+    args = train.parse_args(TINY + ["--batch_size", "101"])
+    with pytest.raises(utils.UserError, match="multiple of 2"):
+        train.worker(utils.Dist(rank=0, world_size=2), args)
+    args = train.parse_args(TINY + ["--batch_size", "6"])
+    with pytest.raises(utils.UserError, match="at least 2 images per process"):
+        train.worker(utils.Dist(rank=0, world_size=4), args)
