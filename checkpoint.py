@@ -127,7 +127,11 @@ def save(state, path):
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            try:
+                torch.save(state, f)
+            except RuntimeError as e:
+                # The zip writer reports a failed write (disk full, file size limit) as a RuntimeError.
+                raise OSError(f"writing failed, is the disk full? ({str(e).splitlines()[0]})") from e
             f.flush()
             os.fsync(f.fileno())
         if os.path.exists(path):
@@ -139,6 +143,14 @@ def save(state, path):
             if os.path.exists(leftover):
                 os.remove(leftover)
         raise
+
+
+def remove_stale_temporaries(path):
+    """Delete temporary files that a save killed mid-way left next to `path`."""
+    directory, name = os.path.split(os.path.abspath(path))
+    for entry in os.listdir(directory):
+        if entry.startswith(f".{name}.tmp"):
+            os.remove(os.path.join(directory, entry))
 
 
 def _keep_previous(path, staging):

@@ -4,8 +4,10 @@ Every training item is (x1, x2, y): two augmented views of one image that share 
 draw everything else independently; y is -1 for unlabelled images (STL10's unlabeled split). Test items are
 (x, y). Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
+import multiprocessing
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,6 +51,11 @@ class Splits:
     test: torch.utils.data.Dataset     # items (x, y)
     n_classes: int
     image_size: int
+    skippers: list = field(default_factory=list)   # SkipBadImages wrappers, with --skip_bad_images
+
+    def skipped_images(self):
+        """How many unreadable images were skipped so far (in every process of this rank)."""
+        return sum(s.n_skipped for s in self.skippers)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -178,14 +185,55 @@ def _parse_policy(table):
 # ----------------------------------------------------------------------------------------------------------
 # Image files.
 
+class BadImageError(UserError):
+    """An image file that cannot be decoded; `path` names it. (A plain one-message constructor, so that a
+    DataLoader worker's copy re-raised in the training process keeps this type.)"""
+    path = None
+
+
 def load_rgb(path):
     """Open any image file as 8-bit RGB: grayscale, palette, CMYK, RGBA and 16-bit images are converted."""
     try:
         with Image.open(path) as img:
             img.load()
             return to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"cannot read image {path} ({e}); delete or replace the file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        error = BadImageError(f"cannot read image {path} ({reason}); delete or replace the file, or pass "
+                              f"--skip_bad_images")
+        error.path = path
+        raise error from None
+
+
+class SkipBadImages(torch.utils.data.Dataset):
+    """Serve the next readable item in place of an unreadable image, counting each one (--skip_bad_images).
+
+    Substituting keeps every batch full, which the cross-process NCE gather needs. One flag per item in shared
+    memory marks the unreadable ones, so this rank's DataLoader worker processes report into the same place and
+    each file counts once however often it is read.
+    """
+
+    def __init__(self, base):
+        self.base = base
+        self.bad = multiprocessing.Array("b", len(base), lock=False)
+
+    @property
+    def n_skipped(self):
+        return int(np.frombuffer(self.bad, dtype=np.int8).sum())
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        for k in range(min(len(self.base), 100)):
+            j = (i + k) % len(self.base)
+            try:
+                return self.base[j]
+            except BadImageError as e:
+                if not self.bad[j]:
+                    self.bad[j] = 1
+                    print(f"warning: skipping unreadable image {e.path}", file=sys.stderr, flush=True)
+        raise UserError(f"100 images in a row from item {i} on are unreadable; check the dataset's files")
 
 
 def to_rgb(img):
@@ -286,7 +334,7 @@ def _cifar_or_stl(name, root, phase, aug, download):
             Transformed(test_set, test_transform(recipe)), n_classes)
 
 
-def _image_folders(name, root, image_size, aug):
+def _image_folders(name, root, image_size, aug, skip_bad_images=False):
     if not os.path.isdir(root):
         raise UserError(f"--input_dir {root} does not exist: point it at the folder that holds train/ and val/")
     names = _FOLDER_NAMES[name]
@@ -310,13 +358,19 @@ def _image_folders(name, root, image_size, aug):
     if train.classes != test.classes:
         raise UserError(f"{found[0]}/ and {found[1]}/ under {root} have different class folders; give both "
                         f"the same set of classes")
+    n_classes = len(train.classes)
+    skippers = []
+    if skip_bad_images:
+        train, test = SkipBadImages(train), SkipBadImages(test)
+        skippers = [train, test]
     return (Transformed(train, TwoViews(train_view_transform(recipe, aug, resize_first))),
-            Transformed(test, test_transform(recipe, resize_first)), len(train.classes))
+            Transformed(test, test_transform(recipe, resize_first)), n_classes, skippers)
 
 
-def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True):
+def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False):
     """Training (two views) and test splits of a dataset; see Splits. phase: "self_supervised" or
-    "classifiers" (only STL10 differs: its unlabeled images join the self-supervised training split)."""
+    "classifiers" (only STL10 differs: its unlabeled images join the self-supervised training split).
+    skip_bad_images: serve the next readable image instead of failing on an unreadable file (image folders)."""
     size = encoder_size(name, image_size)
     if aug not in AUGMENTATIONS:
         raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
@@ -325,7 +379,8 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     elif name in ("C10", "C100", "STL10"):
         train, test, n_classes = _cifar_or_stl(name, input_dir, phase, aug, download)
     else:
-        train, test, n_classes = _image_folders(name, input_dir, size, aug)
+        train, test, n_classes, skippers = _image_folders(name, input_dir, size, aug, skip_bad_images)
+        return Splits(train=train, test=test, n_classes=n_classes, image_size=size, skippers=skippers)
     return Splits(train=train, test=test, n_classes=n_classes, image_size=size)
 
 

@@ -11,7 +11,7 @@ import json
 import checkpoint
 import datasets
 import train
-from utils import Dist, UserError, pick_device, run_main, seed_everything
+from utils import Dist, UserError, pick_device, reap_children_at_exit, run_main, seed_everything
 
 
 def parse_args(argv=None):
@@ -27,6 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1, help="seeds the augmentation of the BatchNorm refresh")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--skip_bad_images", action="store_true", help="skip unreadable image files (counted)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = p.parse_args(argv)
     if args.dataset == "FOLDER" and args.image_size is None:
@@ -40,13 +41,15 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     seed_everything(args.seed)
+    reap_children_at_exit()
     ckpt = checkpoint.read(args.checkpoint)
     model = checkpoint.build_model(checkpoint.hyperparams(ckpt))
     model.load_state_dict(checkpoint.translate_state_dict(ckpt["model"], model))
     model.to(device)
 
     hp = model.hyperparams
-    splits = datasets.build_splits(args.dataset, args.input_dir, "classifiers", image_size=args.image_size)
+    splits = datasets.build_splits(args.dataset, args.input_dir, "classifiers", image_size=args.image_size,
+                                   skip_bad_images=args.skip_bad_images)
     if splits.image_size != hp["encoder_size"]:
         raise UserError(f"the checkpoint's encoder takes {hp['encoder_size']} px images but --dataset "
                         f"{args.dataset} gives {splits.image_size} px; pick a dataset of that size")

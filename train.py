@@ -74,6 +74,10 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint_every", type=int, default=0,
                    help="also save every N updates mid-epoch (0: only at the end of each epoch)")
     p.add_argument("--sync_bn", action="store_true", help="synchronise BatchNorm statistics across processes")
+    p.add_argument("--skip_bad_images", action="store_true",
+                   help="skip unreadable image files (counted) instead of stopping with an error")
+    p.add_argument("--nan_policy", choices=("stop", "skip"), default="stop",
+                   help="on a NaN/inf loss: stop (keeping the last checkpoint) or skip that update (counted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: every visible CUDA GPU (one process each), else the CPU")
     p.add_argument("--log_every", type=int, default=50,
@@ -101,12 +105,17 @@ def parse_args(argv=None):
 # Where to start: a resumable checkpoint of this run, a given checkpoint, or nothing.
 
 def find_start(args, cpt_path):
-    """(checkpoint dict or None, how): how is "resume" (this run's own file), "init" (--checkpoint_path)."""
+    """(checkpoint dict or None, how, path): how is "resume" (this run's own file, or its .prev when the file is
+    unreadable) or "init" (--checkpoint_path)."""
     if args.resume == "auto":
         for candidate in (cpt_path, cpt_path + ".prev"):
             if not os.path.isfile(candidate):
                 continue
-            ckpt = checkpoint.read(candidate)
+            try:
+                ckpt = checkpoint.read(candidate)
+            except UserError as e:
+                print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr, flush=True)
+                continue
             phase = ckpt.get("phase")
             if phase != args.phase:
                 raise UserError(f"{cpt_path} holds a {phase or 'foreign'} checkpoint that this "
@@ -233,6 +242,11 @@ def train_epoch(run, loader, save_midway):
             group["lr"] = lr
         terms, (logits, labels) = loss_terms(run.ddp_model, batch, args, run.tclip, dist)
         loss = sum(terms.values())
+        # Every rank must take the same branch (backward is collective under DDP): agree on both flags.
+        non_finite, stop = utils.any_rank([not torch.isfinite(loss).item(), run.stop.requested], dist)
+        if non_finite:
+            handle_non_finite(run, terms, epoch)
+            continue
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
@@ -246,12 +260,36 @@ def train_epoch(run, loader, save_midway):
         rate = seen / (time.perf_counter() - t0)
         run.log.scalars(f"{args.phase}/train", dict(values, lr=lr, img_per_s=rate), cur[run.step_key])
         progress.update(loss=values["loss"], lr=lr, img_per_s=rate)
-        if args.checkpoint_every and cur[run.step_key] % args.checkpoint_every == 0 and i + 1 < len(loader) + first:
+        last_batch = i + 1 == len(loader) + first
+        if stop and not last_batch:
+            progress.close()
+            save_midway(i + 1)
+            raise Interrupted(f"epoch {epoch + 1}, update {cur[run.step_key]}")
+        if args.checkpoint_every and cur[run.step_key] % args.checkpoint_every == 0 and not last_batch:
             save_midway(i + 1)
     progress.close()
     means = meters.reduce(dist)
     means["img_per_s"] = seen / max(time.perf_counter() - t0, 1e-9)
     return means
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved at the update boundary."""
+
+
+def handle_non_finite(run, terms, epoch):
+    """A NaN/inf loss: stop with the last good checkpoint kept, or (--nan_policy skip) drop the update."""
+    update = run.cursor[run.step_key] + 1
+    detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+    if run.args.nan_policy == "skip":
+        run.optimizer.zero_grad(set_to_none=True)
+        run.non_finite_skipped += 1
+        run.log.print(f"warning: non-finite loss at update {update} (epoch {epoch + 1}): {detail}; update skipped "
+                      f"({run.non_finite_skipped} so far)")
+        return
+    kept = run.cpt_path if os.path.isfile(run.cpt_path) else "none was written yet"
+    raise UserError(f"non-finite loss at update {update} (epoch {epoch + 1}): {detail}; stopped, last good "
+                    f"checkpoint: {kept}; lower --learning_rate, or pass --nan_policy skip")
 
 
 def train_accuracy(logits, labels):
@@ -313,10 +351,12 @@ def evaluate(model, dataset, dist, amp, batch_size, num_workers):
 
 def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, sampler=None):
     """A DataLoader whose workers are re-created each epoch: their seeds then follow the global torch RNG,
-    which checkpoints restore, so a resumed run draws the same augmentations."""
+    which checkpoints restore, so a resumed run draws the same augmentations. Workers ignore Ctrl-C/SIGTERM:
+    the training process handles them at the next update boundary."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                        num_workers=num_workers, drop_last=drop_last,
-                                       pin_memory=device.type == "cuda", persistent_workers=False)
+                                       pin_memory=device.type == "cuda", persistent_workers=False,
+                                       worker_init_fn=utils.ignore_stop_signals if num_workers else None)
 
 
 def test_accuracy(run):
@@ -375,7 +415,8 @@ class Run:
     """Everything one training process holds: arguments, model, optimiser, data, cursor, logs."""
 
 
-def prepare_output(run_dir, dist):
+def prepare_output(run_dir, cpt_name, dist):
+    """Create the run directory, check it is writable, and remove temporary files of a killed save."""
     if dist.is_main:
         try:
             os.makedirs(run_dir, exist_ok=True)
@@ -384,6 +425,7 @@ def prepare_output(run_dir, dist):
             os.remove(probe)
         except OSError as e:
             raise UserError(f"cannot write to {run_dir} ({e.strerror}); pass a writable --output_dir") from None
+        checkpoint.remove_stale_temporaries(os.path.join(run_dir, cpt_name))
 
 
 def save_checkpoint(run, batches_done=0):
@@ -392,12 +434,19 @@ def save_checkpoint(run, batches_done=0):
     if not run.dist.is_main:
         return
     args = run.args
-    checkpoint.save({"model": run.model.state_dict(), "hyperparams": run.model.hyperparams,
+    state = {"model": run.model.state_dict(), "hyperparams": run.model.hyperparams,
                      "cursor": dict(run.cursor), "batches_done": batches_done, "phase": args.phase,
                      "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng,
                      "world_size": run.dist.world_size, "eval_encoder": args.eval_encoder,
                      "args": {k: v for k, v in vars(args).items() if v is None or
-                              isinstance(v, (bool, int, float, str))}}, run.cpt_path)
+                              isinstance(v, (bool, int, float, str))}}
+    try:
+        checkpoint.save(state, run.cpt_path)
+    except OSError as e:
+        kept = f"the previous checkpoint {run.cpt_path} is intact" if os.path.isfile(run.cpt_path) else \
+            "no earlier checkpoint existed"
+        raise UserError(f"could not write checkpoint {run.cpt_path} ({e.strerror or e}); {kept}; free disk "
+                        f"space or pass another --output_dir, then re-run to resume") from None
 
 
 def restore(run, ckpt):
@@ -423,14 +472,18 @@ def worker(dist, args):
                         f"{2 * dist.world_size}")
     run = Run()
     run.args, run.dist = args, dist
+    run.stop = utils.StopRequest()
+    run.non_finite_skipped = 0
+    utils.reap_children_at_exit()
     run_dir = os.path.join(args.output_dir, args.run_name)
     run.cpt_path = os.path.join(run_dir, args.cpt_name)
-    prepare_output(run_dir, dist)
+    prepare_output(run_dir, args.cpt_name, dist)
 
     ckpt, how, ckpt_from = find_start(args, run.cpt_path)
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
     run.splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
-                                       aug=args.aug, download=dist.is_main or not dist.active)
+                                       aug=args.aug, download=dist.is_main or not dist.active,
+                                       skip_bad_images=args.skip_bad_images)
     model = build_model(args, ckpt, how, run.splits.n_classes, encoder_size)
     hp = model.hyperparams
     if hp["n_rkhs"] < last_width(hp["ndf"], hp["encoder_size"]):
@@ -472,17 +525,27 @@ def worker(dist, args):
         make_loader(shard(run.splits.test, dist), run.per_rank, args.num_workers, dist.device)
 
     announce(run, ckpt_from, how, encoder_size)
+    run.stop.install()
     acc = None
     while run.cursor[run.epoch_key] < run.epochs:
         epoch = run.cursor[run.epoch_key]
         sampler.set_epoch(epoch)
         sampler.skip_batches, batches_done = batches_done, 0
-        means = train_epoch(run, train_loader, lambda done: save_checkpoint(run, done))
+        try:
+            means = train_epoch(run, train_loader, lambda done: save_checkpoint(run, done))
+        except Interrupted as where:
+            run.log.print(f"interrupted: checkpoint saved at {where} in {run.cpt_path}; re-run the same "
+                          f"command to resume")
+            return None
         sampler.skip_batches = 0
         acc = test_accuracy(run)
         run.cursor[run.epoch_key] = epoch + 1
         save_checkpoint(run)
         report_epoch(run, epoch, means, acc)
+        if utils.any_rank([run.stop.requested], dist)[0] and run.cursor[run.epoch_key] < run.epochs:
+            run.log.print(f"interrupted: checkpoint saved after epoch {epoch + 1} in {run.cpt_path}; re-run the "
+                          f"same command to resume")
+            return None
     if acc is None:
         run.log.print(f"nothing to do: {run.cpt_path} already finished {run.epochs} epochs")
     run.log.close()
@@ -512,12 +575,16 @@ def announce(run, ckpt_from, how, encoder_size):
 
 def report_epoch(run, epoch, means, acc):
     scores = {k: v for k, v in acc.items() if k != "n_images"}
+    skipped = utils.all_reduce_sum([run.splits.skipped_images(), run.non_finite_skipped], run.dist.device)
+    means = dict(means, skipped_images=int(skipped[0]), skipped_updates=int(skipped[1] / run.dist.world_size))
     run.log.scalars(f"{run.args.phase}/epoch", dict(means, **scores), epoch + 1)
     run.log.epoch_record(dict(phase=run.args.phase, epoch=epoch + 1, step=run.cursor[run.step_key], **means,
                               **acc))
+    skips = "".join(f", {means[k]} {what} skipped" for k, what in
+                    (("skipped_images", "unreadable images"), ("skipped_updates", "non-finite updates")) if means[k])
     run.log.print(f"epoch {epoch + 1}/{run.epochs}: loss {means['loss']:.4f}, test top-1 linear "
                   f"{acc['top1_linear']:.2f}% mlp {acc['top1_mlp']:.2f}% ({acc['n_images']} images), "
-                  f"{means['img_per_s']:.1f} img/s")
+                  f"{means['img_per_s']:.1f} img/s{skips}")
 
 
 def main(argv=None):

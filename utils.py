@@ -4,6 +4,7 @@ import time
 import json
 import os
 import random
+import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -26,8 +27,18 @@ def run_main(main):
     try:
         return main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {user_message(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def user_message(error):
+    """The one-line message of a UserError, also when a DataLoader worker raised it: the loader re-raises it
+    with the worker's traceback in front, and the original message is its last line."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 @dataclass
@@ -74,10 +85,25 @@ def launch(worker, device_name, *args):
 
 def spawn(worker, nprocs, device_name, *args):
     """Start nprocs local processes running worker; if one fails, the others are killed and this process exits
-    with that process's status (a user error's 2, a crash's 1)."""
+    with that process's status (a user error's 2, a crash's 1).
+
+    Ctrl-C reaches the workers directly (same process group), which save and stop; this process ignores it and
+    forwards SIGTERM to them.
+    """
     import torch.multiprocessing as mp
+    context = mp.start_processes(_spawned_rank, args=(nprocs, device_name, worker, args), nprocs=nprocs,
+                                 join=False, start_method="spawn")
+
+    def forward(signum, _frame):
+        for p in context.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, forward)
     try:
-        mp.spawn(_spawned_rank, args=(nprocs, device_name, worker, args), nprocs=nprocs, join=True)
+        while not context.join():
+            pass
     except mp.ProcessExitedException as e:
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
     except mp.ProcessRaisedException as e:
@@ -140,6 +166,65 @@ def broadcast_buffers(module, src=0):
     if tdist.is_initialized():
         for b in module.buffers():
             tdist.broadcast(b, src)
+
+
+def any_rank(flags, dist):
+    """For each boolean, whether it is true on any rank (one small all-reduce; local in a single process)."""
+    if not dist.active:
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(f) for f in flags], device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handler: the first signal asks training to save and stop at the next update boundary;
+    a second one aborts at once (the last checkpoint on disk stays valid: saves are atomic)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame):
+        if self.requested:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this update (again to abort)",
+              file=sys.stderr, flush=True)
+
+
+def ignore_stop_signals(_worker_id=None):
+    """DataLoader worker_init_fn: leave Ctrl-C/SIGTERM to the training process, which stops cleanly.
+
+    Ctrl-C and torchrun's SIGTERM reach the whole process group; a worker that died of them would fail the
+    batch the training process still needs to finish its update. See reap_children_at_exit for the other side.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def reap_children_at_exit():
+    """Kill this process's remaining DataLoader workers when it exits.
+
+    They ignore SIGTERM, which multiprocessing's own exit handler uses, so an exit with a live iterator (an
+    exception, a user error) would otherwise wait on them forever. atexit runs handlers last-in first-out, so
+    this one runs before multiprocessing's.
+    """
+    import atexit
+    import multiprocessing
+
+    def reap():
+        children = multiprocessing.active_children()
+        if children:
+            # The DataLoader's SIGCHLD handler would report these deaths as a failure of the run.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for child in children:
+            child.kill()
+    atexit.register(reap)
 
 
 def all_gather_objects(obj):

@@ -180,3 +180,16 @@ def test_fast_autoaugment_operations_map_magnitudes():
     cut = np.asarray(datasets._faa_op(img, "Cutout", 1.0))             # side 0.2 * 64 px
     filled = np.all(cut == [125, 123, 114], axis=-1)
     assert 0 < filled.sum() <= 13 * 13 + 30
+
+
+def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(self):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    with pytest.raises(UserError, match="download failed .*name resolution.*--input_dir"):
+        datasets.build_splits("C10", str(tmp_path), "self_supervised", download=True)

@@ -1,0 +1,210 @@
+"""Faults and bad input through the real command line: one-line errors, kills, signals, full disks."""
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "100",
+        "--warmup_updates", "5", "--num_workers", "0", "--device", "cpu", "--log_every", "1000"]
+
+
+def train_cmd(out, run_name, *extra):
+    return [sys.executable, "train.py", *TINY, "--output_dir", str(out), "--run_name", run_name, *extra]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, r.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def no_temporaries(run_dir):
+    return not [f for f in os.listdir(run_dir) if ".tmp" in f]
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults")
+    r = run(train_cmd(out, "base", "--epochs", "1"))
+    assert r.returncode == 0, r.stderr
+    return out, out / "base" / "amdim_cpt.pth"
+
+
+def copy_run(one_epoch, tmp_path, name):
+    out, cpt = one_epoch
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "amdim_cpt.pth").write_bytes(cpt.read_bytes())
+    return tmp_path / name / "amdim_cpt.pth"
+
+
+def test_non_finite_loss_stops_naming_the_update_and_keeps_the_checkpoint(one_epoch, tmp_path):
+    cpt = copy_run(one_epoch, tmp_path, "nan")
+    before = cpt.read_bytes()
+    r = run(train_cmd(tmp_path, "nan", "--epochs", "2", "--learning_rate", "1e38"))
+    line = assert_one_line_error(r, "non-finite loss at update", "1t5=", "class_lin=", "--nan_policy skip")
+    assert int(line.split("update ")[1].split()[0]) > 15          # after the resumed epoch's start
+    assert cpt.read_bytes() == before
+    assert no_temporaries(tmp_path / "nan")
+
+
+def test_nan_policy_skip_counts_skipped_updates(tmp_path):
+    r = run(train_cmd(tmp_path, "skip", "--epochs", "1", "--learning_rate", "1e38", "--nan_policy", "skip"))
+    assert r.returncode == 0, r.stderr
+    assert "update skipped" in r.stdout
+    ckpt = torch.load(tmp_path / "skip" / "amdim_cpt.pth", weights_only=True)
+    import json
+    record = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["skipped_updates"] > 0
+    assert ckpt["cursor"]["info_step"] == 15 - record["skipped_updates"]
+
+
+def test_sigint_saves_at_the_update_boundary_and_exits_zero_then_resumes(tmp_path):
+    cmd = train_cmd(tmp_path, "sig", "--epochs", "2", "--log_every", "1")
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:                        # wait for the second update's progress line
+        if "update 2/" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "interrupted: checkpoint saved" in out
+    ckpt = torch.load(tmp_path / "sig" / "amdim_cpt.pth", weights_only=True)
+    assert ckpt["cursor"]["info_epoch"] == 0 and 2 <= ckpt["batches_done"] < 15
+    assert ckpt["batches_done"] == ckpt["cursor"]["info_step"]
+    r = run(cmd)
+    assert r.returncode == 0 and "resuming from" in r.stdout
+    assert torch.load(tmp_path / "sig" / "amdim_cpt.pth", weights_only=True)["cursor"]["info_step"] == 30
+
+
+def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(tmp_path):
+    cmd = train_cmd(tmp_path, "kill", "--epochs", "2", "--checkpoint_every", "1")
+    run_dir = tmp_path / "kill"
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(4):
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if attempt == 0:
+            delay = None                         # first kill: the moment a save is in progress
+        else:
+            delay = rng.uniform(0.5, 6.0)
+        start = time.monotonic()
+        while p.poll() is None and time.monotonic() - start < 120:
+            if delay is None:
+                if run_dir.is_dir() and any(".tmp" in f for f in os.listdir(run_dir)):
+                    break
+                time.sleep(0.002)
+            elif time.monotonic() - start >= delay:
+                break
+            else:
+                time.sleep(0.01)
+        if p.poll() is None:
+            p.kill()
+            kills += 1
+        output = p.communicate()[0]
+        cpt = run_dir / "amdim_cpt.pth"
+        if cpt.exists():
+            torch.load(cpt, weights_only=True)   # loadable after every kill
+        if attempt > 0 and "resuming from" not in output and cpt.exists() and p.returncode != -9:
+            pytest.fail(output)
+    assert kills >= 2
+    r = run(cmd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    if kills:
+        assert "resuming from" in r.stdout
+    final = torch.load(run_dir / "amdim_cpt.pth", weights_only=True)
+    assert final["cursor"]["info_epoch"] == 2 and final["cursor"]["info_step"] == 30
+    assert no_temporaries(run_dir)
+
+
+def _limit_file_size(limit):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # fail the write with EFBIG instead of dying
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(one_epoch, tmp_path):
+    cpt = copy_run(one_epoch, tmp_path, "full")
+    before = cpt.read_bytes()
+    r = run(train_cmd(tmp_path, "full", "--epochs", "2"), preexec_fn=_limit_file_size(len(before) // 2))
+    assert_one_line_error(r, "could not write checkpoint", "previous checkpoint", "intact")
+    assert cpt.read_bytes() == before
+    assert no_temporaries(tmp_path / "full")
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    r = run(train_cmd(blocker / "sub", "x", "--epochs", "1"))
+    assert_one_line_error(r, "cannot write", "--output_dir")
+
+
+def test_bad_checkpoint_paths(tmp_path, one_epoch):
+    r = run(train_cmd(tmp_path, "c", "--checkpoint_path", str(tmp_path / "missing.pth")))
+    assert_one_line_error(r, "does not exist", "--checkpoint_path")
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(one_epoch[1].read_bytes()[:5000])
+    r = run(train_cmd(tmp_path, "c", "--checkpoint_path", str(trunc)))
+    assert_one_line_error(r, "truncated")
+    other = tmp_path / "other.pth"
+    torch.save({"state": 1}, other)
+    r = run([sys.executable, "test.py", str(other), "--dataset", "DIGITS", "--device", "cpu"])
+    assert_one_line_error(r, "not an AMDIM checkpoint")
+
+
+def test_crafted_pickle_is_refused_and_its_payload_never_runs(tmp_path):
+    target = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pth"
+    code = (f"import torch\nclass P:\n    def __reduce__(self):\n        return (open, ({str(target)!r}, 'w'))\n"
+            f"torch.save({{'model': {{}}, 'hyperparams': {{}}, 'x': P()}}, {str(evil)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    assert evil.exists() and not target.exists()
+    r = run([sys.executable, "test.py", str(evil), "--dataset", "DIGITS", "--device", "cpu"])
+    assert_one_line_error(r, "refusing to load")
+    r = run(train_cmd(tmp_path, "e", "--classifiers", "--checkpoint_path", str(evil)))
+    assert_one_line_error(r, "refusing to load")
+    assert not target.exists()
+
+
+def _folder_with_a_corrupt_image(root):
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.randint(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    bad = root / "train" / "a" / "broken.jpg"
+    bad.write_bytes(Image.open(root / "train" / "a" / "0.png").tobytes()[:100])
+    return bad
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_corrupt_image_is_named_or_skipped_with_a_count(tmp_path, workers):
+    bad = _folder_with_a_corrupt_image(tmp_path / "data")
+    base = [sys.executable, "train.py", "--dataset", "folder", "--image_size", "32", "--input_dir",
+            str(tmp_path / "data"), "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "13",
+            "--epochs", "1", "--device", "cpu", "--num_workers", workers, "--output_dir", str(tmp_path)]
+    r = run(base + ["--run_name", "fail"])
+    assert_one_line_error(r, str(bad), "--skip_bad_images")
+    r = run(base + ["--run_name", "skip", "--skip_bad_images"])
+    assert r.returncode == 0, r.stderr
+    assert "1 unreadable images skipped" in r.stdout
+    assert r.stderr.count("skipping unreadable image") == 1
