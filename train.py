@@ -8,6 +8,7 @@ Outputs land in <output_dir>/<run_name>/: the checkpoint <cpt_name> (and <cpt_na
 files and metrics.jsonl. Re-running the same command resumes from that checkpoint.
 """
 import argparse
+import math
 import os
 import random
 import sys
@@ -242,21 +243,25 @@ def train_epoch(run, loader, save_midway):
             group["lr"] = lr
         terms, (logits, labels) = loss_terms(run.ddp_model, batch, args, run.tclip, dist)
         loss = sum(terms.values())
-        # Every rank must take the same branch (backward is collective under DDP): agree on both flags.
-        non_finite, stop = utils.any_rank([not torch.isfinite(loss).item(), run.stop.requested], dist)
-        if non_finite:
-            handle_non_finite(run, terms, epoch)
-            continue
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
+        # One host-device sync per update: every logged number in a single transfer.
+        stats = dict(terms, loss=loss, **train_accuracy(logits, labels))
+        values = dict(zip(stats, torch.stack([v.detach().float() for v in stats.values()]).tolist()))
+        # Ranks must agree before stepping (a rank that stopped alone would hang the others).
+        non_finite, stop = utils.any_rank([not math.isfinite(values["loss"]), run.stop.requested], dist)
+        if non_finite:
+            handle_non_finite(run, values, epoch)
+            continue
         run.scaler.step(run.optimizer)
         run.scaler.update()
         cur[run.step_key] += 1
         seen += batch[0].shape[0] * dist.world_size
-        values = {k: v.item() for k, v in terms.items()}
-        values["loss"] = loss.item()
-        values.update(train_accuracy(logits, labels))
+        n_labelled, correct_mlp, correct_lin = (values.pop(k) for k in ("n_labelled", "correct_mlp", "correct_lin"))
         meters.update(values)
+        if n_labelled:
+            meters.update({"train_acc_mlp": 100 * correct_mlp / n_labelled,
+                           "train_acc_lin": 100 * correct_lin / n_labelled}, n=n_labelled)
         rate = seen / (time.perf_counter() - t0)
         run.log.scalars(f"{args.phase}/train", dict(values, lr=lr, img_per_s=rate), cur[run.step_key])
         progress.update(loss=values["loss"], lr=lr, img_per_s=rate)
@@ -277,10 +282,11 @@ class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved at the update boundary."""
 
 
-def handle_non_finite(run, terms, epoch):
+def handle_non_finite(run, values, epoch):
     """A NaN/inf loss: stop with the last good checkpoint kept, or (--nan_policy skip) drop the update."""
     update = run.cursor[run.step_key] + 1
-    detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+    detail = ", ".join(f"{k}={values[k]:.4g}" for k in values if k not in ("loss", "n_labelled", "correct_mlp",
+                                                                              "correct_lin"))
     if run.args.nan_policy == "skip":
         run.optimizer.zero_grad(set_to_none=True)
         run.non_finite_skipped += 1
@@ -293,12 +299,11 @@ def handle_non_finite(run, terms, epoch):
 
 
 def train_accuracy(logits, labels):
+    """Tensors (no sync): labelled rows, and how many of them each classifier gets right."""
     labelled = labels >= 0
-    if not labelled.any():
-        return {}
     mlp, lin = logits
-    return {"train_acc_mlp": 100.0 * (mlp[labelled].argmax(1) == labels[labelled]).float().mean().item(),
-            "train_acc_lin": 100.0 * (lin[labelled].argmax(1) == labels[labelled]).float().mean().item()}
+    return {"n_labelled": labelled.sum(), "correct_mlp": ((mlp.argmax(1) == labels) & labelled).sum(),
+            "correct_lin": ((lin.argmax(1) == labels) & labelled).sum()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,6 +441,7 @@ def save_checkpoint(run, batches_done=0):
     args = run.args
     state = {"model": run.model.state_dict(), "hyperparams": run.model.hyperparams,
                      "cursor": dict(run.cursor), "batches_done": batches_done, "phase": args.phase,
+                     "data_seed": run.data_seed,
                      "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng,
                      "world_size": run.dist.world_size, "eval_encoder": args.eval_encoder,
                      "args": {k: v for k, v in vars(args).items() if v is None or
@@ -518,7 +524,10 @@ def worker(dist, args):
     if len(run.splits.train) < args.batch_size:
         raise UserError(f"the {args.dataset} training split has {len(run.splits.train)} images, fewer than "
                         f"--batch_size {args.batch_size}; lower --batch_size")
-    sampler = ResumableSampler(run.splits.train, dist, args.seed, run.per_rank)
+    # The data order follows the seed the run started with, also if a resumed run is given another --seed.
+    data_seed = int(ckpt.get("data_seed", args.seed)) if how == "resume" else args.seed
+    sampler = ResumableSampler(run.splits.train, dist, data_seed, run.per_rank)
+    run.data_seed = data_seed
     train_loader = make_loader(run.splits.train, run.per_rank, args.num_workers, dist.device, sampler=sampler,
                                drop_last=True)
     run.bn_loader = train_loader if args.bn_warmup == "train" else \

@@ -106,14 +106,21 @@ def spawn(worker, nprocs, device_name, *args):
             pass
     except mp.ProcessExitedException as e:
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
-    except mp.ProcessRaisedException as e:
-        print(f"error: a training process failed:\n{e}", file=sys.stderr, flush=True)
+    except mp.ProcessRaisedException:
+        print("error: a training process failed (its traceback is above); the job was stopped",
+              file=sys.stderr, flush=True)
         sys.exit(1)
 
 
 def _spawned_rank(local_rank, nprocs, device_name, worker, args):
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(local_rank))
-    run_main(lambda: _run_rank(local_rank, nprocs, local_rank, device_name, worker, args))
+    try:
+        run_main(lambda: _run_rank(local_rank, nprocs, local_rank, device_name, worker, args))
+    except Exception:
+        # Print here: the launcher reports only the first process to exit, often a peer of the one at fault.
+        import traceback
+        print(f"process {local_rank} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        raise
 
 
 def _run_rank(rank, world_size, local_rank, device_name, worker, args):
