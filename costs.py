@@ -23,15 +23,25 @@ def nce_g2l(src, trg, tclip, pos_offset=0):
     Returns (loss, lgt_reg): loss = -mean over (i, location) of log(e^pos / (e^pos + sum_neg e^neg)); lgt_reg =
     0.05 * mean of the squared raw scores (a penalty that keeps them from growing into the clip).
     """
+    return nce_from_scores(raw_scores(src, trg.flatten(2)), tclip, pos_offset)
+
+
+def raw_scores(src, trg):
+    """src: (N, R), trg: (M, R, L) -> (N, M, L) scores src.trg / sqrt(R), in one matrix product."""
     n, r = src.shape
-    m = trg.shape[0]
-    # raw[i, j, l]: source i against location l of map j; one matrix product for every pair.
-    raw = (src @ trg.flatten(2).transpose(0, 1).reshape(r, -1)).view(n, m, -1) / r ** 0.5
+    m, _, length = trg.shape
+    return (src @ trg.transpose(0, 1).reshape(r, m * length)).view(n, m, length) / r ** 0.5
+
+
+def nce_from_scores(raw, tclip, pos_offset=0):
+    """(loss, lgt_reg) of nce_g2l from its raw scores (N, M, L); see nce_g2l."""
+    n, m, _ = raw.shape
     lgt_reg = 0.05 * raw.pow(2).mean()
     scores = tanh_clip(raw, tclip)
-    rows = torch.arange(n, device=src.device)
+    rows = torch.arange(n, device=raw.device)
     pos = scores[rows, rows + pos_offset]                                      # (N, L)
-    is_pos = torch.zeros(n, m, 1, dtype=torch.bool, device=src.device)
+    # Mask positives out of the negative set with an (N, M, 1) mask, broadcast over locations.
+    is_pos = torch.zeros(n, m, 1, dtype=torch.bool, device=raw.device)
     is_pos[rows, rows + pos_offset] = True
     neg_lse = scores.masked_fill(is_pos, float("-inf")).flatten(1).logsumexp(1, keepdim=True)  # (N, 1)
     log_p = pos - torch.logaddexp(pos, neg_lse)
@@ -62,21 +72,22 @@ def infomax_costs(f1, f2, tclip, locs1, locs2, gather=None, pos_offset=0):
     """
     gather = gather or (lambda t: t)
     (r1_a, r5_a, r7_a), (r1_b, r5_b, r7_b) = f1, f2
+    # Each view's 5x5 and 7x7 locations side by side, (M, R, 25 + 49): one gather per view, and one matrix
+    # product serves both 1->5 and 1->7, which share their source r1.
+    trg_a = gather(torch.cat([r5_a.flatten(2), r7_a.flatten(2)], 2))
+    trg_b = gather(torch.cat([r5_b.flatten(2), r7_b.flatten(2)], 2))
+    terms = {"1t5": [], "1t7": [], "5t5": []}
+    regs = []
     # Predict view b's local maps from view a's sources, and the reverse.
-    pairs = {
-        "1t5": ((r1_a.flatten(1), gather(r5_b)), (r1_b.flatten(1), gather(r5_a))),
-        "1t7": ((r1_a.flatten(1), gather(r7_b)), (r1_b.flatten(1), gather(r7_a))),
-        "5t5": ((select_locations(r5_a, locs1), gather(r5_b)), (select_locations(r5_b, locs2), gather(r5_a))),
-    }
-    out, reg = {}, 0.0
-    for name, directions in pairs.items():
-        losses = []
-        for src, trg in directions:
-            loss, lgt_reg = nce_g2l(src, trg, tclip, pos_offset)
-            losses.append(loss)
-            reg = reg + lgt_reg
-        out[name] = 0.5 * (losses[0] + losses[1])
-    out["lgt_reg"] = 0.5 * reg
+    for r1, r5, locs, trg in ((r1_a, r5_a, locs1, trg_b), (r1_b, r5_b, locs2, trg_a)):
+        from_r1 = raw_scores(r1.flatten(1), trg)                                # (N, M, 74)
+        from_r5 = raw_scores(select_locations(r5, locs), trg[:, :, :25])        # (N, M, 25)
+        for name, raw in (("1t5", from_r1[:, :, :25]), ("1t7", from_r1[:, :, 25:]), ("5t5", from_r5)):
+            loss, lgt_reg = nce_from_scores(raw, tclip, pos_offset)
+            terms[name].append(loss)
+            regs.append(lgt_reg)
+    out = {name: 0.5 * (a + b) for name, (a, b) in terms.items()}
+    out["lgt_reg"] = 0.5 * sum(regs)
     return out
 
 
