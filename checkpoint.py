@@ -109,12 +109,16 @@ def build_model(hp):
                  hp["use_bn"])
 
 
-def load_model(path, map_location="cpu"):
-    """A float32 Model rebuilt from a checkpoint's hyperparams and weights (ours or the original code's)."""
-    ckpt = read(path, map_location)
+def model_from(ckpt):
+    """A float32 Model rebuilt from a checkpoint dict's hyperparams and weights (ours or the original's)."""
     model = build_model(hyperparams(ckpt))
     model.load_state_dict(translate_state_dict(ckpt["model"], model))
     return model
+
+
+def load_model(path, map_location="cpu"):
+    """A float32 Model rebuilt from a checkpoint file (ours or the original code's)."""
+    return model_from(read(path, map_location))
 
 
 def save(state, path):

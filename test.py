@@ -43,9 +43,7 @@ def main(argv=None):
     seed_everything(args.seed)
     reap_children_at_exit()
     ckpt = checkpoint.read(args.checkpoint)
-    model = checkpoint.build_model(checkpoint.hyperparams(ckpt))
-    model.load_state_dict(checkpoint.translate_state_dict(ckpt["model"], model))
-    model.to(device)
+    model = checkpoint.model_from(ckpt).to(device)
 
     hp = model.hyperparams
     splits = datasets.build_splits(args.dataset, args.input_dir, "classifiers", image_size=args.image_size,

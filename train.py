@@ -155,8 +155,7 @@ def build_model(args, ckpt, how, n_classes, encoder_size):
     hp = resolve_hyperparams(args, ckpt, n_classes, encoder_size)
     if ckpt is None:
         return checkpoint.build_model(hp)
-    model = checkpoint.build_model(hp)
-    model.load_state_dict(checkpoint.translate_state_dict(ckpt["model"], model))
+    model = checkpoint.model_from(ckpt)
     fresh_classifiers = how == "init" and args.phase == CLASSIFIERS
     if fresh_classifiers or hp["n_classes"] != n_classes:
         model.reset_evaluator(n_classes)
