@@ -14,6 +14,7 @@ import torch
 import torchvision
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from utils import UserError
@@ -52,6 +53,9 @@ class Splits:
     n_classes: int
     image_size: int
     skippers: list = field(default_factory=list)   # SkipBadImages wrappers, with --skip_bad_images
+    # When set, `train` holds uint8 images (items (image (3, H, W) uint8, y)) and this BatchTwoViews makes the
+    # two augmented views of a whole batch on the training device.
+    batch_augment: object = None
 
     def skipped_images(self):
         """How many unreadable images were skipped so far (in every process of this rank)."""
@@ -183,6 +187,203 @@ def _parse_policy(table):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Batched augmentation: the same recipes on whole uint8 batches, on the training device, with random
+# parameters drawn per sample (and per view, except the shared flip).
+
+_GRAY = (0.299, 0.587, 0.114)      # ITU-R 601-2 luma, as PIL's convert("L") and torchvision use
+
+
+class BatchTwoViews:
+    """Two augmented views of a batch of uint8 images (B, 3, H, W): the per-image recipe of
+    train_view_transform (default augmentation), vectorised. Returns (x1, x2), float (B, 3, S, S), normalised.
+
+    Differences from the per-image path, all within what the distribution test checks: colour operations run
+    in float without rounding to 8 bits after each one, and RandomResizedCrop resamples with bicubic
+    grid_sample (no antialiasing when it shrinks).
+    """
+
+    def __init__(self, recipe, mean_std=None):
+        self.recipe = recipe
+        self.size = {"cifar": 32, "stl": 64, "imagenet": 128}[recipe]
+        self.hue = 0.1 if recipe == "imagenet" else 0.2
+        mean, std = mean_std or _NORMALIZATION[recipe]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __call__(self, images):
+        x = images.float() / 255
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5          # shared by both views
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return self.view(x), self.view(x)
+
+    def view(self, x):
+        """One view of float images in [0, 1]."""
+        if self.recipe == "cifar":
+            x = random_translate(x, 4, p=0.8)
+        else:
+            x = random_resized_crop(x, self.size, scale=(0.3, 1.0), ratio=(0.7, 1.4))
+        x = color_jitter(x, 0.4, 0.4, 0.4, self.hue, p=0.8)
+        x = random_grayscale(x, p=0.25)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+def _coin(n, p, device):
+    return torch.rand(n, device=device) < p
+
+
+def random_translate(x, pad, p):
+    """With probability p per sample, shift by up to +-pad px in x and y (uniform), filling with reflection:
+    a crop of the reflect-padded image at a random offset, as RandomCrop(padding, "reflect")."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad,) * 4, mode="reflect")
+    apply = _coin(b, p, x.device)
+    dy = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
+    dx = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]     # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]     # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)               # advanced dims first: (B, H, W, 3)
+
+
+def sample_crop_boxes(n, height, width, scale, ratio, device=None, attempts=10):
+    """RandomResizedCrop's boxes for n images: (top, left, h, w) int tensors of shape (n,).
+
+    As torchvision: up to `attempts` tries of an area fraction ~ U(scale) and a log-uniform aspect ratio; the
+    first box that fits wins; if none fits, a centre crop with the ratio clamped into range.
+    """
+    area = height * width
+    target = area * torch.empty(n, attempts, device=device).uniform_(*scale)
+    log_r = torch.empty(n, attempts, device=device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(fits.any(1), fits.float().argmax(1), 0)
+    rows = torch.arange(n, device=device)
+    h, w, ok = h[rows, first], w[rows, first], fits.any(1)
+    # Fallback: the whole image, cropped to the nearest allowed ratio.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fh, fw = height, round(height * ratio[1])
+    else:
+        fw, fh = width, height
+    h = torch.where(ok, h, float(fh)).long()
+    w = torch.where(ok, w, float(fw)).long()
+    top = torch.where(ok, (torch.rand(n, device=device) * (height - h + 1)).floor().long(), (height - h) // 2)
+    left = torch.where(ok, (torch.rand(n, device=device) * (width - w + 1)).floor().long(), (width - w) // 2)
+    return top, left, h, w
+
+
+def random_resized_crop(x, size, scale, ratio):
+    """Crop a random box per sample (sample_crop_boxes) and resize it to size x size with bicubic sampling."""
+    b, _, height, width = x.shape
+    top, left, h, w = (t.float() for t in sample_crop_boxes(b, height, width, scale, ratio, x.device))
+    # Affine map from output coordinates in [-1, 1] to the box, in grid_sample's align_corners=False units.
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = w / width
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return out.clamp(0, 1)
+
+
+def _gray(x):
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def color_jitter(x, brightness, contrast, saturation, hue, p):
+    """ColorJitter applied with probability p per sample: brightness, contrast, saturation and hue factors
+    drawn per sample, the four operations in a random order per sample (as torchvision draws one per call)."""
+    b = x.shape[0]
+    device = x.device
+    apply = _coin(b, p, device)
+    factors = [torch.empty(b, device=device).uniform_(1 - brightness, 1 + brightness),
+               torch.empty(b, device=device).uniform_(1 - contrast, 1 + contrast),
+               torch.empty(b, device=device).uniform_(1 - saturation, 1 + saturation),
+               torch.empty(b, device=device).uniform_(-hue, hue)]
+    order = torch.argsort(torch.rand(b, 4, device=device), dim=1)
+    ops = (_brightness, _contrast, _saturation, _hue)
+    x = x.clone()
+    for position in range(4):
+        for k, op in enumerate(ops):
+            chosen = (apply & (order[:, position] == k)).nonzero().squeeze(1)
+            if chosen.numel():
+                x[chosen] = op(x[chosen], factors[k][chosen].view(-1, 1, 1, 1))
+    return x
+
+
+def _brightness(x, f):
+    return (x * f).clamp(0, 1)
+
+
+def _contrast(x, f):
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    return (f * x + (1 - f) * mean).clamp(0, 1)
+
+
+def _saturation(x, f):
+    return (f * x + (1 - f) * _gray(x)).clamp(0, 1)
+
+
+def _hue(x, f):
+    h, s, v = rgb_to_hsv(x)
+    h = h + f.squeeze(1)
+    return hsv_to_rgb(h - h.floor(), s, v)
+
+
+def rgb_to_hsv(x):
+    """(B, 3, H, W) RGB in [0, 1] -> hue in [0, 1), saturation, value; each (B, H, W)."""
+    # amax/amin rather than max/min(dim): the index-returning reductions are ~20x slower on the CPU.
+    maxc, minc = x.amax(1), x.amin(1)
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), torch.zeros_like(maxc))
+    r, g, b = x.unbind(1)
+    d = delta.clamp(min=1e-12)
+    # Hue sector by the largest channel (red wins ties, then green): (g - b) / delta, 2 + (b - r) / delta or
+    # 4 + (r - g) / delta, in sixths of the circle.
+    h6 = torch.where(r == maxc, (g - b) / d, torch.where(g == maxc, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h = h6 / 6.0
+    h = torch.where(delta > 0, h - h.floor(), torch.zeros_like(h))
+    return h, s, maxc
+
+
+def hsv_to_rgb(h, s, v):
+    """Inverse of rgb_to_hsv: (B, H, W) each -> (B, 3, H, W). Channel n (5 for red, 3 green, 1 blue) is
+    v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=h.device).view(1, 3, 1, 1)
+    k = n + 6.0 * h.unsqueeze(1)
+    k = k - 6.0 * torch.floor(k / 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
+    v, s = v.unsqueeze(1), s.unsqueeze(1)
+    return v - v * s * ramp
+
+
+def random_grayscale(x, p):
+    """With probability p per sample, replace the image by its luma in all three channels."""
+    gray = _coin(x.shape[0], p, x.device).view(-1, 1, 1, 1)
+    return torch.where(gray, _gray(x).expand_as(x), x)
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """In-memory uint8 images (N, 3, H, W) with labels; items (image, int label) for BatchTwoViews."""
+
+    def __init__(self, images, labels):
+        self.images = torch.as_tensor(images)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Image files.
 
 class BadImageError(UserError):
@@ -290,14 +491,17 @@ def digits_arrays():
     return (x[train].numpy(), y[train].numpy()), (x[test].numpy(), y[test].numpy())
 
 
-def _digits(aug):
+def _digits(aug, batched):
     (x_tr, y_tr), (x_te, y_te) = digits_arrays()
     pixels = x_tr.reshape(-1, 3).astype(np.float64) / 255.0
     mean_std = (tuple(pixels.mean(0)), tuple(pixels.std(0)))     # the training split's own statistics
+    test = Transformed(ArrayImages(x_te, y_te), T.Compose(_to_normalized_tensor("cifar", mean_std)))
+    if batched:
+        train = UInt8Images(x_tr.transpose(0, 3, 1, 2).copy(), y_tr)
+        return train, test, 10, BatchTwoViews("cifar", mean_std)
     view = train_view_transform("cifar", aug)
     view.transforms[-1] = T.Normalize(*mean_std)
-    test = T.Compose(_to_normalized_tensor("cifar", mean_std))
-    return (Transformed(ArrayImages(x_tr, y_tr), TwoViews(view)), Transformed(ArrayImages(x_te, y_te), test), 10)
+    return Transformed(ArrayImages(x_tr, y_tr), TwoViews(view)), test, 10, None
 
 
 def _torchvision(name, factory, root, download):
@@ -316,7 +520,7 @@ def _torchvision(name, factory, root, download):
                         f"under --input_dir {root} or run once with internet access") from None
 
 
-def _cifar_or_stl(name, root, phase, aug, download):
+def _cifar_or_stl(name, root, phase, aug, download, batched):
     recipe = "cifar" if name in ("C10", "C100") else "stl"
     if name == "STL10":
         split = "train+unlabeled" if phase == "self_supervised" else "train"
@@ -329,9 +533,14 @@ def _cifar_or_stl(name, root, phase, aug, download):
         train, test, n_classes = make(True), make(False), 10 if name == "C10" else 100
         label = "CIFAR-10" if name == "C10" else "CIFAR-100"
     train_set = _torchvision(label, train, root, download)
-    test_set = _torchvision(label, test, root, download)
-    return (Transformed(train_set, TwoViews(train_view_transform(recipe, aug))),
-            Transformed(test_set, test_transform(recipe)), n_classes)
+    test = Transformed(_torchvision(label, test, root, download), test_transform(recipe))
+    if batched:
+        # Both keep their images as one uint8 array: CIFAR (N, 32, 32, 3), STL-10 (N, 3, 96, 96).
+        images = train_set.data if name == "STL10" else train_set.data.transpose(0, 3, 1, 2)
+        labels = train_set.labels if name == "STL10" else train_set.targets
+        return UInt8Images(np.ascontiguousarray(images), np.asarray(labels)), test, n_classes, \
+            BatchTwoViews(recipe)
+    return Transformed(train_set, TwoViews(train_view_transform(recipe, aug))), test, n_classes, None
 
 
 def _image_folders(name, root, image_size, aug, skip_bad_images=False):
@@ -367,21 +576,26 @@ def _image_folders(name, root, image_size, aug, skip_bad_images=False):
             Transformed(test, test_transform(recipe, resize_first)), n_classes, skippers)
 
 
-def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False):
+def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False,
+                 batch_augment=True):
     """Training (two views) and test splits of a dataset; see Splits. phase: "self_supervised" or
     "classifiers" (only STL10 differs: its unlabeled images join the self-supervised training split).
-    skip_bad_images: serve the next readable image instead of failing on an unreadable file (image folders)."""
+    skip_bad_images: serve the next readable image instead of failing on an unreadable file (image folders).
+    batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the default augmentation keep uint8
+    images and augment whole batches on the training device (Splits.batch_augment); False keeps the
+    per-image pipeline everywhere."""
     size = encoder_size(name, image_size)
     if aug not in AUGMENTATIONS:
         raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    batched = batch_augment and aug == "default"
     if name == "DIGITS":
-        train, test, n_classes = _digits(aug)
+        train, test, n_classes, augment = _digits(aug, batched)
     elif name in ("C10", "C100", "STL10"):
-        train, test, n_classes = _cifar_or_stl(name, input_dir, phase, aug, download)
+        train, test, n_classes, augment = _cifar_or_stl(name, input_dir, phase, aug, download, batched)
     else:
         train, test, n_classes, skippers = _image_folders(name, input_dir, size, aug, skip_bad_images)
         return Splits(train=train, test=test, n_classes=n_classes, image_size=size, skippers=skippers)
-    return Splits(train=train, test=test, n_classes=n_classes, image_size=size)
+    return Splits(train=train, test=test, n_classes=n_classes, image_size=size, batch_augment=augment)
 
 
 # The Fast AutoAugment ImageNet policy, as published by its authors: kakaobrain/fast-autoaugment,

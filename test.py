@@ -58,7 +58,9 @@ def main(argv=None):
 
     source = splits.train if args.bn_warmup == "train" else splits.test
     bn_loader = train.make_loader(source, args.batch_size, args.num_workers, device, shuffle=True)
-    train.refresh_bn(model, bn_loader, device, args.amp, eval_encoder=bool(ckpt.get("eval_encoder", False)))
+    images = train.first_view(splits, device) if args.bn_warmup == "train" else None
+    train.refresh_bn(model, bn_loader, device, args.amp, eval_encoder=bool(ckpt.get("eval_encoder", False)),
+                     images=images)
     acc = train.evaluate(model, splits.test, Dist(device=device), args.amp, args.batch_size, args.num_workers)
 
     result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "n_images": acc["n_images"],

@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--input_dir", default="./data", help="where datasets live (torchvision ones download here)")
     p.add_argument("--image_size", type=int, choices=(32, 64, 128), help="FOLDER only: encoder input size")
     p.add_argument("--aug", default="default", choices=datasets.AUGMENTATIONS)
+    p.add_argument("--per_image_aug", action="store_true",
+                   help="augment image by image in the loader workers even where batched on-device "
+                        "augmentation applies (C10, C100, STL10, DIGITS with --aug default)")
     p.add_argument("--batch_size", type=int, default=200, help="global batch (two views of each image)")
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=1)
@@ -191,11 +194,27 @@ def schedule(args, default_epochs, default_milestones):
 # ----------------------------------------------------------------------------------------------------------
 # One update of either phase.
 
-def loss_terms(model, batch, args, tclip, dist):
+def training_views(batch, augment, device, memory_format="contiguous"):
+    """(x1, x2, y) on the device: the loader's two views, or (batched augmentation) both views made here
+    from the loader's uint8 images."""
+    if augment is None:
+        x1, x2, y = batch
+    else:
+        images, y = batch
+        x1, x2 = augment(images.to(device, non_blocking=True))
+    layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    x1, x2 = (t.to(device, non_blocking=True, memory_format=layout) for t in (x1, x2))
+    return x1, x2, y.to(device, non_blocking=True)
+
+
+def first_view(splits, device, memory_format="contiguous"):
+    """Batch -> view 1 of its images, for the BatchNorm refresh."""
+    return lambda batch: training_views(batch, splits.batch_augment, device, memory_format)[0]
+
+
+def loss_terms(model, batch, args, tclip, dist, augment=None):
     """Forward pass and every loss term (a dict of scalars) for one batch of the current phase."""
-    layout = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    x1, x2 = (t.to(dist.device, non_blocking=True, memory_format=layout) for t in batch[:2])
-    y = batch[2].to(dist.device, non_blocking=True)
+    x1, x2, y = training_views(batch, augment, dist.device, args.memory_format)
     if args.phase == SELF_SUPERVISED:
         with mp.autocast(dist.device, args.amp):
             out = model(x1, x2)
@@ -246,7 +265,8 @@ def train_epoch(run, loader, save_midway):
         lr = learning_rate(args, epoch, cur[run.step_key], run.epochs, run.milestones)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        terms, (logits, labels) = loss_terms(run.step_model, batch, args, run.tclip, dist)
+        terms, (logits, labels) = loss_terms(run.step_model, batch, args, run.tclip, dist,
+                                             run.splits.batch_augment)
         loss = sum(terms.values())
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -315,9 +335,10 @@ def train_accuracy(logits, labels):
 # Evaluation (shared with test.py).
 
 @torch.no_grad()
-def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFRESH_BATCHES):
+def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFRESH_BATCHES, images=None):
     """Re-estimate BatchNorm running statistics as the original did before testing: up to n_batches batches
-    through encoder and classifiers in train mode, without gradients. Uses the first image of each item."""
+    through encoder and classifiers in train mode, without gradients. images(batch) gives the images to use
+    (default: the first entry of each batch)."""
     model.train()
     if eval_encoder:
         model.encoder.eval()
@@ -326,8 +347,9 @@ def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFR
             break
         if batch[0].shape[0] < 2:  # train-mode BatchNorm needs 2 images
             continue
+        x = images(batch) if images is not None else batch[0].to(device, non_blocking=True)
         with mp.autocast(device, amp):
-            model(batch[0].to(device, non_blocking=True))
+            model(x)
 
 
 def shard(dataset, dist):
@@ -373,7 +395,9 @@ def test_accuracy(run):
     """The per-epoch test: BN refresh on each rank's training batches, rank 0's statistics shared with every
     rank, then every test image scored once across the ranks."""
     args = run.args
-    refresh_bn(run.model, run.bn_loader, run.dist.device, args.amp, eval_encoder=args.eval_encoder)
+    images = first_view(run.splits, run.dist.device, args.memory_format) if args.bn_warmup == "train" else None
+    refresh_bn(run.model, run.bn_loader, run.dist.device, args.amp, eval_encoder=args.eval_encoder,
+               images=images)
     utils.broadcast_buffers(run.model)
     return evaluate(run.model, shard(run.splits.test, run.dist), run.dist, args.amp, run.per_rank,
                     args.num_workers)
@@ -516,7 +540,8 @@ def worker(dist, args):
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
     run.splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
                                        aug=args.aug, download=dist.is_main or not dist.active,
-                                       skip_bad_images=args.skip_bad_images)
+                                       skip_bad_images=args.skip_bad_images,
+                                       batch_augment=not args.per_image_aug)
     model = build_model(args, ckpt, how, run.splits.n_classes, encoder_size)
     hp = model.hyperparams
     if hp["n_rkhs"] < last_width(hp["ndf"], hp["encoder_size"]):
@@ -546,7 +571,9 @@ def worker(dist, args):
     data_seed = int(ckpt.get("data_seed", args.seed)) if how == "resume" else args.seed
     sampler = ResumableSampler(run.splits.train, dist, data_seed, run.per_rank)
     run.data_seed = data_seed
-    train_loader = make_loader(run.splits.train, run.per_rank, args.num_workers, dist.device, sampler=sampler,
+    # Batched augmentation indexes uint8 tensors in memory: worker processes would only add copies.
+    train_workers = 0 if run.splits.batch_augment is not None else args.num_workers
+    train_loader = make_loader(run.splits.train, run.per_rank, train_workers, dist.device, sampler=sampler,
                                drop_last=True)
     run.bn_loader = train_loader if args.bn_warmup == "train" else \
         make_loader(shard(run.splits.test, dist), run.per_rank, args.num_workers, dist.device)

@@ -10,7 +10,7 @@ from utils import UserError
 
 
 def test_digits_split_is_fixed_and_normalised_by_its_training_statistics():
-    a = datasets.build_splits("DIGITS", "unused", "self_supervised")
+    a = datasets.build_splits("DIGITS", "unused", "self_supervised", batch_augment=False)
     b = datasets.build_splits("DIGITS", "unused", "self_supervised")
     assert (len(a.train), len(a.test), a.n_classes, a.image_size) == (1500, 297, 10, 32)
     (xa, ya), (xb, yb) = datasets.digits_arrays()[0], datasets.digits_arrays()[0]
@@ -26,6 +26,9 @@ def test_digits_split_is_fixed_and_normalised_by_its_training_statistics():
     x1, x2, y = a.train[0]
     assert x1.shape == x2.shape == (3, 32, 32) and x1.dtype == torch.float32 and isinstance(y, int)
     assert not torch.equal(x1, x2)       # two independent augmentations
+    # The batched path keeps the same images as uint8 and normalises with the same statistics.
+    assert b.batch_augment is not None and torch.equal(b.train.images, torch.from_numpy(xa).permute(0, 3, 1, 2))
+    assert torch.allclose(b.batch_augment.mean.flatten(), torch.tensor(view.mean, dtype=torch.float32))
 
 
 def _asymmetric_image():
