@@ -1,7 +1,5 @@
 """Batched on-device augmentation against the per-image torchvision recipe it replaces: same distributions."""
-import math
 
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T

@@ -1,5 +1,4 @@
 """Checkpoints: the original code's fixture, format translation, atomic writes and refusing unsafe files."""
-import glob
 import os
 import pickle
 

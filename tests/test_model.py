@@ -1,7 +1,6 @@
 """The encoder's structure, initialisation and outputs, checked against the architecture's definition."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import model as M
 
