@@ -210,11 +210,12 @@ class BatchTwoViews:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def __call__(self, images):
+    def __call__(self, images, n_views=2):
+        """images: (B, 3, H, W) uint8 -> a tuple of n_views augmented views (the classifier phase needs one)."""
         x = images.float() / 255
         flip = torch.rand(x.shape[0], device=x.device) < 0.5          # shared by both views
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        return self.view(x), self.view(x)
+        return tuple(self.view(x) for _ in range(n_views))
 
     def view(self, x):
         """One view of float images in [0, 1]."""

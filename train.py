@@ -194,27 +194,30 @@ def schedule(args, default_epochs, default_milestones):
 # ----------------------------------------------------------------------------------------------------------
 # One update of either phase.
 
-def training_views(batch, augment, device, memory_format="contiguous"):
-    """(x1, x2, y) on the device: the loader's two views, or (batched augmentation) both views made here
-    from the loader's uint8 images."""
+def training_views(batch, augment, device, memory_format="contiguous", both=True):
+    """(x1, x2, y) on the device: the loader's two views, or (batched augmentation) the views made here from
+    the loader's uint8 images; x2 is None when `both` is false and only view 1 is needed."""
+    layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     if augment is None:
         x1, x2, y = batch
     else:
         images, y = batch
-        x1, x2 = augment(images.to(device, non_blocking=True))
-    layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
-    x1, x2 = (t.to(device, non_blocking=True, memory_format=layout) for t in (x1, x2))
+        views = augment(images.to(device, non_blocking=True), n_views=2 if both else 1)
+        x1, x2 = views[0], views[1] if both else None
+    x1 = x1.to(device, non_blocking=True, memory_format=layout)
+    x2 = x2.to(device, non_blocking=True, memory_format=layout) if both else None
     return x1, x2, y.to(device, non_blocking=True)
 
 
 def first_view(splits, device, memory_format="contiguous"):
     """Batch -> view 1 of its images, for the BatchNorm refresh."""
-    return lambda batch: training_views(batch, splits.batch_augment, device, memory_format)[0]
+    return lambda batch: training_views(batch, splits.batch_augment, device, memory_format, both=False)[0]
 
 
 def loss_terms(model, batch, args, tclip, dist, augment=None):
     """Forward pass and every loss term (a dict of scalars) for one batch of the current phase."""
-    x1, x2, y = training_views(batch, augment, dist.device, args.memory_format)
+    x1, x2, y = training_views(batch, augment, dist.device, args.memory_format,
+                               both=args.phase == SELF_SUPERVISED)
     if args.phase == SELF_SUPERVISED:
         with mp.autocast(dist.device, args.amp):
             out = model(x1, x2)
