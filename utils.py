@@ -1,12 +1,12 @@
 """Process-level helpers: user-facing errors, distributed setup, seeding, meters and logging."""
 import datetime
-import time
 import json
 import os
 import random
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
