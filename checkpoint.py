@@ -1,24 +1,31 @@
-"""Reading and writing checkpoints: ours, and the original AMDIM code's.
+"""Checkpoints: reading them safely (ours of every method, and the original AMDIM code's), rebuilding the model,
+and a training run's whole round trip (save_run / restore_run).
 
 A checkpoint is a dict that torch.load(weights_only=True) can read (tensors, numbers, strings, lists, dicts):
-    model        state_dict
-    hyperparams  {ndf, n_classes, n_rkhs, tclip, n_depth, encoder_size, use_bn}
+    model        state_dict of the method (networks and state: momentum encoder, queue, ...)
+    hyperparams  config.py's dict: method, arch, encoder_size, n_classes and the method's and backbone's own
+                 (the original code's files hold AMDIM's ndf, n_classes, n_rkhs, tclip, n_depth, encoder_size,
+                 use_bn, and no method or arch)
     cursor       {info_epoch, info_step, classifier_epoch, classifier_step}; *_epoch = the next epoch to run,
                  *_step = updates done
-and, in files this code writes, what resuming needs: phase, optimizer, scaler, args.
+and, in files this code writes, what resuming needs: phase, optimizer, scaler, rng (every rank's random
+states), batches_done (mid-epoch position), data_seed, world_size, eval_encoder, args.
 """
 import os
 import pickle
+import random
 import re
 import shutil
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from model import Conv3x3, Model
-from utils import UserError
+import config
+import methods
+from model import Conv3x3
+from utils import UserError, all_gather_objects
 
-HYPERPARAMS = ("ndf", "n_classes", "n_rkhs", "tclip", "n_depth", "encoder_size", "use_bn")
 _BN_KEY = re.compile(r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
 
@@ -44,14 +51,8 @@ def read(path, map_location="cpu"):
 
 
 def hyperparams(ckpt):
-    """The model hyperparameters stored in a checkpoint, with types normalised."""
-    hp = ckpt["hyperparams"]
-    missing = [k for k in HYPERPARAMS if k not in hp]
-    if missing:
-        raise UserError(f"checkpoint hyperparams lack {', '.join(missing)}; it was not written by AMDIM code")
-    return dict(ndf=int(hp["ndf"]), n_classes=int(hp["n_classes"]), n_rkhs=int(hp["n_rkhs"]),
-                tclip=float(hp["tclip"]), n_depth=int(hp["n_depth"]), encoder_size=int(hp["encoder_size"]),
-                use_bn=bool(hp["use_bn"]))
+    """The model hyperparameters stored in a checkpoint, with types normalised (config.normalise)."""
+    return config.normalise(ckpt["hyperparams"])
 
 
 def cursor(ckpt):
@@ -105,19 +106,19 @@ def translate_state_dict(state_dict, model):
 
 
 def build_model(hp):
-    return Model(hp["ndf"], hp["n_classes"], hp["n_rkhs"], hp["tclip"], hp["n_depth"], hp["encoder_size"],
-                 hp["use_bn"])
+    """A freshly initialised method (methods.py) from its hyperparameters (AMDIM's when they name no method)."""
+    return methods.build(config.normalise(hp))
 
 
 def model_from(ckpt):
-    """A float32 Model rebuilt from a checkpoint dict's hyperparams and weights (ours or the original's)."""
+    """A float32 method rebuilt from a checkpoint dict's hyperparams and weights (ours or the original's)."""
     model = build_model(hyperparams(ckpt))
     model.load_state_dict(translate_state_dict(ckpt["model"], model))
     return model
 
 
 def load_model(path, map_location="cpu"):
-    """A float32 Model rebuilt from a checkpoint file (ours or the original code's)."""
+    """A float32 method rebuilt from a checkpoint file (ours or the original code's)."""
     return model_from(read(path, map_location))
 
 
@@ -173,3 +174,66 @@ def _fsync_dir(directory):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A training run's round trip: everything a resumed run needs to continue exactly.
+
+def save_run(run, batches_done=0):
+    """Save the run (a train.Run) at an update boundary: every rank contributes its RNG state, rank 0 writes the
+    file atomically. batches_done: updates already done in the current epoch (0 at an epoch's end)."""
+    rng = all_gather_objects(rng_state())
+    if not run.dist.is_main:
+        return
+    args = run.args
+    state = {"model": run.model.state_dict(), "hyperparams": run.model.hyperparams,
+             "cursor": dict(run.cursor), "batches_done": batches_done, "phase": args.phase,
+             "data_seed": run.data_seed, "optimizer": run.optimizer.state_dict(),
+             "scaler": run.scaler.state_dict(), "rng": rng, "world_size": run.dist.world_size,
+             "eval_encoder": args.eval_encoder,
+             "args": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (bool, int, float, str))}}
+    try:
+        save(state, run.cpt_path)
+    except OSError as e:
+        kept = f"the previous checkpoint {run.cpt_path} is intact" if os.path.isfile(run.cpt_path) else \
+            "no earlier checkpoint existed"
+        raise UserError(f"could not write checkpoint {run.cpt_path} ({e.strerror or e}); {kept}; free disk "
+                        f"space or pass another --output_dir, then re-run to resume") from None
+
+
+def restore_run(run, ckpt):
+    """Optimizer, scaler and RNG states from a checkpoint of this same run; returns the updates already done in
+    the interrupted epoch. The model's weights and state come back with the model (model_from)."""
+    base_lrs = [g["base_lr"] for g in run.optimizer.param_groups]
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    for group, lr in zip(run.optimizer.param_groups, base_lrs):
+        group["base_lr"] = lr        # this run's flags decide the base rates (files before base_lr lack it)
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng")
+    if isinstance(rng, list) and len(rng) == run.dist.world_size:
+        set_rng_state(rng[run.dist.rank])
+    elif rng:
+        run.log.print(f"note: the checkpoint was written by {len(rng)} process(es), this job has "
+                      f"{run.dist.world_size}: random streams restart from --seed")
+    return int(ckpt.get("batches_done", 0))
+
+
+def rng_state():
+    """This process's random states as plain tensors and lists, so checkpoints load with weights_only=True."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -4,6 +4,8 @@ Pure functions of their inputs. Callers decide precision (the trainer runs these
 multi-process training, pass target maps gathered from every process together with the offset of their own
 samples in that global batch.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -101,3 +103,43 @@ def classifier_loss(logits, labels):
     clipped = tanh_clip(logits[labelled], 10.0)
     xent = F.cross_entropy(clipped, labels[labelled], reduction="sum") / labelled.sum().clamp(min=1)
     return xent + 1e-3 * logits.pow(2).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MoCo with alignment and uniformity (Wang & Isola 2020). q, k: (N, D) L2-normalised query and key embeddings of
+# two views of the same N images; queue: (K, D) L2-normalised keys of earlier batches (the negatives).
+
+def align_loss(q, k, alpha):
+    """Alignment: mean over the batch of ||q_i - k_i||^alpha. q, k: (N, D) -> scalar."""
+    return (q - k).norm(dim=1).pow(alpha).mean()
+
+
+def _sq_dists(a, b):
+    """(N, D), (M, D) -> (N, M) squared Euclidean distances, one matrix product (clamped at 0 against
+    rounding)."""
+    return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp(min=0)
+
+
+def uniform_loss(q, queue, t, intra_batch=True):
+    """Uniformity: log of the mean of exp(-t ||q_i - x||^2) over every (query, queue row) pair and, with
+    intra_batch, also over the N (N - 1) / 2 distinct pairs of queries (the seed's default).
+
+    q: (N, D); queue: (K, D) -> scalar. Computed as a log-sum-exp, so a large t cannot underflow to log 0.
+    """
+    n = q.shape[0]
+    exponents = [(-t * _sq_dists(q, queue)).flatten()]
+    if intra_batch and n > 1:
+        i, j = torch.triu_indices(n, n, offset=1, device=q.device)
+        exponents.append(-t * _sq_dists(q, q)[i, j])
+    flat = torch.cat(exponents)
+    return flat.logsumexp(0) - math.log(flat.numel())
+
+
+def moco_contrastive_loss(q, k, queue, tau):
+    """InfoNCE of MoCo: cross-entropy of [q.k, q.queue] / tau, the positive key first.
+
+    q, k: (N, D); queue: (K, D) -> scalar, the mean over the batch.
+    """
+    pos = (q * k).sum(1, keepdim=True)                      # (N, 1)
+    logits = torch.cat([pos, q @ queue.T], dim=1) / tau     # (N, 1 + K)
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

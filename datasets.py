@@ -4,6 +4,7 @@ Every training item is (x1, x2, y): two augmented views of one image that share 
 draw everything else independently; y is -1 for unlabelled images (STL10's unlabeled split). Test items are
 (x, y). Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
+import functools
 import multiprocessing
 import os
 import sys
@@ -48,14 +49,21 @@ def encoder_size(name, image_size=None):
 
 @dataclass
 class Splits:
-    train: torch.utils.data.Dataset    # items (x1, x2, y)
+    train: torch.utils.data.Dataset    # items (views, y, index)
     test: torch.utils.data.Dataset     # items (x, y)
     n_classes: int
     image_size: int
     skippers: list = field(default_factory=list)   # SkipBadImages wrappers, with --skip_bad_images
-    # When set, `train` holds uint8 images (items (image (3, H, W) uint8, y)) and this BatchTwoViews makes the
-    # two augmented views of a whole batch on the training device.
+    # When set, `train` holds uint8 images (items (image (3, H, W) uint8, y, index)) and this callable makes the
+    # augmented views of a whole batch on the training device.
     batch_augment: object = None
+    memory_factory: object = None      # () -> the labelled training images with the test transform (kNN)
+    mean_std: tuple = None             # the views' normalisation: ((mean r, g, b), (std r, g, b))
+
+    @functools.cached_property
+    def memory(self):
+        """The kNN memory: labelled training images through the test-time transform, items (x, y)."""
+        return self.memory_factory()
 
     def skipped_images(self):
         """How many unreadable images were skipped so far (in every process of this rank)."""
@@ -371,7 +379,8 @@ def random_grayscale(x, p):
 
 
 class UInt8Images(torch.utils.data.Dataset):
-    """In-memory uint8 images (N, 3, H, W) with labels; items (image, int label) for BatchTwoViews."""
+    """In-memory uint8 images (N, 3, H, W) with labels; training items (image, int label, index) whose views a
+    batched augmentation makes on the device."""
 
     def __init__(self, images, labels):
         self.images = torch.as_tensor(images)
@@ -381,7 +390,7 @@ class UInt8Images(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
+        return self.images[i], int(self.labels[i]), i
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -449,7 +458,8 @@ def to_rgb(img):
 
 
 class Transformed(torch.utils.data.Dataset):
-    """(image, label) items of `base` passed through `transform`: (x1, x2, y) for TwoViews, else (x, y)."""
+    """(image, label) items of `base` passed through `transform`: training items (views, y, index) when the
+    transform makes a tuple of views, else test items (x, y)."""
 
     def __init__(self, base, transform):
         self.base, self.transform = base, transform
@@ -460,7 +470,7 @@ class Transformed(torch.utils.data.Dataset):
     def __getitem__(self, i):
         img, y = self.base[i]
         out = self.transform(img)
-        return (*out, int(y)) if isinstance(out, tuple) else (out, int(y))
+        return (out, int(y), i) if isinstance(out, tuple) else (out, int(y))
 
 
 class ArrayImages(torch.utils.data.Dataset):
@@ -492,17 +502,31 @@ def digits_arrays():
     return (x[train].numpy(), y[train].numpy()), (x[test].numpy(), y[test].numpy())
 
 
-def _digits(aug, batched):
+def train_views(kind, recipe, aug="default", mean_std=None, resize_first=False, batched=False):
+    """The training views' augmentation: a per-image transform (PIL image -> tuple of views) or, batched, a
+    callable on uint8 batches (see BatchTwoViews). kind: "amdim" (AMDIM's recipe, `aug` its policy option),
+    "moco_v1" or "moco_v2"."""
+    if kind != "amdim":
+        raise UserError(f"the {kind} augmentation is not available yet")
+    if batched:
+        return BatchTwoViews(recipe, mean_std)
+    view = train_view_transform(recipe, aug, resize_first)
+    if mean_std is not None:
+        view.transforms[-1] = T.Normalize(*mean_std)
+    return TwoViews(view)
+
+
+def _digits(views, batched):
     (x_tr, y_tr), (x_te, y_te) = digits_arrays()
     pixels = x_tr.reshape(-1, 3).astype(np.float64) / 255.0
     mean_std = (tuple(pixels.mean(0)), tuple(pixels.std(0)))     # the training split's own statistics
-    test = Transformed(ArrayImages(x_te, y_te), T.Compose(_to_normalized_tensor("cifar", mean_std)))
+    test_transform_ = T.Compose(_to_normalized_tensor("cifar", mean_std))
+    test = Transformed(ArrayImages(x_te, y_te), test_transform_)
+    memory = lambda: Transformed(ArrayImages(x_tr, y_tr), test_transform_)
+    augment = views(mean_std)
     if batched:
-        train = UInt8Images(x_tr.transpose(0, 3, 1, 2).copy(), y_tr)
-        return train, test, 10, BatchTwoViews("cifar", mean_std)
-    view = train_view_transform("cifar", aug)
-    view.transforms[-1] = T.Normalize(*mean_std)
-    return Transformed(ArrayImages(x_tr, y_tr), TwoViews(view)), test, 10, None
+        return UInt8Images(x_tr.transpose(0, 3, 1, 2).copy(), y_tr), test, 10, augment, memory, mean_std
+    return Transformed(ArrayImages(x_tr, y_tr), augment), test, 10, None, memory, mean_std
 
 
 def _torchvision(name, factory, root, download):
@@ -521,30 +545,35 @@ def _torchvision(name, factory, root, download):
                         f"under --input_dir {root} or run once with internet access") from None
 
 
-def _cifar_or_stl(name, root, phase, aug, download, batched):
+def _cifar_or_stl(name, root, phase, views, download, batched):
     recipe = "cifar" if name in ("C10", "C100") else "stl"
     if name == "STL10":
         split = "train+unlabeled" if phase == "self_supervised" else "train"
         make = lambda s: lambda download: torchvision.datasets.STL10(root, split=s, download=download)
-        train, test, n_classes = make(split), make("test"), 10
+        train, labelled, test, n_classes = make(split), make("train"), make("test"), 10
         label = "STL-10"
     else:
         cls = torchvision.datasets.CIFAR10 if name == "C10" else torchvision.datasets.CIFAR100
         make = lambda is_train: lambda download: cls(root, train=is_train, download=download)
         train, test, n_classes = make(True), make(False), 10 if name == "C10" else 100
+        labelled = train
         label = "CIFAR-10" if name == "C10" else "CIFAR-100"
     train_set = _torchvision(label, train, root, download)
     test = Transformed(_torchvision(label, test, root, download), test_transform(recipe))
+    if labelled is train:
+        memory = lambda: Transformed(train_set, test_transform(recipe))
+    else:     # STL-10's self-supervised split holds unlabelled images: the kNN memory is the labelled train split
+        memory = lambda: Transformed(_torchvision(label, labelled, root, download), test_transform(recipe))
+    augment = views(recipe, batched)
     if batched:
         # Both keep their images as one uint8 array: CIFAR (N, 32, 32, 3), STL-10 (N, 3, 96, 96).
         images = train_set.data if name == "STL10" else train_set.data.transpose(0, 3, 1, 2)
         labels = train_set.labels if name == "STL10" else train_set.targets
-        return UInt8Images(np.ascontiguousarray(images), np.asarray(labels)), test, n_classes, \
-            BatchTwoViews(recipe)
-    return Transformed(train_set, TwoViews(train_view_transform(recipe, aug))), test, n_classes, None
+        return UInt8Images(np.ascontiguousarray(images), np.asarray(labels)), test, n_classes, augment, memory
+    return Transformed(train_set, augment), test, n_classes, None, memory
 
 
-def _image_folders(name, root, image_size, aug, skip_bad_images=False):
+def _image_folders(name, root, image_size, views, skip_bad_images=False, subset=None):
     if not os.path.isdir(root):
         raise UserError(f"--input_dir {root} does not exist: point it at the folder that holds train/ and val/")
     names = _FOLDER_NAMES[name]
@@ -565,6 +594,11 @@ def _image_folders(name, root, image_size, aug, skip_bad_images=False):
             raise UserError(f"{path} holds no images in class folders ({str(e).splitlines()[0]}): arrange it as "
                             f"{path}/<class>/<image>") from None
     train, test = folders
+    if subset is not None:
+        import subset as subsets
+        names_ = subsets.read_class_list(subset)
+        for folder in (train, test):
+            subsets.select_classes(folder, names_)
     if train.classes != test.classes:
         raise UserError(f"{found[0]}/ and {found[1]}/ under {root} have different class folders; give both "
                         f"the same set of classes")
@@ -573,30 +607,39 @@ def _image_folders(name, root, image_size, aug, skip_bad_images=False):
     if skip_bad_images:
         train, test = SkipBadImages(train), SkipBadImages(test)
         skippers = [train, test]
-    return (Transformed(train, TwoViews(train_view_transform(recipe, aug, resize_first))),
-            Transformed(test, test_transform(recipe, resize_first)), n_classes, skippers)
+    test_tf = test_transform(recipe, resize_first)
+    return (Transformed(train, views(recipe, resize_first)), Transformed(test, test_tf), n_classes, skippers,
+            lambda: Transformed(train, test_tf))
 
 
 def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False,
-                 batch_augment=True):
-    """Training (two views) and test splits of a dataset; see Splits. phase: "self_supervised" or
-    "classifiers" (only STL10 differs: its unlabeled images join the self-supervised training split).
-    skip_bad_images: serve the next readable image instead of failing on an unreadable file (image folders).
-    batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the default augmentation keep uint8
-    images and augment whole batches on the training device (Splits.batch_augment); False keeps the
-    per-image pipeline everywhere."""
+                 batch_augment=True, views="amdim", subset=None):
+    """Training and test splits of a dataset; see Splits. phase: "self_supervised" or "classifiers" (only STL10
+    differs: its unlabeled images join the self-supervised training split). views: the training views'
+    augmentation kind (train_views). skip_bad_images: serve the next readable image instead of failing on an
+    unreadable file (image folders). batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the
+    default augmentation keep uint8 images and augment whole batches on the training device
+    (Splits.batch_augment); False keeps the per-image pipeline everywhere. subset: a class-list file that
+    restricts image folders to those classes."""
     size = encoder_size(name, image_size)
     if aug not in AUGMENTATIONS:
         raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
     batched = batch_augment and aug == "default"
     if name == "DIGITS":
-        train, test, n_classes, augment = _digits(aug, batched)
+        make = lambda mean_std: train_views(views, "cifar", aug, mean_std, batched=batched)
+        train, test, n_classes, augment, memory, mean_std = _digits(make, batched)
     elif name in ("C10", "C100", "STL10"):
-        train, test, n_classes, augment = _cifar_or_stl(name, input_dir, phase, aug, download, batched)
+        make = lambda recipe, batched_: train_views(views, recipe, aug, batched=batched_)
+        train, test, n_classes, augment, memory = _cifar_or_stl(name, input_dir, phase, make, download, batched)
+        mean_std = _NORMALIZATION["cifar" if name in ("C10", "C100") else "stl"]
     else:
-        train, test, n_classes, skippers = _image_folders(name, input_dir, size, aug, skip_bad_images)
-        return Splits(train=train, test=test, n_classes=n_classes, image_size=size, skippers=skippers)
-    return Splits(train=train, test=test, n_classes=n_classes, image_size=size, batch_augment=augment)
+        make = lambda recipe, resize_first: train_views(views, recipe, aug, resize_first=resize_first)
+        train, test, n_classes, skippers, memory = _image_folders(name, input_dir, size, make, skip_bad_images,
+                                                                  subset)
+        return Splits(train=train, test=test, n_classes=n_classes, image_size=size, skippers=skippers,
+                      memory_factory=memory, mean_std=_NORMALIZATION[_RECIPE_OF_SIZE[size]])
+    return Splits(train=train, test=test, n_classes=n_classes, image_size=size, batch_augment=augment,
+                  memory_factory=memory, mean_std=mean_std)
 
 
 # The Fast AutoAugment ImageNet policy, as published by its authors: kakaobrain/fast-autoaugment,

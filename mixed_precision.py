@@ -34,3 +34,15 @@ def grad_scaler(device, enabled):
     """A GradScaler that is active only where float16 needs loss scaling (CUDA without bf16)."""
     active = enabled and device.type == "cuda" and amp_dtype(device) == torch.float16
     return torch.amp.GradScaler(device.type, enabled=active)
+
+
+def to_float32(tree):
+    """Every floating tensor in a dict/list/tuple tree cast to float32 (float32 tensors are returned as they
+    are), for the float32 region where losses are computed."""
+    if isinstance(tree, torch.Tensor):
+        return tree.float() if tree.is_floating_point() else tree
+    if isinstance(tree, dict):
+        return {k: to_float32(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_float32(v) for v in tree)
+    return tree

@@ -8,12 +8,16 @@ Vocabulary used throughout:
 - ndf: width (channels) of the encoder's first layer; later stages use 2x, 4x, 8x.
 - n_rkhs: width of the embeddings that the NCE costs compare (the paper's "fake RKHS" space).
 - r1, r5, r7: embeddings of the 1x1 (global), 5x5 and 7x7 (local) feature maps.
+
+Besides AMDIM's encoder, the other methods (methods.py) can use torchvision's ResNets as backbones
+(ResNetTrunk), and project backbone features with projection_head.
 """
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 
 ENCODER_SIZES = (32, 64, 128)
 
@@ -200,16 +204,18 @@ class MLPClassifier(nn.Module):
 
 
 class Evaluator(nn.Module):
-    """Online evaluation classifiers on the detached global embedding r1: an MLP and a linear model."""
+    """Online evaluation classifiers on detached features (AMDIM's global embedding r1, or a backbone's pooled
+    features): an MLP and a linear model."""
 
-    def __init__(self, n_rkhs, n_classes):
+    def __init__(self, n_features, n_classes):
         super().__init__()
         self.n_classes = n_classes
-        self.block_glb_mlp = MLPClassifier(n_rkhs, n_classes, n_hidden=1024, p=0.2)
-        self.block_glb_lin = MLPClassifier(n_rkhs, n_classes, n_hidden=None, p=0.0)
+        self.block_glb_mlp = MLPClassifier(n_features, n_classes, n_hidden=1024, p=0.2)
+        self.block_glb_lin = MLPClassifier(n_features, n_classes, n_hidden=None, p=0.0)
 
     def forward(self, r1):
-        """r1: (B, n_rkhs, 1, 1) -> (mlp_logits (B, n_classes), linear_logits (B, n_classes)).
+        """r1: (B, n_features) or (B, n_features, 1, 1) -> (mlp_logits (B, n_classes), linear_logits (B,
+        n_classes)).
 
         The input is detached: classifier gradients never reach the encoder.
         """
@@ -217,38 +223,55 @@ class Evaluator(nn.Module):
         return self.block_glb_mlp(h), self.block_glb_lin(h)
 
 
-class Model(nn.Module):
-    """AMDIM: the encoder plus the online evaluation classifiers.
+# ----------------------------------------------------------------------------------------------------------
+# Backbones for the other methods: image -> one pooled feature vector per image.
 
-    forward(x1, x2) runs both augmented views through the encoder in separate passes (so BatchNorm keeps
-    per-view statistics, as the original) and the classifiers on both views' r1 in one batch. forward(x1)
-    alone serves the classifier phase and evaluation.
-    """
+RESNETS = ("resnet18", "resnet50")
 
-    def __init__(self, ndf, n_classes, n_rkhs, tclip=20.0, n_depth=3, encoder_size=32, use_bn=False):
+
+class GlobalEncoder(nn.Module):
+    """AMDIM's encoder used as a plain backbone: image (B, 3, S, S) -> r1 flattened, (B, n_rkhs)."""
+
+    def __init__(self, ndf, n_rkhs, n_depth, encoder_size, use_bn):
         super().__init__()
-        self.hyperparams = dict(ndf=ndf, n_classes=n_classes, n_rkhs=n_rkhs, tclip=float(tclip),
-                                n_depth=n_depth, encoder_size=encoder_size, use_bn=bool(use_bn))
         self.encoder = Encoder(ndf, n_rkhs, n_depth, encoder_size, use_bn)
         self.encoder.init_weights()
-        self.evaluator = Evaluator(n_rkhs, n_classes)
+        self.width = n_rkhs
 
-    def reset_evaluator(self, n_classes):
-        """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205."""
-        self.evaluator = Evaluator(self.hyperparams["n_rkhs"], n_classes)
-        self.hyperparams["n_classes"] = n_classes
+    def forward(self, x):
+        """x: (B, 3, S, S) -> (B, n_rkhs)."""
+        return self.encoder(x)[0].flatten(1)
 
-    def forward(self, x1, x2=None):
-        """x1, x2: (B, 3, S, S) two views of the same B images.
 
-        Returns a dict: "x1" -> (r1, r5, r7) of view 1 (and "x2" likewise when x2 is given), and "logits" ->
-        (mlp_logits, linear_logits), shape (2B, n_classes) rows ordered [view 1; view 2], or (B, n_classes)
-        for x1 alone.
-        """
-        out = {"x1": self.encoder(x1)}
-        r1 = out["x1"][0]
-        if x2 is not None:
-            out["x2"] = self.encoder(x2)
-            r1 = torch.cat([r1, out["x2"][0]])
-        out["logits"] = self.evaluator(r1)
-        return out
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet (no pretrained weights) without its classifier: image -> globally average-pooled
+    features (B, 512) for resnet18, (B, 2048) for resnet50.
+
+    For images of 64 px and less the stem is the usual small-image one (a 3x3 stride-1 first convolution and
+    no max-pool), as CIFAR-sized ResNets use: the ImageNet stem would shrink a 32 px image to 8 px before the
+    first block.
+    """
+
+    def __init__(self, arch, image_size):
+        super().__init__()
+        if arch not in RESNETS:
+            raise ValueError(f"arch must be one of {RESNETS}, got {arch!r}")
+        net = getattr(torchvision.models, arch)(weights=None)
+        if image_size <= 64:
+            net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        self.width = net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x):
+        """x: (B, 3, S, S) -> (B, width)."""
+        return self.net(x)
+
+
+def projection_head(width, dim, hidden=False):
+    """Linear map of backbone features (B, width) to (B, dim); with hidden, a width-wide hidden layer and ReLU
+    first (MoCo v2's MLP head)."""
+    if not hidden:
+        return nn.Linear(width, dim)
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))

@@ -1,16 +1,19 @@
-"""Score a checkpoint's evaluation classifiers on a dataset's test split.
+"""Score a checkpoint (of any method, or of the original AMDIM code) on a dataset's test split: its evaluation
+classifiers' top-1 and, with --knn, weighted kNN top-1 on its frozen features.
 
-    python test.py runs/default_run/amdim_cpt.pth --dataset C10 --input_dir ./data [--json]
+    python test.py runs/default_run/amdim_cpt.pth --dataset C10 --input_dir ./data [--knn [K]] [--json]
 
 BatchNorm statistics are refreshed first exactly as train.py does before each test (up to 50 training batches,
-or test batches with --bn_warmup test), then every test image is scored once.
+or test batches with --bn_warmup test), then every test image is scored once. kNN: the training split's images
+(test-time transform) are the memory, cosine similarity on L2-normalised features, votes weighted
+exp(similarity / 0.07), K neighbours (default 200).
 """
 import argparse
 import json
 
 import checkpoint
 import datasets
-import train
+import engine
 from utils import Dist, UserError, pick_device, reap_children_at_exit, run_main, seed_everything
 
 
@@ -28,10 +31,16 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--skip_bad_images", action="store_true", help="skip unreadable image files (counted)")
+    p.add_argument("--knn", type=int, nargs="?", const=200, metavar="K",
+                   help="also report weighted kNN top-1 with K neighbours (default K 200)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = p.parse_args(argv)
-    if args.dataset == "FOLDER" and args.image_size is None:
-        p.error("--dataset FOLDER needs --image_size 32, 64 or 128")
+    try:
+        datasets.encoder_size(args.dataset, args.image_size)
+    except UserError as e:
+        p.error(str(e))
+    if args.knn is not None and args.knn < 1:
+        p.error("--knn K must be at least 1")
     if args.batch_size < 2:
         p.error("--batch_size must be at least 2")
     return args
@@ -57,19 +66,26 @@ def main(argv=None):
                         f"{args.checkpoint} --dataset {args.dataset}")
 
     source = splits.train if args.bn_warmup == "train" else splits.test
-    bn_loader = train.make_loader(source, args.batch_size, args.num_workers, device, shuffle=True)
-    images = train.first_view(splits, device) if args.bn_warmup == "train" else None
-    train.refresh_bn(model, bn_loader, device, args.amp, eval_encoder=bool(ckpt.get("eval_encoder", False)),
-                     images=images)
-    acc = train.evaluate(model, splits.test, Dist(device=device), args.amp, args.batch_size, args.num_workers)
+    bn_loader = engine.make_loader(source, args.batch_size, args.num_workers, device, shuffle=True)
+    images = engine.first_view(splits.batch_augment, device) if args.bn_warmup == "train" else None
+    engine.refresh_bn(model, bn_loader, device, args.amp, eval_encoder=bool(ckpt.get("eval_encoder", False)),
+                      images=images)
+    dist = Dist(device=device)
+    acc = engine.evaluate(model, splits.test, dist, args.amp, args.batch_size, args.num_workers)
 
     result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "n_images": acc["n_images"],
               "top1_linear": acc["top1_linear"], "top1_mlp": acc["top1_mlp"]}
+    knn_text = ""
+    if args.knn is not None:
+        result["top1_knn"] = engine.knn_accuracy(model, splits.memory, splits.test, dist, args.amp, args.batch_size,
+                                                 args.num_workers, k=args.knn)
+        result["knn_k"] = args.knn
+        knn_text = f", kNN (k={args.knn}) {result['top1_knn']:.2f}%"
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.checkpoint} on {args.dataset} test ({acc['n_images']} images): top-1 linear "
-              f"{acc['top1_linear']:.2f}%, mlp {acc['top1_mlp']:.2f}%")
+              f"{acc['top1_linear']:.2f}%, mlp {acc['top1_mlp']:.2f}%{knn_text}")
     return result
 
 

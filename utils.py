@@ -56,6 +56,41 @@ class Dist:
     def active(self):
         return self.world_size > 1
 
+    # Collectives the methods use; identities in a single process.
+
+    def all_gather(self, tensor):
+        """(N, ...) on every rank -> (world_size * N, ...), rank order; no gradient."""
+        if not self.active:
+            return tensor
+        out = torch.empty((self.world_size * tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype,
+                          device=tensor.device)
+        tdist.all_gather_into_tensor(out, tensor.contiguous())
+        return out
+
+    def all_gather_autograd(self, tensor):
+        """all_gather whose gradient flows back to the rank that produced each slice."""
+        return all_gather_autograd(tensor) if self.active else tensor
+
+    def shuffle(self, x):
+        """Spread the global batch randomly over the ranks: (N, ...) -> (this rank's N shuffled rows, undo).
+
+        Rank 0's permutation is broadcast so every rank agrees. One process: (x, None), nothing moves.
+        """
+        if not self.active:
+            return x, None
+        everything = self.all_gather(x)
+        perm = torch.randperm(everything.shape[0], device=x.device)
+        tdist.broadcast(perm, 0)
+        mine = perm.view(self.world_size, -1)[self.rank]
+        return everything[mine], torch.argsort(perm)
+
+    def unshuffle(self, y, undo):
+        """Inverse of shuffle for outputs computed on the shuffled rows: this rank's original rows of y."""
+        if undo is None:
+            return y
+        everything = self.all_gather(y)
+        return everything[undo.view(self.world_size, -1)[self.rank]]
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Distributed training: one process per device, gloo on CPU, NCCL on CUDA.

@@ -1,9 +1,11 @@
 """Learning check on the embedded DIGITS data: do self-supervised features beat a random encoder?
 
-For each seed: self-supervised training, then --classifiers on that encoder, and --classifiers on a randomly
-initialised encoder (the baseline), all with the same small config. Prints one row per seed and the mean/spread.
+For each method and seed: self-supervised training, then --classifiers on that encoder, and --classifiers on a
+randomly initialised encoder (the baseline), all with the same small AMDIM encoder (ndf 16, n_rkhs 128, depth 1)
+so the methods compare on one backbone. Prints one row per seed, the mean/spread, and test.py --knn of each
+self-supervised encoder.
 
-    .venv/bin/python bench/digits_learning.py [--seeds 1 2 3 4 5] [--ss_epochs 30] [--cls_epochs 10]
+    .venv/bin/python bench/digits_learning.py [--methods amdim moco] [--seeds 1 2 3 4 5] [--ss_epochs 30]
 """
 import argparse
 import json
@@ -14,8 +16,10 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = ["--dataset", "DIGITS", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1", "--batch_size", "100",
-         "--num_workers", "2", "--log_every", "100000", "--resume", "never"]
+MODEL = ["--dataset", "DIGITS", "--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1",
+         "--batch_size", "100", "--num_workers", "2", "--log_every", "100000", "--resume", "never"]
+# Each method's self-supervised flags beyond its defaults.
+METHOD_FLAGS = {"amdim": ["--warmup_updates", "50"], "moco": ["--method", "moco"]}
 
 
 def last_record(run_dir):
@@ -29,35 +33,44 @@ def train(out, run_name, *extra):
     return last_record(os.path.join(out, run_name))
 
 
+def knn(cpt):
+    out = subprocess.run([sys.executable, "test.py", cpt, "--dataset", "DIGITS", "--knn", "--json", "--num_workers",
+                          "0"], cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["top1_knn"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(METHOD_FLAGS), choices=list(METHOD_FLAGS))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--ss_epochs", type=int, default=30)
     p.add_argument("--cls_epochs", type=int, default=10)
     args = p.parse_args()
-    print(f"config: {' '.join(MODEL)}; self-supervised {args.ss_epochs} epochs (warm-up 50 updates), "
-          f"classifiers {args.cls_epochs} epochs; top-1 % on the 297 DIGITS test images")
-    print(f"{'seed':>4} | {'online lin':>10} {'online mlp':>10} | {'SS enc lin':>10} {'SS enc mlp':>10} | "
-          f"{'rand lin':>8} {'rand mlp':>8}")
-    rows = []
+    print(f"config: {' '.join(MODEL)}; self-supervised {args.ss_epochs} epochs, classifiers {args.cls_epochs} "
+          f"epochs; top-1 % on the 297 DIGITS test images")
+    names = ["online lin", "online mlp", "SS enc lin", "SS enc mlp", "SS enc kNN", "rand lin", "rand mlp"]
     with tempfile.TemporaryDirectory() as out:
-        for seed in args.seeds:
-            s = ["--seed", str(seed)]
-            ss = train(out, f"ss{seed}", *s, "--epochs", str(args.ss_epochs), "--warmup_updates", "50")
-            cpt = os.path.join(out, f"ss{seed}", "amdim_cpt.pth")
-            cls = train(out, f"cls{seed}", *s, "--classifiers", "--checkpoint_path", cpt,
-                        "--epochs", str(args.cls_epochs))
-            rnd = train(out, f"rand{seed}", *s, "--classifiers", "--epochs", str(args.cls_epochs))
-            row = [ss["top1_linear"], ss["top1_mlp"], cls["top1_linear"], cls["top1_mlp"], rnd["top1_linear"],
-                   rnd["top1_mlp"]]
-            rows.append(row)
-            print(f"{seed:>4} | {row[0]:10.2f} {row[1]:10.2f} | {row[2]:10.2f} {row[3]:10.2f} | "
-                  f"{row[4]:8.2f} {row[5]:8.2f}", flush=True)
-    cols = list(zip(*rows))
-    fmt = lambda c: f"{statistics.mean(c):.1f}±{statistics.pstdev(c):.1f} [{min(c):.1f}–{max(c):.1f}]"
-    print("mean±sd [min–max]:")
-    for name, c in zip(["online lin", "online mlp", "SS enc lin", "SS enc mlp", "rand lin", "rand mlp"], cols):
-        print(f"  {name:>10}: {fmt(c)}")
+        for method in args.methods:
+            print(f"\n{method}: {' '.join(METHOD_FLAGS[method])}")
+            print(f"{'seed':>4} | " + " ".join(f"{n:>10}" for n in names))
+            rows = []
+            for seed in args.seeds:
+                s = ["--seed", str(seed)]
+                run = f"{method}{seed}"
+                ss = train(out, f"ss_{run}", *s, *METHOD_FLAGS[method], "--epochs", str(args.ss_epochs))
+                cpt = os.path.join(out, f"ss_{run}", "amdim_cpt.pth")
+                cls = train(out, f"cls_{run}", *s, "--classifiers", "--checkpoint_path", cpt,
+                            "--epochs", str(args.cls_epochs))
+                rnd = train(out, f"rand_{run}", *s, "--classifiers", "--epochs", str(args.cls_epochs))
+                row = [ss["top1_linear"], ss["top1_mlp"], cls["top1_linear"], cls["top1_mlp"], knn(cpt),
+                       rnd["top1_linear"], rnd["top1_mlp"]]
+                rows.append(row)
+                print(f"{seed:>4} | " + " ".join(f"{v:10.2f}" for v in row), flush=True)
+            cols = list(zip(*rows))
+            fmt = lambda c: f"{statistics.mean(c):.1f}±{statistics.pstdev(c):.1f} [{min(c):.1f}–{max(c):.1f}]"
+            print("mean±sd [min–max]:")
+            for name, c in zip(names, cols):
+                print(f"  {name:>10}: {fmt(c)}", flush=True)
 
 
 if __name__ == "__main__":

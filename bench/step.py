@@ -1,4 +1,5 @@
-"""Training-step throughput: model + NCE costs + classifiers, forward, backward and Adam, float32.
+"""Training-step throughput of every method and backbone: model + its costs + classifiers, forward, backward,
+optimizer step and after-step hook (MoCo's momentum update and queue push), float32.
 
 Each (config, variant) runs in its own process so peak RSS is its own. Prints one table: median img/s of the
 timed steps after warm-up, min-max, peak RSS, achieved GFLOP/s (torch's flop counter, per image pair) next to
@@ -19,10 +20,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# name: (image size, ndf, n_rkhs, n_depth, batch) -- the 32 px configs quoted in issue 5 (0.353, 1.59 and 7.1
-# GFLOP per image pair); "default" is the original's model defaults.
-CONFIGS = {"small": (32, 32, 256, 1, 64), "medium": (32, 64, 512, 2, 100), "default": (32, 128, 1024, 3, 200)}
+# name: (method, image size, batch, model flags). The three AMDIM configs are the 32 px ones quoted in issue 5
+# (0.353, 1.59 and 7.1 GFLOP per image pair); "default" is the original's model defaults.
+CONFIGS = {
+    "small": ("amdim", 32, 64, ["--ndf", "32", "--n_rkhs", "256", "--n_depth", "1"]),
+    "medium": ("amdim", 32, 100, ["--ndf", "64", "--n_rkhs", "512", "--n_depth", "2"]),
+    "default": ("amdim", 32, 200, ["--ndf", "128", "--n_rkhs", "1024", "--n_depth", "3"]),
+    "moco-amdim-small": ("moco", 32, 64, ["--arch", "amdim", "--ndf", "32", "--n_rkhs", "256", "--n_depth", "1"]),
+    "moco-resnet18": ("moco", 32, 64, ["--arch", "resnet18"]),
+    "moco-resnet50": ("moco", 128, 32, ["--arch", "resnet50", "--mlp"]),
+}
 VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
+DATASET_OF_SIZE = {32: "C10", 64: "STL10", 128: "IN128"}
 
 
 def matmul_gflops(n=4096, repeats=5):
@@ -38,34 +47,43 @@ def matmul_gflops(n=4096, repeats=5):
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def measure(config, variant, steps, warmup):
-    """Time `steps` training steps of one config in this process; returns a dict for the table."""
+def measure(config_name, variant, steps, warmup):
+    """Time `steps` training steps (forward, loss, backward, optimizer step, after-step hook) of one config in
+    this process; returns a dict for the table."""
+    from types import SimpleNamespace
+
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    import checkpoint
+    import config
+    import recipes
     import train
-    size, ndf, n_rkhs, depth, batch = CONFIGS[config]
-    dataset = {32: "C10", 64: "STL10", 128: "IN128"}[size]
-    args = train.parse_args(["--dataset", dataset, "--ndf", str(ndf), "--n_rkhs", str(n_rkhs), "--n_depth",
-                             str(depth), "--batch_size", str(batch), "--memory_format",
-                             "channels_last" if "channels_last" in variant else "contiguous"]
-                            + (["--compile"] if variant.startswith("compile") else []))
-    dist = train.utils.Dist()
+    import utils
+    method, size, batch, flags = CONFIGS[config_name]
+    args = train.parse_args(["--dataset", DATASET_OF_SIZE[size], "--method", method, "--batch_size", str(batch),
+                             "--memory_format", "channels_last" if "channels_last" in variant else "contiguous",
+                             *flags] + (["--compile"] if variant.startswith("compile") else []))
+    dist = utils.Dist()
     torch.manual_seed(0)
-    model = train.checkpoint.build_model(dict(ndf=ndf, n_classes=10, n_rkhs=n_rkhs, tclip=20.0, n_depth=depth,
-                                              encoder_size=size, use_bn=False))
-    model, step_model = train.prepare_model(model, args, dist)
-    optimizer = train.make_optimizer(model, args.learning_rate)
+    hp = config.from_flags(args, size, n_classes=10)
+    if method == "moco":
+        hp["moco_k"] = 4096           # a queue of a CIFAR-sized run's order of magnitude
+    model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist)
+    optimizer = recipes.make_optimizer(model, args)
+    run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=2,
+                          splits=SimpleNamespace(batch_augment=None))
     g = torch.Generator().manual_seed(1)
-    batch_data = (torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g),
-                  torch.randint(0, 10, (batch,), generator=g))
+    batch_data = ((torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g)),
+                  torch.randint(0, 10, (batch,), generator=g), torch.arange(batch))
 
     def step():
-        terms, _ = train.loss_terms(step_model, batch_data, args, 20.0, dist)
+        terms, _, out = train.loss_terms(run, batch_data)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        model.after_step(out, dist)
         return loss.item()
 
     for _ in range(warmup):
@@ -75,12 +93,13 @@ def measure(config, variant, steps, warmup):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    with FlopCounterMode(display=False) as counter:   # eager model: the counter sees every op
-        terms, _ = train.loss_terms(model, batch_data, args, 20.0, dist)
+    run.step_model = model                          # eager model: the counter sees every op
+    with FlopCounterMode(display=False) as counter:
+        terms, _, _ = train.loss_terms(run, batch_data)
         sum(terms.values()).backward()
     flops_per_pair = counter.get_total_flops() / batch
     rates = [batch / t for t in times]
-    return {"config": config, "variant": variant, "batch": batch, "median": statistics.median(rates),
+    return {"config": config_name, "variant": variant, "batch": batch, "median": statistics.median(rates),
             "min": min(rates), "max": max(rates), "gflop_per_pair": flops_per_pair / 1e9,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "steps": steps}
 
@@ -100,7 +119,7 @@ def main():
     rate = matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul (4096^3): "
           f"{rate:.1f} GFLOP/s")
-    print(f"{'config (size/ndf/n_rkhs/depth/batch)':<38} {'variant':<22} {'img/s median':>12} {'min-max':>13} "
+    print(f"{'config (method, px, batch, flags)':<38} {'variant':<22} {'img/s median':>12} {'min-max':>13} "
           f"{'GFLOP/pair':>10} {'GFLOP/s':>8} {'% of mm':>7} {'peak RSS':>9}")
     for config in args.configs:
         for variant in args.variants:
@@ -111,12 +130,16 @@ def main():
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             achieved = r["median"] * r["gflop_per_pair"]
-            label = f"{config} ({'/'.join(map(str, CONFIGS[config]))})"
+            method, size, batch, flags = CONFIGS[config]
+            label = f"{config} ({size}px b{batch})"
             print(f"{label:<38} {variant:<22} {r['median']:12.1f} {r['min']:6.1f}-{r['max']:<6.1f} "
                   f"{r['gflop_per_pair']:10.3f} {achieved:8.1f} {100 * achieved / rate:6.0f}% "
                   f"{r['peak_rss_mb']:7.0f}MB", flush=True)
     print(f"median of {args.steps} steps after {args.warmup} warm-up steps; GFLOP/pair counts forward + backward "
-          f"of both views (torch.utils.flop_counter); img/s counts image pairs")
+          f"of both views (torch.utils.flop_counter; MoCo's key view is forward only); img/s counts image pairs")
+    for name, (method, size, batch, flags) in CONFIGS.items():
+        if name in args.configs:
+            print(f"  {name}: --method {method} {' '.join(flags)} at {size} px, batch {batch}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import checkpoint
-import model as M
 from utils import UserError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -58,7 +57,8 @@ def _as_original_keys(state_dict):
 
 
 def test_original_format_with_batchnorm_loads_with_use_bn_honoured(tmp_path):
-    src = M.Model(ndf=8, n_classes=10, n_rkhs=32, n_depth=2, encoder_size=32, use_bn=True)
+    src = checkpoint.build_model(dict(ndf=8, n_classes=10, n_rkhs=32, n_depth=2, encoder_size=32, use_bn=True,
+                                      tclip=20.0))
     with torch.no_grad():
         for p in src.parameters():
             p.add_(0.01 * torch.randn_like(p))

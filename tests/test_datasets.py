@@ -23,8 +23,9 @@ def test_digits_split_is_fixed_and_normalised_by_its_training_statistics():
     x = torch.from_numpy(xa).permute(0, 3, 1, 2).float() / 255
     z = (x - torch.tensor(view.mean)[:, None, None]) / torch.tensor(view.std)[:, None, None]
     assert z.mean().abs() < 1e-4 and (z.std() - 1).abs() < 1e-3
-    x1, x2, y = a.train[0]
+    (x1, x2), y, index = a.train[0]
     assert x1.shape == x2.shape == (3, 32, 32) and x1.dtype == torch.float32 and isinstance(y, int)
+    assert index == 0 and b.train[7][2] == 7          # items carry their index in the split (memory banks)
     assert not torch.equal(x1, x2)       # two independent augmentations
     # The batched path keeps the same images as uint8 and normalises with the same statistics.
     assert b.batch_augment is not None and torch.equal(b.train.images, torch.from_numpy(xa).permute(0, 3, 1, 2))
@@ -92,8 +93,8 @@ def test_image_folder_of_mixed_files_at_every_size(tmp_path, size):
     s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=size)
     assert s.n_classes == 2 and s.image_size == size and len(s.train) == len(s.test) == 12
     for i in range(len(s.train)):
-        x1, x2, y = s.train[i]
-        assert x1.shape == x2.shape == (3, size, size) and y in (0, 1)
+        (x1, x2), y, index = s.train[i]
+        assert x1.shape == x2.shape == (3, size, size) and y in (0, 1) and index == i
     for i in range(len(s.test)):
         assert s.test[i][0].shape == (3, size, size)
 
@@ -157,7 +158,7 @@ def test_policy_augmentations_give_valid_views(aug):
     s = datasets.build_splits("DIGITS", "unused", "self_supervised", aug=aug)
     torch.manual_seed(3)
     for i in range(20):
-        x1, x2, _ = s.train[i]
+        (x1, x2), _, _ = s.train[i]
         assert x1.shape == (3, 32, 32) and torch.isfinite(x1).all() and torch.isfinite(x2).all()
 
 

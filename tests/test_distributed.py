@@ -12,7 +12,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 import costs
-import train
+import engine
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,7 @@ def _rank_evaluate(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     model, data = _eval_setup()
-    acc = train.evaluate(model, train.shard(data, dist), dist, amp=False, batch_size=4, num_workers=0)
+    acc = engine.evaluate(model, engine.shard(data, dist), dist, amp=False, batch_size=4, num_workers=0)
     torch.save(acc, os.path.join(result_dir, f"acc{rank}.pt"))
     tdist.destroy_process_group()
 
@@ -90,7 +90,7 @@ def _eval_setup():
 def test_sharded_test_accuracy_equals_one_process(tmp_path):
     mp.spawn(_rank_evaluate, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     model, data = _eval_setup()
-    single = train.evaluate(model, data, utils.Dist(), amp=False, batch_size=4, num_workers=0)
+    single = engine.evaluate(model, data, utils.Dist(), amp=False, batch_size=4, num_workers=0)
     for r in range(WORLD):
         assert torch.load(tmp_path / f"acc{r}.pt", weights_only=True) == single
     assert single["n_images"] == 11          # 11 images over 2 ranks: no padded duplicates

@@ -2,13 +2,15 @@
 import pytest
 import torch
 
+import checkpoint
 import model as M
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_output_shapes_at_every_encoder_size(size):
-    m = M.Model(ndf=8, n_classes=7, n_rkhs=64, n_depth=2, encoder_size=size, use_bn=True)
-    out = m(torch.randn(3, 3, size, size), torch.randn(3, 3, size, size))
+    m = checkpoint.build_model(dict(ndf=8, n_classes=7, n_rkhs=64, n_depth=2, encoder_size=size, use_bn=True,
+                                    tclip=20.0))
+    out = m((torch.randn(3, 3, size, size), torch.randn(3, 3, size, size)))
     for view in ("x1", "x2"):
         r1, r5, r7 = out[view]
         assert r1.shape == (3, 64, 1, 1) and r5.shape == (3, 64, 5, 5) and r7.shape == (3, 64, 7, 7)
@@ -79,8 +81,9 @@ def test_fake_rkhs_head_shortcut_starts_near_identity():
 
 
 def test_evaluator_sends_no_gradient_into_the_encoder():
-    m = M.Model(ndf=8, n_classes=3, n_rkhs=32, n_depth=1, encoder_size=32)
-    mlp, lin = m(torch.randn(4, 3, 32, 32))["logits"]
+    m = checkpoint.build_model(dict(ndf=8, n_classes=3, n_rkhs=32, n_depth=1, encoder_size=32, use_bn=False,
+                                    tclip=20.0))
+    mlp, lin = m.classify(torch.randn(4, 3, 32, 32))
     (mlp.sum() + lin.sum()).backward()
     assert all(p.grad is None for p in m.encoder.parameters())
     assert all(p.grad is not None for p in m.evaluator.parameters())

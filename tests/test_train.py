@@ -1,5 +1,6 @@
 """train.py and test.py end to end on the embedded DIGITS data with a tiny model, in-process and as CLIs."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 import checkpoint
+import engine
+import recipes
 import train
 import utils
 
@@ -42,8 +45,8 @@ def test_self_supervised_epoch_writes_checkpoint_logs_and_scores_every_test_imag
     ckpt = load(cpt)
     assert ckpt["phase"] == "self_supervised"
     assert ckpt["cursor"] == {"info_epoch": 1, "info_step": 15, "classifier_epoch": 0, "classifier_step": 0}
-    assert ckpt["hyperparams"] == {"ndf": 8, "n_classes": 10, "n_rkhs": 32, "tclip": 20.0, "n_depth": 1,
-                                   "encoder_size": 32, "use_bn": False}
+    assert ckpt["hyperparams"] == {"method": "amdim", "arch": "amdim", "ndf": 8, "n_classes": 10, "n_rkhs": 32,
+                                   "tclip": 20.0, "n_depth": 1, "encoder_size": 32, "use_bn": False}
     assert acc["n_images"] == 297
     records = [json.loads(l) for l in open(os.path.join(out, "ss", "metrics.jsonl"))]
     assert len(records) == 1 and records[0]["epoch"] == 1
@@ -102,18 +105,37 @@ def test_classifier_run_resumes_with_its_trained_classifiers(ss_run, tmp_path):
     assert torch.equal(first["model"][lin], second["model"][lin])
 
 
+def _lr(args, epoch, step, epochs, milestones, method="amdim"):
+    return recipes.base_lr(args, method) * recipes.lr_factor(args, method, epoch, step, epochs, milestones)
+
+
 def test_learning_rate_warmup_and_milestones():
     args = train.parse_args(["--dataset", "DIGITS", "--learning_rate", "1.0", "--warmup_updates", "4"])
-    epochs, milestones = train.schedule(args, *train.default_schedule(args.phase, args.dataset))
+    epochs, milestones = recipes.schedule(args, "amdim")
     assert (epochs, milestones) == (300, (250, 280))
-    lrs = [train.learning_rate(args, 0, k, epochs, milestones) for k in range(6)]
+    lrs = [_lr(args, 0, k, epochs, milestones) for k in range(6)]
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert train.learning_rate(args, 250, 10 ** 6, epochs, milestones) == pytest.approx(0.2)
-    assert train.learning_rate(args, 280, 10 ** 6, epochs, milestones) == pytest.approx(0.04)
+    assert _lr(args, 250, 10 ** 6, epochs, milestones) == pytest.approx(0.2)
+    assert _lr(args, 280, 10 ** 6, epochs, milestones) == pytest.approx(0.04)
     args = train.parse_args(["--dataset", "IN128", "--epochs", "10", "--classifiers"])
-    epochs, milestones = train.schedule(args, *train.default_schedule(args.phase, args.dataset))
+    epochs, milestones = recipes.schedule(args, "amdim")
     assert (epochs, milestones) == (10, (5, 8))          # 30 [15, 25] scaled to 10 epochs
-    assert train.learning_rate(args, 0, 0, epochs, milestones) == args.learning_rate   # no warm-up
+    assert _lr(args, 0, 0, epochs, milestones) == 2e-4   # no warm-up
+
+
+def test_moco_schedule_follows_its_seed():
+    """SGD at 0.03 per 128 images, x0.1 at epochs 120 and 160 of 200 (scaled), or a cosine with --cos."""
+    args = train.parse_args(["--dataset", "DIGITS", "--method", "moco", "--batch_size", "256", "--epochs", "20"])
+    epochs, milestones = recipes.schedule(args, "moco")
+    assert (epochs, milestones) == (20, (12, 16))
+    assert recipes.base_lr(args, "moco") == pytest.approx(0.06)
+    assert [_lr(args, e, 10 ** 6, epochs, milestones, "moco") for e in (0, 11, 12, 16)] == \
+        pytest.approx([0.06, 0.06, 0.006, 0.0006])
+    assert _lr(args, 0, 0, epochs, milestones, "moco") == pytest.approx(0.06)        # no warm-up by default
+    cos = train.parse_args(["--dataset", "DIGITS", "--method", "moco", "--cos", "--epochs", "20"])
+    for e in (0, 5, 10, 19):
+        want = 0.03 * 200 / 128 * 0.5 * (1 + math.cos(math.pi * e / 20))
+        assert _lr(cos, e, 10 ** 6, 20, milestones, "moco") == pytest.approx(want)
 
 
 def test_bn_refresh_uses_at_most_50_batches():
@@ -127,7 +149,7 @@ def test_bn_refresh_uses_at_most_50_batches():
                 seen.append(i)
                 yield torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
 
-    train.refresh_bn(m, Loader(), torch.device("cpu"), amp=False)
+    engine.refresh_bn(m, Loader(), torch.device("cpu"), amp=False)
     assert len(seen) == 51                     # the 51st is fetched and not used
     assert m.encoder.layer_list[8].num_batches_tracked.item() == 50
 
@@ -170,9 +192,9 @@ def test_cli_errors_are_one_line_without_traceback(ss_run, tmp_path):
 
 def test_resumable_sampler_skips_exactly_the_trained_batches():
     data = list(range(50))
-    full = train.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
+    full = engine.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
     full.set_epoch(2)
-    part = train.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
+    part = engine.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
     part.set_epoch(2)
     part.skip_batches = 3
     assert list(part) == list(full)[12:] and len(part) == len(full) - 12

@@ -1,0 +1,181 @@
+"""Model configuration in one place: each method's and backbone's hyperparameters, their defaults, flags and
+validation.
+
+A run's hyperparameters (a flat dict, stored in every checkpoint as "hyperparams") are: method, arch,
+encoder_size, n_classes, the AMDIM encoder's (ndf, n_rkhs, n_depth, use_bn) when arch is "amdim", and the
+method's own. Flags default to None so that a flag the user did not give never contradicts a checkpoint; the
+defaults below apply only to a model built from scratch.
+"""
+from dataclasses import dataclass
+
+from model import RESNETS, last_width
+from utils import UserError
+
+METHODS = ("amdim", "moco")
+ARCHS = ("amdim",) + RESNETS
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its name in the checkpoint (and the flag's dest), type, default and flag spellings."""
+    name: str
+    type: type
+    default: object
+    help: str
+    flags: tuple = ()          # command-line spellings; the first one's dest must equal name
+    minimum: float = None      # inclusive lower bound for numbers
+    below: float = None        # exclusive upper bound for numbers
+    switch: bool = False       # a flag without a value that sets True
+
+    def flag_names(self):
+        return self.flags or (f"--{self.name}",)
+
+
+# The AMDIM encoder: arch "amdim", whichever method trains it.
+AMDIM_ENCODER = (
+    Param("ndf", int, 128, "encoder base width", minimum=1),
+    Param("n_rkhs", int, 1024, "embedding width (at least the encoder's last width: 4*ndf at 32 px, 8*ndf at "
+                               "64/128 px)", minimum=1),
+    Param("n_depth", int, 3, "residual units per block", flags=("--n_depth", "--res_depth"), minimum=1),
+    Param("use_bn", bool, False, "BatchNorm inside the encoder (0 or 1)"),
+)
+
+# Each method's own hyperparameters. MoCo's flags keep the seed's hyphenated spellings (underscores work too).
+METHOD_PARAMS = {
+    "amdim": (Param("tclip", float, 20.0, "NCE score soft clip", minimum=1e-6),),
+    "moco": (
+        Param("moco_dim", int, 128, "embedding width", flags=("--moco-dim", "--moco_dim"), minimum=1),
+        Param("moco_k", int, 65536, "queue length: negative keys (capped at the training split's size)",
+              flags=("--moco-k", "--moco_k"), minimum=1),
+        Param("moco_m", float, 0.999, "key encoder momentum", flags=("--moco-m", "--moco_m"), minimum=0, below=1),
+        Param("mlp", bool, False, "MLP projection head (MoCo v2)", flags=("--mlp",), switch=True),
+        Param("aug_plus", bool, False, "MoCo v2 augmentation (blur, weaker hue jitter)",
+              flags=("--aug-plus", "--aug_plus"), switch=True),
+        Param("moco_align_w", float, 3.0, "weight of the alignment loss",
+              flags=("--moco-align-w", "--moco_align_w"), minimum=0),
+        Param("moco_align_alpha", float, 2.0, "alignment exponent alpha",
+              flags=("--moco-align-alpha", "--moco_align_alpha"), minimum=1e-6),
+        Param("moco_unif_w", float, 1.0, "weight of the uniformity loss",
+              flags=("--moco-unif-w", "--moco_unif_w"), minimum=0),
+        Param("moco_unif_t", float, 3.0, "uniformity temperature t", flags=("--moco-unif-t", "--moco_unif_t"),
+              minimum=1e-6),
+        Param("moco_unif_no_intra_batch", bool, False, "uniformity over query-queue pairs only",
+              flags=("--moco-unif-no-intra-batch", "--moco_unif_no_intra_batch"), switch=True),
+        Param("moco_contr_w", float, 0.0, "weight of the contrastive (InfoNCE) loss",
+              flags=("--moco-contr-w", "--moco_contr_w"), minimum=0),
+        Param("moco_contr_tau", float, 0.07, "contrastive temperature",
+              flags=("--moco-contr-tau", "--moco_contr_tau"), minimum=1e-6),
+    ),
+}
+ALL_PARAMS = AMDIM_ENCODER + tuple(p for params in METHOD_PARAMS.values() for p in params)
+
+
+def add_flags(parser):
+    """--method, --arch and every hyperparameter's flag, each defaulting to None (see the module docstring)."""
+    group = parser.add_argument_group("model (defaults apply to a model built from scratch; a checkpoint's "
+                                      "values win, and flags may not contradict them)")
+    group.add_argument("--method", choices=METHODS, help="self-supervised objective (default amdim)")
+    group.add_argument("--arch", choices=ARCHS, help="backbone (default: amdim for --method amdim; else resnet18 "
+                                                     "below 128 px, resnet50 from 128 px)")
+    for p in ALL_PARAMS:
+        owner = "AMDIM encoder" if p in AMDIM_ENCODER else next(m for m, ps in METHOD_PARAMS.items() if p in ps)
+        text = f"[{owner}] {p.help} (default {p.default})"
+        if p.switch:
+            group.add_argument(*p.flag_names(), dest=p.name, action="store_const", const=True, help=text)
+        elif p.type is bool:
+            group.add_argument(*p.flag_names(), dest=p.name, type=int, choices=(0, 1), help=text)
+        else:
+            group.add_argument(*p.flag_names(), dest=p.name, type=p.type, help=text)
+
+
+def default_arch(method, encoder_size):
+    if method == "amdim":
+        return "amdim"
+    return "resnet50" if encoder_size >= 128 else "resnet18"
+
+
+def params_of(method, arch):
+    """The Params a (method, arch) model has."""
+    return (AMDIM_ENCODER if arch == "amdim" else ()) + METHOD_PARAMS[method]
+
+
+def from_flags(args, encoder_size, n_classes):
+    """Hyperparameters of a model built from scratch: the flags given, defaults for the rest; validated."""
+    method = args.method or "amdim"
+    arch = args.arch or default_arch(method, encoder_size)
+    hp = dict(method=method, arch=arch, encoder_size=encoder_size, n_classes=n_classes)
+    for p in params_of(method, arch):
+        value = getattr(args, p.name, None)
+        hp[p.name] = p.type(p.default if value is None else value)
+    unused = [p.flag_names()[0] for p in ALL_PARAMS if p not in params_of(method, arch)
+              and getattr(args, p.name, None) is not None]
+    if unused:
+        raise UserError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --method {method} "
+                        f"--arch {arch}; drop {'it' if len(unused) == 1 else 'them'}")
+    validate(hp)
+    return hp
+
+
+def validate(hp):
+    """Raise a UserError naming the first hyperparameter out of range or combination that cannot work."""
+    if hp["method"] not in METHODS:
+        raise UserError(f"unknown method {hp['method']!r}: choose one of {', '.join(METHODS)}")
+    if hp["arch"] not in ARCHS:
+        raise UserError(f"unknown arch {hp['arch']!r}: choose one of {', '.join(ARCHS)}")
+    if hp["method"] == "amdim" and hp["arch"] != "amdim":
+        raise UserError(f"--method amdim needs --arch amdim: its costs compare the encoder's 1x1, 5x5 and 7x7 "
+                        f"feature maps, which {hp['arch']} does not give; drop --arch or pick another --method")
+    for p in params_of(hp["method"], hp["arch"]):
+        v = hp[p.name]
+        if p.minimum is not None and not v >= p.minimum:     # also refuses NaN
+            raise UserError(f"{p.flag_names()[0]} {v} is out of range: it must be at least {p.minimum}")
+        if p.below is not None and not v < p.below:
+            raise UserError(f"{p.flag_names()[0]} {v} is out of range: it must be below {p.below}")
+    if hp["arch"] == "amdim" and hp["n_rkhs"] < last_width(hp["ndf"], hp["encoder_size"]):
+        raise UserError(f"--n_rkhs {hp['n_rkhs']} is smaller than the encoder's last width "
+                        f"{last_width(hp['ndf'], hp['encoder_size'])} (4*ndf at 32 px, 8*ndf at 64/128 px): raise "
+                        f"--n_rkhs or lower --ndf")
+    if hp["method"] == "moco" and hp["moco_align_w"] == hp["moco_unif_w"] == hp["moco_contr_w"] == 0:
+        raise UserError("every MoCo loss weight is 0: give --moco-align-w, --moco-unif-w or --moco-contr-w a "
+                        "positive value")
+
+
+def normalise(stored):
+    """A checkpoint's hyperparams with types restored; checkpoints written before other methods existed (ours
+    and the original code's) are AMDIM's."""
+    hp = dict(stored)
+    hp.setdefault("method", "amdim")
+    hp.setdefault("arch", "amdim")
+    if hp["method"] not in METHODS or hp["arch"] not in ARCHS:
+        raise UserError(f"the checkpoint's method {hp['method']!r} / arch {hp['arch']!r} is unknown to this "
+                        f"code; update the code or use a checkpoint of {', '.join(METHODS)}")
+    wanted = params_of(hp["method"], hp["arch"])
+    missing = [p.name for p in wanted if p.name not in hp] + \
+        [k for k in ("encoder_size", "n_classes") if k not in hp]
+    if missing:
+        raise UserError(f"checkpoint hyperparams lack {', '.join(missing)}; it was not written by AMDIM code")
+    out = dict(method=hp["method"], arch=hp["arch"], encoder_size=int(hp["encoder_size"]),
+               n_classes=int(hp["n_classes"]))
+    out.update({p.name: p.type(hp[p.name]) for p in wanted})
+    return out
+
+
+def contradictions(args, hp):
+    """Flags given on the command line that differ from a checkpoint's hyperparameters, as readable strings."""
+    clashes = [f"--{k} {getattr(args, k)} (checkpoint: {hp[k]})" for k in ("method", "arch")
+               if getattr(args, k, None) is not None and getattr(args, k) != hp[k]]
+    for p in ALL_PARAMS:
+        given = getattr(args, p.name, None)
+        if given is None:
+            continue
+        if p.name not in hp:
+            clashes.append(f"{p.flag_names()[0]} (not a hyperparameter of the checkpoint's {hp['method']}/"
+                           f"{hp['arch']} model)")
+        elif p.type(given) != hp[p.name]:
+            clashes.append(f"{p.flag_names()[0]} {given} (checkpoint: {hp[p.name]})")
+    return clashes
+
+
+def describe(hp):
+    """A one-line summary for the start-up log."""
+    return " ".join(f"{k}={v}" for k, v in hp.items())

@@ -1,0 +1,154 @@
+"""The training and evaluation machinery that train.py, test.py and bench/ share: loaders, the resumable sampler,
+training views on the device, the BatchNorm refresh, classifier accuracy and kNN accuracy.
+
+Training items are (views, y, index): views is a tuple of augmented images (per-image augmentation in the
+loader) or one uint8 image that a batched augmentation turns into views on the device; y is -1 for unlabelled
+images; index is the item's position in the training split. Test items are (x, y).
+"""
+import torch
+
+import knn
+import mixed_precision as mp
+import utils
+
+BN_REFRESH_BATCHES = 50
+
+
+def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, sampler=None):
+    """A DataLoader whose workers are re-created each epoch: their seeds then follow the global torch RNG,
+    which checkpoints restore, so a resumed run draws the same augmentations. Workers ignore Ctrl-C/SIGTERM:
+    the training process handles them at the next update boundary."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                                       num_workers=num_workers, drop_last=drop_last,
+                                       pin_memory=device.type == "cuda", persistent_workers=False,
+                                       worker_init_fn=utils.ignore_stop_signals if num_workers else None)
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler (a seeded permutation per epoch, split across ranks) that can skip the batches an
+    interrupted epoch already trained on, so a mid-epoch resume continues the same data order."""
+
+    def __init__(self, dataset, dist, seed, batch_size):
+        super().__init__(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed,
+                         drop_last=True)
+        self.batch_size = batch_size
+        self.skip_batches = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.skip_batches * self.batch_size:])
+
+    def __len__(self):
+        return super().__len__() - self.skip_batches * self.batch_size
+
+
+def shard(dataset, dist):
+    """This rank's share of a test set: every world_size-th item, no padding, so each item is scored once."""
+    if not dist.active:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
+
+
+def layout(memory_format):
+    return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+
+
+def training_views(batch, augment, device, n_views, memory_format="contiguous"):
+    """(views, y, index) of a training batch on the device: the loader's views, or (batched augmentation) the
+    views made here from its uint8 images. views: a tuple of n_views tensors (B, 3, S, S)."""
+    first, y, index = batch
+    if augment is None:
+        views = tuple(first)[:n_views]
+    else:
+        views = augment(first.to(device, non_blocking=True), n_views=n_views)
+    views = tuple(v.to(device, non_blocking=True, memory_format=layout(memory_format)) for v in views)
+    return views, y.to(device, non_blocking=True), index
+
+
+def first_view(augment, device, memory_format="contiguous"):
+    """Batch -> view 1 of its images, for the BatchNorm refresh."""
+    return lambda batch: training_views(batch, augment, device, 1, memory_format)[0][0]
+
+
+@torch.no_grad()
+def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFRESH_BATCHES, images=None):
+    """Re-estimate BatchNorm running statistics as the original did before testing: up to n_batches batches
+    through the evaluation path (features and classifiers) in train mode, without gradients. images(batch)
+    gives the images to use (default: the first entry of each batch)."""
+    set_train_mode(model, eval_encoder)
+    for i, batch in enumerate(loader):
+        if i == n_batches:
+            break
+        if batch[1].shape[0] < 2:  # train-mode BatchNorm needs 2 images
+            continue
+        x = images(batch) if images is not None else batch[0].to(device, non_blocking=True)
+        with mp.autocast(device, amp):
+            model.classify(x)
+
+
+def set_train_mode(model, eval_encoder=False):
+    """Train mode; with eval_encoder (a frozen encoder's BatchNorm kept as it is) only the classifiers train."""
+    model.train()
+    if eval_encoder:
+        model.eval()
+        model.evaluator.train()
+
+
+@torch.no_grad()
+def evaluate(model, dataset, dist, amp, batch_size, num_workers):
+    """Top-1 accuracy (percent) of both classifiers over every item of `dataset` (items (x, y)), in eval mode.
+    In a multi-process job pass each rank its shard(); the counts are summed over ranks.
+
+    Returns {"n_images", "top1_mlp", "top1_linear"}."""
+    model.eval()
+    loader = make_loader(dataset, batch_size, num_workers, dist.device)
+    correct = torch.zeros(3, dtype=torch.float64, device=dist.device)
+    for x, y in loader:
+        y = y.to(dist.device)
+        with mp.autocast(dist.device, amp):
+            mlp, lin = model.classify(x.to(dist.device, non_blocking=True))
+        correct += torch.stack([(mlp.argmax(1) == y).sum(), (lin.argmax(1) == y).sum(),
+                                torch.tensor(y.shape[0], device=y.device)]).double()
+    correct_mlp, correct_lin, total = utils.all_reduce_sum(correct.tolist(), dist.device)
+    total = int(total)
+    return {"n_images": total, "top1_mlp": 100.0 * correct_mlp / max(total, 1),
+            "top1_linear": 100.0 * correct_lin / max(total, 1)}
+
+
+@torch.no_grad()
+def extract_features(model, dataset, device, amp, batch_size, num_workers):
+    """Frozen features of every item of `dataset` (items (x, y)), in eval mode: (features (N, D) float32 on the
+    device, labels (N,) int64)."""
+    model.eval()
+    feats, labels = [], []
+    for x, y in make_loader(dataset, batch_size, num_workers, device):
+        with mp.autocast(device, amp):
+            feats.append(model.features(x.to(device, non_blocking=True)).float())
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_accuracy(model, memory_set, query_set, dist, amp, batch_size, num_workers, k=200, temperature=0.07):
+    """Weighted kNN top-1 (percent, knn.py) of the test split (queries) against the training split (memory),
+    both through the test-time transform. Each rank extracts its shard of both; the memory is gathered on every
+    rank and each rank scores its own queries."""
+    memory, memory_labels = extract_features(model, shard(memory_set, dist), dist.device, amp, batch_size,
+                                             num_workers)
+    queries, query_labels = extract_features(model, shard(query_set, dist), dist.device, amp, batch_size,
+                                             num_workers)
+    if dist.active:
+        memory, memory_labels = gather_uneven(memory, dist), gather_uneven(memory_labels, dist)
+    n_classes = model.hyperparams["n_classes"]
+    pred = knn.knn_predict(memory, memory_labels, queries, n_classes, k=k, temperature=temperature)
+    correct, total = utils.all_reduce_sum([(pred == query_labels).sum().item(), query_labels.shape[0]],
+                                          dist.device)
+    return 100.0 * correct / max(total, 1)
+
+
+def gather_uneven(tensor, dist):
+    """Concatenate every rank's (N_r, ...) tensor in rank order, where N_r differ (padded to the largest)."""
+    sizes = [int(s) for s in utils.all_gather_objects(tensor.shape[0])]
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[:tensor.shape[0]] = tensor
+    everything = dist.all_gather(padded)
+    return torch.cat([everything[r * max(sizes):r * max(sizes) + n] for r, n in enumerate(sizes)])

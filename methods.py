@@ -1,0 +1,194 @@
+"""Self-supervised methods. Each is one nn.Module that owns its networks and its state (momentum encoder, queue)
+as parameters and buffers, so checkpoints, DistributedDataParallel and exact resume carry them as they are.
+
+The interface the training loop uses (train.py never asks which method it runs):
+    view_kind                 the augmentation its training views come from (augment.make_views)
+    forward(views, dist)      network outputs for a tuple of views (B, 3, S, S); out["logits"] holds the online
+                              classifiers' (mlp, linear) logits on detached features of k views, (k*B, n_classes),
+                              rows in view order, so the labels are the batch's repeated k times
+    loss_terms(out, dist)     named scalar loss terms (the loop runs this in float32 and sums them)
+    after_step(out, dist)     state updates after each optimizer step (momentum update, queue push)
+    features(x)               (B, n_features) frozen features for the classifiers and kNN
+    classify(x)               (mlp, linear) logits of the evaluation classifiers
+    evaluator                 the evaluation classifiers (model.Evaluator)
+    hyperparams               the config dict that rebuilds the model (config.py)
+
+`dist` (utils.Dist) gives the collectives a method needs; in a single process they are identities.
+"""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import costs
+from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, projection_head
+
+
+class Method(nn.Module):
+    """What every method shares: hyperparams, the evaluation classifiers and the default hooks."""
+    view_kind = None
+
+    def __init__(self, hp):
+        super().__init__()
+        self.hyperparams = dict(hp)
+
+    def reset_evaluator(self, n_classes):
+        """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205."""
+        self.evaluator = Evaluator(self.n_features, n_classes)
+        self.hyperparams["n_classes"] = n_classes
+
+    def classify(self, x):
+        """x: (B, 3, S, S) -> (mlp logits, linear logits), each (B, n_classes)."""
+        return self.evaluator(self.features(x))
+
+    def after_step(self, out, dist):
+        """Called after each optimizer step with that step's outputs; nothing by default."""
+
+    def ddp_ignored_state(self):
+        """Names of parameters and buffers DistributedDataParallel should neither broadcast nor reduce."""
+        return []
+
+
+class AMDIM(Method):
+    """Augmented Multiscale Deep InfoMax (Bachman et al. 2019): predict each view's local features (5x5, 7x7)
+    from the other view's global (1x1) and local (5x5) features with NCE.
+
+    Two views that share a flip go through the encoder in separate passes (BatchNorm keeps per-view statistics,
+    as the original); the classifiers read both views' r1. State-dict keys match the original code's model.
+    """
+    view_kind = "amdim"
+
+    def __init__(self, hp):
+        super().__init__(hp)
+        self.encoder = Encoder(hp["ndf"], hp["n_rkhs"], hp["n_depth"], hp["encoder_size"], hp["use_bn"])
+        self.encoder.init_weights()
+        self.n_features = hp["n_rkhs"]
+        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+
+    def forward(self, views, dist=None):
+        """views: (x1, x2), each (B, 3, S, S) -> {"x1": (r1, r5, r7) of view 1, "x2": the same of view 2,
+        "logits": classifier logits (2B, n_classes), rows [view 1; view 2]}."""
+        x1, x2 = views
+        f1, f2 = self.encoder(x1), self.encoder(x2)
+        return {"x1": f1, "x2": f2, "logits": self.evaluator(torch.cat([f1[0], f2[0]]))}
+
+    def loss_terms(self, out, dist):
+        """The infomax costs 1t5, 1t7, 5t5 and lgt_reg; negatives come from every process's batch."""
+        n = out["x1"][0].shape[0]
+        device = out["x1"][0].device
+        locs1 = costs.sample_locations(n, device=device)
+        locs2 = costs.sample_locations(n, device=device)
+        gather = dist.all_gather_autograd if dist is not None and dist.active else None
+        offset = dist.rank * n if dist is not None else 0
+        return costs.infomax_costs(out["x1"], out["x2"], self.hyperparams["tclip"], locs1, locs2, gather=gather,
+                                   pos_offset=offset)
+
+    def features(self, x):
+        """x: (B, 3, S, S) -> r1 flattened, (B, n_rkhs)."""
+        return self.encoder(x)[0].flatten(1)
+
+
+def make_backbone(hp):
+    """The backbone of a non-AMDIM method: image (B, 3, S, S) -> (B, width) features; .width gives width."""
+    if hp["arch"] == "amdim":
+        return GlobalEncoder(hp["ndf"], hp["n_rkhs"], hp["n_depth"], hp["encoder_size"], hp["use_bn"])
+    return ResNetTrunk(hp["arch"], hp["encoder_size"])
+
+
+class MoCo(Method):
+    """Momentum Contrast (He et al. 2020) trained with the alignment and uniformity losses (Wang & Isola 2020)
+    and, optionally, MoCo's contrastive loss.
+
+    The query view goes through the backbone and a projection head; the key view through momentum copies of both
+    (no gradients). Embeddings are L2-normalised. The queue holds the keys of the last moco_k images of every
+    process, newest overwriting oldest.
+    """
+
+    def __init__(self, hp):
+        super().__init__(hp)
+        self.backbone = make_backbone(hp)
+        self.n_features = self.backbone.width
+        self.head = projection_head(self.n_features, hp["moco_dim"], hidden=hp["mlp"])
+        # The key encoder starts as an exact copy and only ever moves by the momentum update.
+        self.backbone_k = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.head_k = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(hp["moco_k"], hp["moco_dim"]), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+
+    @property
+    def view_kind(self):
+        return view_kind(self.hyperparams)
+
+    def forward(self, views, dist=None):
+        """views: (query images, key images), each (B, 3, S, S) -> {"q": (B, moco_dim), "k": (B, moco_dim) unit
+        rows, "logits": classifier logits on the query view's features (B, n_classes)}."""
+        x_q, x_k = views
+        h = self.backbone(x_q)
+        q = F.normalize(self.head(h), dim=1)
+        with torch.no_grad():
+            # Shuffling BN: the key encoder's BatchNorm sees a random mix of every process's images, so its batch
+            # statistics cannot give away which key belongs to which query. One process: a no-op.
+            x_k, undo = dist.shuffle(x_k) if dist is not None else (x_k, None)
+            k = F.normalize(self.head_k(self.backbone_k(x_k)), dim=1)
+            k = dist.unshuffle(k, undo) if dist is not None else k
+        return {"q": q, "k": k, "logits": self.evaluator(h)}
+
+    def loss_terms(self, out, dist):
+        """Weighted alignment, uniformity and contrastive terms (those with a non-zero weight)."""
+        hp, q, k = self.hyperparams, out["q"], out["k"]
+        queue = self.queue.detach()
+        terms = {}
+        if hp["moco_align_w"]:
+            terms["align"] = hp["moco_align_w"] * costs.align_loss(q, k, hp["moco_align_alpha"])
+        if hp["moco_unif_w"]:
+            terms["uniform"] = hp["moco_unif_w"] * costs.uniform_loss(
+                q, queue, hp["moco_unif_t"], intra_batch=not hp["moco_unif_no_intra_batch"])
+        if hp["moco_contr_w"]:
+            terms["contrastive"] = hp["moco_contr_w"] * costs.moco_contrastive_loss(q, k, queue,
+                                                                                    hp["moco_contr_tau"])
+        return terms
+
+    @torch.no_grad()
+    def after_step(self, out, dist):
+        """Move the key encoder towards the query encoder, then push every process's keys into the queue."""
+        m = self.hyperparams["moco_m"]
+        online = list(self.backbone.parameters()) + list(self.head.parameters())
+        momentum = list(self.backbone_k.parameters()) + list(self.head_k.parameters())
+        torch._foreach_lerp_(momentum, online, 1 - m)      # k = m k + (1 - m) q
+        keys = dist.all_gather(out["k"].detach()) if dist is not None else out["k"].detach()
+        self.push(keys.to(self.queue.dtype))
+
+    def push(self, keys):
+        """Write keys (n, moco_dim) at the queue pointer, wrapping around its end; keeps the newest moco_k."""
+        size = self.queue.shape[0]
+        keys = keys[-size:]
+        n, ptr = keys.shape[0], int(self.queue_ptr)
+        rows = (ptr + torch.arange(n, device=keys.device)) % size
+        self.queue[rows] = keys
+        self.queue_ptr.fill_((ptr + n) % size)
+
+    def features(self, x):
+        """x: (B, 3, S, S) -> the query backbone's features (B, width)."""
+        return self.backbone(x)
+
+    def ddp_ignored_state(self):
+        # Every process pushes the same gathered keys, so the queues stay identical without a 32 MB broadcast
+        # per step (DDP would otherwise broadcast rank 0's buffers before each forward).
+        return ["queue", "queue_ptr"]
+
+
+METHOD_CLASSES = {"amdim": AMDIM, "moco": MoCo}
+
+
+def build(hp):
+    """A freshly initialised method from its hyperparameters (config.py)."""
+    return METHOD_CLASSES[hp["method"]](hp)
+
+
+def view_kind(hp):
+    """The augmentation a method's training views come from, without building the model (augment.make_views)."""
+    if hp["method"] == "moco":
+        return "moco_v2" if hp["aug_plus"] else "moco_v1"
+    return "amdim"

@@ -1,0 +1,106 @@
+"""Optimisers and learning-rate schedules: each method's from its seed, and the classifier phase's, which every
+method shares so that their evaluations compare.
+
+    amdim  Adam (0.8, 0.999), weight decay 1e-5, lr 2e-4, linear warm-up over --warmup_updates (500), x0.2 at
+           each milestone (the original code; one optimiser over encoder and online classifiers alike)
+    moco   SGD momentum 0.9, weight decay 1e-4, lr 0.03 per 128 images of batch, x0.1 at epochs 120 and 160 of
+           200, or --cos; the online classifiers train in a second parameter group (lr 0.1, no weight decay)
+    --classifiers (every method): AMDIM's Adam over the classifiers alone, no warm-up, x0.2 at each milestone
+
+The learning rate is a pure function of the training cursor (epoch, update), so a resumed run continues the
+schedule exactly; default milestones scale with --epochs.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+SELF_SUPERVISED, CLASSIFIERS = "self_supervised", "classifiers"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    optimizer: str             # "adam" or "sgd"
+    lr: float                  # base learning rate, at batch size lr_batch
+    lr_batch: int = None       # scale lr linearly with --batch_size / lr_batch (None: no scaling)
+    decay: float = 0.2         # factor at each milestone
+    warmup_updates: int = 0    # default linear warm-up length
+    weight_decay: float = 0.0
+    classifier_lr: float = None  # SGD recipes: the online classifiers' own parameter group
+
+
+RECIPES = {
+    "amdim": Recipe("adam", 2e-4, decay=0.2, warmup_updates=500, weight_decay=1e-5),
+    "moco": Recipe("sgd", 0.03, lr_batch=128, decay=0.1, weight_decay=1e-4, classifier_lr=0.1),
+}
+CLASSIFIER_RECIPE = Recipe("adam", 2e-4, decay=0.2, weight_decay=1e-5)
+
+
+def recipe(phase, method):
+    return RECIPES[method] if phase == SELF_SUPERVISED else CLASSIFIER_RECIPE
+
+
+def default_schedule(phase, method, dataset):
+    """(epochs, LR milestones) of the seed's schedule."""
+    if phase == CLASSIFIERS:
+        return {"IN128": (30, (15, 25)), "PLACES205": (15, (7, 12))}.get(dataset, (120, (80, 110)))
+    if method == "moco":
+        return 200, (120, 160)
+    return (50, (30, 45)) if dataset in ("IN128", "PLACES205") else (300, (250, 280))
+
+
+def schedule(args, method):
+    """(epochs, milestones) for this run: --epochs or the default, with the milestones scaled to it."""
+    default_epochs, default_milestones = default_schedule(args.phase, method, args.dataset)
+    epochs = args.epochs or default_epochs
+    return epochs, tuple(round(m * epochs / default_epochs) for m in default_milestones)
+
+
+def base_lr(args, method):
+    """--learning_rate, or the recipe's, scaled to --batch_size where the seed scales it."""
+    if args.learning_rate is not None:
+        return args.learning_rate
+    r = recipe(args.phase, method)
+    return r.lr * (args.batch_size / r.lr_batch if r.lr_batch else 1.0)
+
+
+def warmup_updates(args, method):
+    if args.phase == CLASSIFIERS:
+        return 0
+    return recipe(args.phase, method).warmup_updates if args.warmup_updates is None else args.warmup_updates
+
+
+def lr_factor(args, method, epoch, step, epochs, milestones):
+    """The schedule's multiplier of the base learning rates at update `step` (counted over the whole run) of
+    `epoch`: step decay at each milestone (or, with --cos, a cosine over the epochs), times the linear warm-up."""
+    if getattr(args, "cos", False) and args.phase == SELF_SUPERVISED:
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    else:
+        factor = recipe(args.phase, method).decay ** sum(epoch >= m for m in milestones)
+    warmup = warmup_updates(args, method)
+    if warmup > 0:
+        factor *= min(1.0, (step + 1) / warmup)
+    return factor
+
+
+def make_optimizer(model, args):
+    """The phase's optimiser over the model's trainable parameters; each group's "base_lr" is what lr_factor
+    multiplies."""
+    method = model.hyperparams["method"]
+    r = recipe(args.phase, method)
+    lr = base_lr(args, method)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if r.optimizer == "adam":
+        groups = [dict(params=trainable, base_lr=lr)]
+        return torch.optim.Adam(groups, lr=lr, betas=(0.8, 0.999), weight_decay=r.weight_decay, eps=1e-8)
+    classifier = {id(p) for p in model.evaluator.parameters()}
+    groups = [dict(params=[p for p in trainable if id(p) not in classifier], base_lr=lr),
+              dict(params=[p for p in trainable if id(p) in classifier], base_lr=r.classifier_lr, weight_decay=0.0)]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9, weight_decay=r.weight_decay)
+
+
+def set_learning_rates(optimizer, factor):
+    """Every group's lr = its base_lr * factor; returns the first group's (the one progress lines show)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return optimizer.param_groups[0]["lr"]

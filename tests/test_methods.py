@@ -1,0 +1,133 @@
+"""The method interface: one contract every registered method meets (a new method adds its tiny flags to TINY_FLAGS),
+kill -9 resume of a MoCo run, and torch.hub loading of every kind of checkpoint."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint
+import methods
+import test as test_py
+import train
+import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ["--dataset", "DIGITS", "--batch_size", "100", "--num_workers", "0", "--device", "cpu", "--log_every", "1000",
+        "--view_grid", "0"]
+AMDIM_ENCODER = ["--arch", "amdim", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1"]
+# Tiny configurations of each method, small enough for a CPU test.
+TINY_FLAGS = {
+    "amdim": AMDIM_ENCODER + ["--warmup_updates", "5"],
+    "moco": AMDIM_ENCODER + ["--method", "moco", "--moco-k", "300", "--moco-dim", "16", "--moco-contr-w", "1"],
+}
+ORIGINAL = os.path.join(ROOT, "tests", "fixtures", "amdim_original_c10_tiny.pth")
+
+
+def test_every_registered_method_has_a_tiny_config():
+    assert set(TINY_FLAGS) == set(methods.METHOD_CLASSES)
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHOD_CLASSES))
+def test_method_contract(method, tmp_path):
+    """Finite named loss terms, a real update, a state-dict round trip through a checkpoint file, test.py (with
+    kNN) on the result."""
+    args = train.parse_args(BASE + TINY_FLAGS[method] + ["--output_dir", str(tmp_path), "--run_name", method])
+    utils.seed_everything(args.seed)
+    run, _ = train.setup(utils.Dist(), args)
+    assert run.model.hyperparams["method"] == method
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    batch = next(iter(train.make_loaders(run)))
+    values, stop = train.update(run, batch, epoch=0)
+    assert values is not None and not stop
+    terms = {k: v for k, v in values.items() if k not in ("loss", "lr", "n_labelled", "correct_mlp", "correct_lin")}
+    assert {"class_mlp", "class_lin"} < set(terms) and len(terms) > 2
+    assert all(torch.isfinite(torch.tensor(v)) for v in values.values())
+    changed = [k for k, v in run.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("evaluator.") for k in changed) and any(not k.startswith("evaluator.") for k in changed)
+
+    checkpoint.save_run(run)
+    run.log.close()
+    cpt = str(tmp_path / method / "amdim_cpt.pth")
+    reloaded = checkpoint.load_model(cpt)
+    assert reloaded.hyperparams == run.model.hyperparams
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v), k
+    result = test_py.main([cpt, "--dataset", "DIGITS", "--json", "--knn", "20", "--num_workers", "0",
+                           "--device", "cpu"])
+    assert result["n_images"] == 297
+    for key in ("top1_linear", "top1_mlp", "top1_knn"):
+        assert 0 <= result[key] <= 100
+
+
+def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
+    args = train.parse_args(["--dataset", "DIGITS", "--method", "moco", "--arch", "resnet18", "--batch_size", "8",
+                             "--num_workers", "0", "--device", "cpu", "--mlp", "--aug-plus", "--view_grid", "0",
+                             "--output_dir", str(tmp_path)])
+    run, _ = train.setup(utils.Dist(), args)
+    assert run.model.hyperparams["moco_k"] == 1500           # capped at the training split
+    assert isinstance(run.optimizer, torch.optim.SGD) and len(run.optimizer.param_groups) == 2
+    values, _ = train.update(run, next(iter(train.make_loaders(run))), epoch=0)
+    assert set(values) >= {"align", "uniform", "class_mlp"} and all(map(torch.isfinite, map(torch.tensor,
+                                                                                              values.values())))
+    assert int(run.model.queue_ptr) == 8
+    run.log.close()
+
+
+def _train_cmd(out, *extra):
+    return [sys.executable, "train.py", *BASE, *TINY_FLAGS["moco"], "--output_dir", str(out), "--epochs", "2",
+            *extra]
+
+
+def test_moco_run_killed_and_rerun_resumes_bit_for_bit(tmp_path):
+    """SIGKILL during epoch 2 (after epoch 1's checkpoint), re-run: the same final weights, queue and key encoder
+    as an uninterrupted run."""
+    straight = subprocess.run(_train_cmd(tmp_path, "--run_name", "straight"), cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    cpt = tmp_path / "killed" / "amdim_cpt.pth"
+    p = subprocess.Popen(_train_cmd(tmp_path, "--run_name", "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if cpt.exists():
+            try:
+                if torch.load(cpt, weights_only=True)["cursor"]["info_epoch"] == 1:
+                    break
+            except Exception:  # noqa: BLE001 -- the file is being replaced
+                pass
+        time.sleep(0.05)
+    assert p.poll() is None, "the run ended before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    resumed = subprocess.run(_train_cmd(tmp_path, "--run_name", "killed"), cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    a = torch.load(tmp_path / "straight" / "amdim_cpt.pth", weights_only=True)["model"]
+    b = torch.load(cpt, weights_only=True)["model"]
+    assert a.keys() == b.keys() and {"queue", "queue_ptr"} < set(a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_hub_loads_the_frozen_encoder_of_every_kind_of_checkpoint(tmp_path):
+    paths = {"original": ORIGINAL}
+    for method in sorted(methods.METHOD_CLASSES):
+        args = train.parse_args(BASE + TINY_FLAGS[method] + ["--output_dir", str(tmp_path), "--run_name", method])
+        run, _ = train.setup(utils.Dist(), args)
+        checkpoint.save_run(run)
+        run.log.close()
+        paths[method] = str(tmp_path / method / "amdim_cpt.pth")
+    x = torch.randn(3, 3, 32, 32)
+    for name, path in paths.items():
+        enc = torch.hub.load(ROOT, "encoder", checkpoint=path, source="local")
+        feats = enc.features(x)
+        assert feats.shape == (3, enc.n_features) and not feats.requires_grad, name
+        enc.train()
+        assert not enc.method.training                       # stays frozen
+        expected = checkpoint.load_model(path).eval().features(x)
+        assert torch.allclose(feats, expected), name
