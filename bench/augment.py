@@ -1,6 +1,6 @@
 """Two-view augmentation throughput, one process, one thread: the per-image PIL/torchvision pipeline
-(datasets.TwoViews over train_view_transform; image folders and policy augmentations use it) against the
-batched one (datasets.BatchTwoViews; in-memory datasets with the default augmentation), on the CPU.
+(augment.TwoViews over train_view_transform; image folders and policy augmentations use it) against the
+batched one (augment.BatchTwoViews; in-memory datasets with the default augmentation), on the CPU.
 
 Prints a table: recipe, source image size, path, median img/s (image = one two-view pair) over the runs,
 min-max, and the speed-up.
@@ -15,7 +15,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)        # before bench/: `import augment` is the repository's augment.py
 
 # recipe, source size (C10 images are 32 px; STL10 96 px; ImageNet-like 160 px for the 128 px recipe)
 CASES = (("cifar", 32), ("stl", 96), ("imagenet", 160))
@@ -26,10 +26,10 @@ def per_image_rate(recipe, size, n_images, runs):
     import torch
     from PIL import Image
 
-    import datasets
+    import augment
     rng = np.random.RandomState(0)
     images = [Image.fromarray(rng.randint(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(64)]
-    two_views = datasets.TwoViews(datasets.train_view_transform(recipe))
+    two_views = augment.TwoViews(augment.train_view_transform(recipe))
     torch.manual_seed(0)
     for img in images[:16]:          # warm-up
         two_views(img)
@@ -45,10 +45,10 @@ def per_image_rate(recipe, size, n_images, runs):
 def batched_rate(recipe, size, n_images, batch, runs):
     import torch
 
-    import datasets
+    import augment
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(batch, 3, size, size, generator=g) * 255).to(torch.uint8)
-    aug = datasets.BatchTwoViews(recipe)
+    aug = augment.BatchTwoViews(recipe)
     torch.manual_seed(0)
     aug(images)                      # warm-up
     rates = []

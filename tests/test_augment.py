@@ -1,11 +1,13 @@
-"""Batched on-device augmentation against the per-image torchvision recipe it replaces: same distributions."""
+"""augment.py: the batched on-device augmentation against the per-image torchvision recipes (same
+distributions), and the Fast AutoAugment policy file."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
 
-import datasets
+import augment
 
 N = 1500
 
@@ -20,19 +22,19 @@ def _images(n, size, seed=0):
 
 
 def _per_image(recipe, images):
-    two = datasets.TwoViews(datasets.train_view_transform(recipe))
+    two = augment.TwoViews(augment.train_view_transform(recipe))
     pairs = [two(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images]
     return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
 
 
 def _batched(recipe, images):
-    aug = datasets.BatchTwoViews(recipe)
+    aug = augment.BatchTwoViews(recipe)
     outs = [aug(images[i:i + 250]) for i in range(0, len(images), 250)]
     return torch.cat([a for a, _ in outs]), torch.cat([b for _, b in outs])
 
 
 def _unnormalize(x, recipe):
-    mean, std = datasets._NORMALIZATION[recipe]
+    mean, std = augment.NORMALIZATION[recipe]
     return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
 
 
@@ -89,7 +91,7 @@ def test_everything_but_the_flip_is_drawn_per_view():
 def test_crop_boxes_follow_random_resized_crop():
     torch.manual_seed(3)
     n, h, w = 4000, 96, 120
-    top, left, bh, bw = datasets.sample_crop_boxes(n, h, w, (0.3, 1.0), (0.7, 1.4))
+    top, left, bh, bw = augment.sample_crop_boxes(n, h, w, (0.3, 1.0), (0.7, 1.4))
     assert ((top >= 0) & (left >= 0) & (top + bh <= h) & (left + bw <= w)).all()
     ours_area = (bh * bw).float() / (h * w)
     ours_ratio = torch.log(bw.float() / bh.float())
@@ -110,7 +112,7 @@ def test_crop_boxes_follow_random_resized_crop():
 def test_translate_is_a_crop_of_the_reflect_padded_batch():
     torch.manual_seed(4)
     x = torch.rand(64, 3, 32, 32)
-    out = datasets.random_translate(x, 4, p=1.0)
+    out = augment.random_translate(x, 4, p=1.0)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
     offsets = set()
     for b in range(64):
@@ -119,14 +121,14 @@ def test_translate_is_a_crop_of_the_reflect_padded_batch():
         assert hits
         offsets.add(hits[0])
     assert len(offsets) > 20
-    assert torch.equal(datasets.random_translate(x, 4, p=0.0), x)
+    assert torch.equal(augment.random_translate(x, 4, p=0.0), x)
 
 
 def test_hue_shift_matches_torchvision_on_one_image():
     torch.manual_seed(5)
     x = torch.rand(1, 3, 16, 16)
     for f in (-0.2, 0.05, 0.17):
-        ours = datasets._hue(x, torch.tensor([f]).view(1, 1, 1, 1))
+        ours = augment._hue(x, torch.tensor([f]).view(1, 1, 1, 1))
         ref = T.functional.adjust_hue(x[0], f)
         assert torch.allclose(ours[0], ref, atol=1e-5)
 
@@ -136,7 +138,31 @@ def test_saturation_contrast_brightness_match_torchvision_on_float_images():
     x = torch.rand(1, 3, 16, 16)
     f = torch.tensor([1.3]).view(1, 1, 1, 1)
     F = T.functional
-    assert torch.allclose(datasets._brightness(x, f)[0], F.adjust_brightness(x[0], 1.3), atol=1e-6)
+    assert torch.allclose(augment._brightness(x, f)[0], F.adjust_brightness(x[0], 1.3), atol=1e-6)
     # torchvision's tensor path weighs red 0.2989, PIL (the per-image recipe) and we 0.299: 1e-3 apart at most.
-    assert torch.allclose(datasets._saturation(x, f)[0], F.adjust_saturation(x[0], 1.3), atol=1e-3)
-    assert torch.allclose(datasets._contrast(x, f)[0], F.adjust_contrast(x[0], 1.3), atol=1e-3)
+    assert torch.allclose(augment._saturation(x, f)[0], F.adjust_saturation(x[0], 1.3), atol=1e-3)
+    assert torch.allclose(augment._contrast(x, f)[0], F.adjust_contrast(x[0], 1.3), atol=1e-3)
+
+
+def test_fast_autoaugment_policy_table():
+    policy = augment.fast_autoaugment_policy()
+    assert len(policy) == 498 and all(len(sub) == 2 for sub in policy)
+    for sub in policy:
+        for name, prob, magnitude in sub:
+            assert name in augment._FAA_RANGES and 0 <= prob <= 1 and 0 <= magnitude <= 1
+    assert policy[0] == (("ShearY", 0.14143816458479197, 0.513124791615952),
+                         ("Sharpness", 0.9290316227291179, 0.9788406212603302))
+
+
+def test_fast_autoaugment_operations_map_magnitudes():
+    img = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    same = augment._faa_op(img, "Brightness", 0.5)           # factor 1.0: identity
+    assert np.array_equal(np.asarray(same), np.asarray(img))
+    posterized = np.asarray(augment._faa_op(img, "Posterize", 0.0))   # 4 bits kept
+    assert np.all(posterized % 16 == 0)
+    solarized = np.asarray(augment._faa_op(img, "Solarize", 1.0))     # threshold 256: unchanged
+    assert np.array_equal(solarized, np.asarray(img))
+    torch.manual_seed(0)
+    cut = np.asarray(augment._faa_op(img, "Cutout", 1.0))             # side 0.2 * 64 px
+    filled = np.all(cut == [125, 123, 114], axis=-1)
+    assert 0 < filled.sum() <= 13 * 13 + 30
