@@ -1,11 +1,12 @@
-"""All image augmentation: the AMDIM two-view recipes per image (PIL, torchvision) and batched on the training
-device, and the Fast AutoAugment ImageNet policy.
+"""All image augmentation: the view recipes of AMDIM and of MoCo v1 / v2, each per image (PIL, torchvision) and
+batched on the training device, and the Fast AutoAugment ImageNet policy. make_views() picks one.
 
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px); each has its
 normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched ones take uint8 images
 (B, 3, H, W) on any device. Every random parameter is drawn from torch's global generator.
 """
 import functools
+import math
 import os
 
 import numpy as np
@@ -13,7 +14,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+from utils import UserError
+
+VIEW_KINDS = ("amdim", "moco_v1", "moco_v2")
 
 AUGMENTATIONS = ("default", "autoaugment", "fast_autoaugment")
 RECIPE_SIZE = {"cifar": 32, "stl": 64, "imagenet": 128}          # recipe -> encoder input size (px)
@@ -43,8 +48,9 @@ class TwoViews:
         return self.view_transform(img), self.view_transform(img)
 
 
-def train_view_transform(recipe, aug="default", resize_first=False):
-    """The per-view augmentation of the original code for one recipe (after the shared flip)."""
+def train_view_transform(recipe, aug="default", resize_first=False, mean_std=None):
+    """The per-view augmentation of the original code for one recipe (after the shared flip); mean_std
+    normalises instead of the recipe's statistics."""
     size = RECIPE_SIZE[recipe]
     ops = []
     if recipe == "cifar":
@@ -61,7 +67,7 @@ def train_view_transform(recipe, aug="default", resize_first=False):
         ops.append(FastAutoAugment())
     hue = 0.1 if recipe == "imagenet" else 0.2
     ops += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, hue)], p=0.8), T.RandomGrayscale(p=0.25)]
-    return T.Compose(ops + _to_normalized_tensor(recipe))
+    return T.Compose(ops + _to_normalized_tensor(recipe, mean_std))
 
 
 def test_transform(recipe, resize_first=False):
@@ -75,8 +81,94 @@ def test_transform(recipe, resize_first=False):
 
 
 def _to_normalized_tensor(recipe, mean_std=None):
+    """ToTensor and Normalize by mean_std = ((3 means), (3 stds)), by default the recipe's."""
     mean, std = mean_std or NORMALIZATION[recipe]
     return [T.ToTensor(), T.Normalize(mean, std)]
+
+
+class IndependentViews:
+    """n_views views of one image, each from its own call of view_transform (no shared parameter): MoCo's pair
+    of query and key crops. Returns a tuple."""
+
+    def __init__(self, view_transform, n_views=2):
+        self.view_transform, self.n_views = view_transform, n_views
+
+    def __call__(self, img):
+        return tuple(self.view_transform(img) for _ in range(self.n_views))
+
+
+def moco_view_transform(recipe, version, mean_std=None):
+    """One view of MoCo v1 (version 1) or v2 (version 2, the seed's --aug-plus) for a PIL image of any size:
+    the op order and parameters of SsnL/moco_align_uniform's main_moco.py, output (3, S, S), S the recipe's
+    encoder input size.
+
+    v1: RandomResizedCrop(S, scale 0.2-1), RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4, 0.4), flip.
+    v2: RandomResizedCrop(S, scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, RandomGrayscale(0.2),
+    GaussianBlur(sigma 0.1-2) with p 0.5, flip. Then ToTensor and Normalize (mean_std, default the recipe's).
+    RandomResizedCrop keeps torchvision's defaults, as the seed: ratio 3/4-4/3, bilinear.
+    """
+    crop = T.RandomResizedCrop(RECIPE_SIZE[recipe], scale=(0.2, 1.0))
+    if version == 1:
+        ops = [crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4)]
+    elif version == 2:
+        ops = [crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+               T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5)]
+    else:
+        raise ValueError(f"MoCo version {version!r}: 1 or 2")
+    return T.Compose(ops + [T.RandomHorizontalFlip()] + _to_normalized_tensor(recipe, mean_std))
+
+
+class GaussianBlur:
+    """PIL image -> PIL image blurred by PIL's ImageFilter.GaussianBlur with a standard deviation drawn uniform
+    in sigma = (low, high) px per call: MoCo v2's (and SimCLR's) blur, as the seed's moco.loader.GaussianBlur.
+
+    PIL's filter (three box blurs matching the Gaussian's variance, edge pixels repeated) needs no kernel size,
+    unlike torchvision's T.GaussianBlur; batched, gaussian_blur uses the exact kernel truncated at 3 sigma."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, img):
+        low, high = self.sigma
+        return img.filter(ImageFilter.GaussianBlur(radius=low + (high - low) * torch.rand(1).item()))
+
+
+def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False):
+    """The training views' augmentation for one kind of method.
+
+    kind: "amdim" (both views share one random horizontal flip, everything else is drawn per view; aug picks
+    "default", "autoaugment" or "fast_autoaugment" inside the view recipe), "moco_v1" or "moco_v2" (views fully
+    independent; aug must be "default"). recipe: "cifar", "stl" or "imagenet", which sets the output size S
+    (32, 64 or 128 px; the source images may be larger) and the normalisation. mean_std: ((3 means), (3 stds))
+    to normalise by instead of the recipe's (DIGITS uses its own). resize_first: "amdim" per image only, resize
+    and centre-crop sources of another size to 32 px before the cifar recipe (FOLDER data); MoCo's
+    RandomResizedCrop samples from the whole source at any size and ignores it.
+
+    Returns, per image (batched False): a callable PIL RGB image -> tuple of 2 float tensors (3, S, S),
+    normalised (TwoViews or IndependentViews). Batched (True; "amdim" only with aug "default"): a callable
+    (images uint8 (B, 3, H, W) on any device, n_views=2) -> tuple of n_views float tensors (B, 3, S, S) on that
+    device, normalised, with random parameters per sample and per view (BatchTwoViews or BatchMoCoViews).
+    Raises UserError for a combination that does not exist.
+    """
+    if kind not in VIEW_KINDS:
+        raise UserError(f"unknown view kind {kind!r}: choose one of {', '.join(VIEW_KINDS)}")
+    if recipe not in RECIPE_SIZE:
+        raise UserError(f"unknown augmentation recipe {recipe!r}: choose one of {', '.join(RECIPE_SIZE)}")
+    if aug not in AUGMENTATIONS:
+        raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    if kind == "amdim":
+        if not batched:
+            return TwoViews(train_view_transform(recipe, aug, resize_first, mean_std))
+        if aug != "default" or resize_first:
+            raise UserError(f"batched augmentation has only the default AMDIM recipe on images of one size (got "
+                            f"--aug {aug}{', resize_first' if resize_first else ''}); augment per image instead")
+        return BatchTwoViews(recipe, mean_std)
+    if aug != "default":
+        raise UserError(f"--aug {aug} applies to the AMDIM views only; {kind} has its own recipe: drop --aug")
+    version = int(kind[-1])
+    if batched:
+        return BatchMoCoViews(recipe, version, mean_std)
+    return IndependentViews(moco_view_transform(recipe, version, mean_std))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,8 +250,8 @@ def fast_autoaugment_policy(path=FAA_POLICY_FILE):
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"the Fast AutoAugment policy file {path} is missing: it ships with the code "
-                                f"(assets/ next to augment.py); restore it, or use another --aug") from None
+        raise UserError(f"the Fast AutoAugment policy file {path} is missing: it ships with the code (assets/ "
+                        f"next to augment.py); restore it (git checkout assets/), or choose another --aug") from None
     policy = []
     for number, line in enumerate(lines, 1):
         line = line.strip()
@@ -191,7 +283,22 @@ def _parse_sub_policy(line):
 _GRAY = (0.299, 0.587, 0.114)      # ITU-R 601-2 luma, as PIL's convert("L") and torchvision use
 
 
-class BatchTwoViews:
+class _BatchViews:
+    """Shared by the batched recipes: output size S and normalisation (mean_std, default the recipe's)."""
+
+    def __init__(self, recipe, mean_std=None):
+        self.recipe = recipe
+        self.size = RECIPE_SIZE[recipe]
+        mean, std = mean_std or NORMALIZATION[recipe]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def normalize(self, x):
+        """x: float (B, 3, S, S) in [0, 1] -> (x - mean) / std per channel."""
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class BatchTwoViews(_BatchViews):
     """Two augmented views of a batch of uint8 images (B, 3, H, W): the per-image recipe of
     train_view_transform (default augmentation), vectorised. Returns (x1, x2), float (B, 3, S, S), normalised.
 
@@ -201,18 +308,12 @@ class BatchTwoViews:
     """
 
     def __init__(self, recipe, mean_std=None):
-        self.recipe = recipe
-        self.size = RECIPE_SIZE[recipe]
+        super().__init__(recipe, mean_std)
         self.hue = 0.1 if recipe == "imagenet" else 0.2
-        mean, std = mean_std or NORMALIZATION[recipe]
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def __call__(self, images, n_views=2):
         """images: (B, 3, H, W) uint8 -> a tuple of n_views augmented views (the classifier phase needs one)."""
-        x = images.float() / 255
-        flip = torch.rand(x.shape[0], device=x.device) < 0.5          # shared by both views
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = random_hflip(images.float() / 255, p=0.5)          # shared by both views
         return tuple(self.view(x) for _ in range(n_views))
 
     def view(self, x):
@@ -223,7 +324,41 @@ class BatchTwoViews:
             x = random_resized_crop(x, self.size, scale=(0.3, 1.0), ratio=(0.7, 1.4))
         x = color_jitter(x, 0.4, 0.4, 0.4, self.hue, p=0.8)
         x = random_grayscale(x, p=0.25)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return self.normalize(x)
+
+
+class BatchMoCoViews(_BatchViews):
+    """MoCo v1 or v2 views of a batch of uint8 images (B, 3, H, W) of any size H x W: the per-image recipe of
+    moco_view_transform, vectorised, every view independent. Returns a tuple of n_views float (B, 3, S, S),
+    normalised.
+
+    Differences from the per-image path: colour operations run in float without rounding to 8 bits after
+    each one; RandomResizedCrop resamples with bilinear grid_sample (no antialiasing when it shrinks); the blur
+    is an exact Gaussian truncated at 3 sigma (6 px) where PIL's is three box blurs of the same variance.
+    """
+
+    def __init__(self, recipe, version, mean_std=None):
+        super().__init__(recipe, mean_std)
+        if version not in (1, 2):
+            raise ValueError(f"MoCo version {version!r}: 1 or 2")
+        self.version = version
+
+    def __call__(self, images, n_views=2):
+        """images: (B, 3, H, W) uint8 -> a tuple of n_views independently augmented views."""
+        x = images.float() / 255
+        return tuple(self.view(x) for _ in range(n_views))
+
+    def view(self, x):
+        """One view of float images x (B, 3, H, W) in [0, 1] -> normalised float (B, 3, S, S)."""
+        x = random_resized_crop(x, self.size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), mode="bilinear")
+        if self.version == 1:
+            x = random_grayscale(x, p=0.2)
+            x = color_jitter(x, 0.4, 0.4, 0.4, 0.4, p=1.0)
+        else:
+            x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8)
+            x = random_grayscale(x, p=0.2)
+            x = random_gaussian_blur(x, (0.1, 2.0), p=0.5)
+        return self.normalize(random_hflip(x, p=0.5))
 
 
 def _coin(n, p, device):
@@ -277,10 +412,10 @@ def sample_crop_boxes(n, height, width, scale, ratio, device=None, attempts=10):
     return top, left, h, w
 
 
-def random_resized_crop(x, size, scale, ratio):
+def random_resized_crop(x, size, scale, ratio, mode="bicubic"):
     """x: float (B, C, H, W) in [0, 1] -> (B, C, size, size) in [0, 1]. Crop a random box per sample
-    (sample_crop_boxes with scale and ratio ranges as RandomResizedCrop's) and resize it to size x size with
-    bicubic sampling."""
+    (sample_crop_boxes with scale and ratio ranges as RandomResizedCrop's) and resize it to size x size by
+    grid_sample with `mode` ("bicubic" or "bilinear"), without antialiasing."""
     b, _, height, width = x.shape
     top, left, h, w = (t.float() for t in sample_crop_boxes(b, height, width, scale, ratio, x.device))
     # Affine map from output coordinates in [-1, 1] to the box, in grid_sample's align_corners=False units.
@@ -290,7 +425,7 @@ def random_resized_crop(x, size, scale, ratio):
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
     return out.clamp(0, 1)
 
 
@@ -368,6 +503,47 @@ def hsv_to_rgb(h, s, v):
     ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
     v, s = v.unsqueeze(1), s.unsqueeze(1)
     return v - v * s * ramp
+
+
+def random_hflip(x, p):
+    """x: (B, C, H, W) -> (B, C, H, W), each sample mirrored left-right with probability p."""
+    flip = _coin(x.shape[0], p, x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def gaussian_kernels(sigma, radius):
+    """sigma: float (B,) -> normalised 1-D Gaussian kernels (B, 2 radius + 1), taps at -radius..radius px."""
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
+    k = torch.exp(-0.5 * (t / sigma[:, None]) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def gaussian_blur(x, sigma, radius):
+    """x: float (B, C, H, W), sigma: (B,) -> (B, C, H, W), sample b blurred by a Gaussian of standard deviation
+    sigma[b] px, truncated at `radius` px, edge pixels repeated beyond the border (as PIL's GaussianBlur).
+
+    Separable: a 1 x (2 radius + 1) then a (2 radius + 1) x 1 depthwise convolution, one kernel per sample and
+    channel, as a grouped conv2d over the batch folded into channels."""
+    b, c, h, w = x.shape
+    if b == 0:
+        return x
+    k = gaussian_kernels(sigma.to(x.dtype), radius).repeat_interleave(c, 0)          # (B C, 2 radius + 1)
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def random_gaussian_blur(x, sigma, p):
+    """x: float (B, C, H, W) -> (B, C, H, W). With probability p per sample, a Gaussian blur whose standard
+    deviation is drawn per sample, uniform in sigma = (low, high) px, truncated at ceil(3 high) px."""
+    b = x.shape[0]
+    apply = _coin(b, p, x.device)
+    sigmas = torch.empty(b, device=x.device).uniform_(*sigma)
+    chosen = apply.nonzero().squeeze(1)
+    out = x.clone()
+    out[chosen] = gaussian_blur(x[chosen], sigmas[chosen], radius=math.ceil(3 * sigma[1]))
+    return out
 
 
 def random_grayscale(x, p):

@@ -16,8 +16,7 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
-from augment import (AUGMENTATIONS, RECIPE_OF_SIZE, BatchTwoViews, TwoViews, _to_normalized_tensor,
-                     test_transform, train_view_transform)
+from augment import AUGMENTATIONS, RECIPE_OF_SIZE, _to_normalized_tensor, make_views, test_transform
 from utils import UserError
 
 DATASETS = ("C10", "C100", "STL10", "IN128", "PLACES205", "FOLDER", "DIGITS")
@@ -186,12 +185,10 @@ def _digits(aug, batched):
     pixels = x_tr.reshape(-1, 3).astype(np.float64) / 255.0
     mean_std = (tuple(pixels.mean(0)), tuple(pixels.std(0)))     # the training split's own statistics
     test = Transformed(ArrayImages(x_te, y_te), T.Compose(_to_normalized_tensor("cifar", mean_std)))
+    views = make_views("amdim", "cifar", aug=aug, mean_std=mean_std, batched=batched)
     if batched:
-        train = UInt8Images(x_tr.transpose(0, 3, 1, 2).copy(), y_tr)
-        return train, test, 10, BatchTwoViews("cifar", mean_std)
-    view = train_view_transform("cifar", aug)
-    view.transforms[-1] = T.Normalize(*mean_std)
-    return Transformed(ArrayImages(x_tr, y_tr), TwoViews(view)), test, 10, None
+        return UInt8Images(x_tr.transpose(0, 3, 1, 2).copy(), y_tr), test, 10, views
+    return Transformed(ArrayImages(x_tr, y_tr), views), test, 10, None
 
 
 def _torchvision(name, factory, root, download):
@@ -229,8 +226,8 @@ def _cifar_or_stl(name, root, phase, aug, download, batched):
         images = train_set.data if name == "STL10" else train_set.data.transpose(0, 3, 1, 2)
         labels = train_set.labels if name == "STL10" else train_set.targets
         return UInt8Images(np.ascontiguousarray(images), np.asarray(labels)), test, n_classes, \
-            BatchTwoViews(recipe)
-    return Transformed(train_set, TwoViews(train_view_transform(recipe, aug))), test, n_classes, None
+            make_views("amdim", recipe, batched=True)
+    return Transformed(train_set, make_views("amdim", recipe, aug=aug)), test, n_classes, None
 
 
 def _image_folders(name, root, image_size, aug, skip_bad_images=False):
@@ -262,7 +259,7 @@ def _image_folders(name, root, image_size, aug, skip_bad_images=False):
     if skip_bad_images:
         train, test = SkipBadImages(train), SkipBadImages(test)
         skippers = [train, test]
-    return (Transformed(train, TwoViews(train_view_transform(recipe, aug, resize_first))),
+    return (Transformed(train, make_views("amdim", recipe, aug=aug, resize_first=resize_first)),
             Transformed(test, test_transform(recipe, resize_first)), n_classes, skippers)
 
 
