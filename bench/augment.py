@@ -1,11 +1,16 @@
-"""Two-view augmentation throughput, one process, one thread: the per-image PIL/torchvision pipeline
-(datasets.TwoViews over train_view_transform; image folders and policy augmentations use it) against the
-batched one (datasets.BatchTwoViews; in-memory datasets with the default augmentation), on the CPU.
+"""Two-view augmentation throughput, one process, one thread, on the CPU: for each view recipe (augment.make_views
+kinds "amdim", "moco_v1", "moco_v2"), the per-image PIL/torchvision pipeline (image folders and the policy
+augmentations use it) against the batched one (in-memory datasets).
 
-Prints a table: recipe, source image size, path, median img/s (image = one two-view pair) over the runs,
-min-max, and the speed-up.
+Prints a table: kind, recipe, source image size, path, median img/s (image = one two-view pair) over the runs,
+min-max, and the speed-up of the batched path.
 
-    .venv/bin/python bench/augment.py [--images 2000] [--batch 256] [--runs 5]
+--kornia instead times the batched ops against kornia.augmentation's (installed separately; skipped with a
+message when it is not), batch by batch, the two alternating so that both see the same machine load: median
+ms per batch, min-max, and kornia's time over ours.
+
+    .venv/bin/python bench/augment.py [--images 2000] [--batch 256] [--runs 5] [--kinds amdim moco_v2]
+    .venv/bin/python bench/augment.py --kornia [--batch 256] [--runs 7]
 """
 import argparse
 import os
@@ -15,21 +20,24 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)        # before bench/: `import augment` is the repository's augment.py
 
+KINDS = ("amdim", "moco_v1", "moco_v2")
 # recipe, source size (C10 images are 32 px; STL10 96 px; ImageNet-like 160 px for the 128 px recipe)
 CASES = (("cifar", 32), ("stl", 96), ("imagenet", 160))
+# --kornia: (recipe, source size): the encoder input size comes from the recipe.
+KORNIA_CASES = (("cifar", 32), ("stl", 96))
 
 
-def per_image_rate(recipe, size, n_images, runs):
+def per_image_rate(kind, recipe, size, n_images, runs):
     import numpy as np
     import torch
     from PIL import Image
 
-    import datasets
+    import augment
     rng = np.random.RandomState(0)
     images = [Image.fromarray(rng.randint(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(64)]
-    two_views = datasets.TwoViews(datasets.train_view_transform(recipe))
+    two_views = augment.make_views(kind, recipe)
     torch.manual_seed(0)
     for img in images[:16]:          # warm-up
         two_views(img)
@@ -42,13 +50,13 @@ def per_image_rate(recipe, size, n_images, runs):
     return rates
 
 
-def batched_rate(recipe, size, n_images, batch, runs):
+def batched_rate(kind, recipe, size, n_images, batch, runs):
     import torch
 
-    import datasets
+    import augment
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(batch, 3, size, size, generator=g) * 255).to(torch.uint8)
-    aug = datasets.BatchTwoViews(recipe)
+    aug = augment.make_views(kind, recipe, batched=True)
     torch.manual_seed(0)
     aug(images)                      # warm-up
     rates = []
@@ -60,23 +68,112 @@ def batched_rate(recipe, size, n_images, batch, runs):
     return rates
 
 
+def throughput_table(args):
+    print(f"two-view augmentation, 1 process, torch threads 1, CPU; {args.images} pairs per run, median of "
+          f"{args.runs} runs; batched path in batches of {args.batch}")
+    print(f"{'kind':<8} {'recipe':<10} {'source px':>9} {'path':<10} {'img/s median':>12} {'min-max':>17} "
+          f"{'speed-up':>8}")
+    for kind in args.kinds:
+        for recipe, size in CASES:
+            base = statistics.median(per_image_rate(kind, recipe, size, args.images, args.runs))
+            fast = batched_rate(kind, recipe, size, args.images, args.batch, args.runs)
+            print(f"{kind:<8} {recipe:<10} {size:>9} {'per-image':<10} {base:12.1f} {'':>17} {1:8.1f}x")
+            print(f"{kind:<8} {recipe:<10} {size:>9} {'batched':<10} {statistics.median(fast):12.1f} "
+                  f"{min(fast):8.1f}-{max(fast):<8.1f} {statistics.median(fast) / base:8.1f}x", flush=True)
+
+
+def kornia_ops(recipe):
+    """(name, input: "source" or "view", ours, kornia's) for the MoCo v2 ops at this recipe's size S, each a
+    callable float (B, 3, H, W) in [0, 1] -> (B, 3, S, S) or (B, 3, S, S) -> (B, 3, S, S), configured alike:
+    RandomResizedCrop scale 0.2-1, ratio 3/4-4/3, bilinear (align_corners False, torchvision's convention);
+    ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8; RandomGrayscale p 0.2; Gaussian blur sigma 0.1-2 p 0.5, 13 taps
+    (3 sigma), edges repeated; and the whole MoCo v2 view, normalisation included."""
+    import kornia.augmentation as K
+    import torch
+
+    import augment
+    size = augment.RECIPE_SIZE[recipe]
+    mean, std = augment.NORMALIZATION[recipe]
+    crop = dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
+    k_crop = K.RandomResizedCrop((size, size), **crop, resample="bilinear", align_corners=False)
+    k_crop_warp = K.RandomResizedCrop((size, size), **crop, resample="bilinear", align_corners=False,
+                                      cropping_mode="resample")
+    k_jitter = K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
+    k_gray = K.RandomGrayscale(p=0.2)
+    k_blur = K.RandomGaussianBlur((13, 13), (0.1, 2.0), border_type="replicate", p=0.5)
+    k_view = K.AugmentationSequential(
+        k_crop, k_jitter, k_gray, k_blur, K.RandomHorizontalFlip(p=0.5),
+        K.Normalize(torch.tensor(mean), torch.tensor(std)))
+    ours_view = augment.BatchMoCoViews(recipe, 2)
+    return (
+        ("RandomResizedCrop", "source",
+         lambda x: augment.random_resized_crop(x, size, mode="bilinear", **crop), k_crop),
+        ("  kornia cropping_mode=resample", "source", None, k_crop_warp),
+        ("ColorJitter p 0.8", "view", lambda x: augment.color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8), k_jitter),
+        ("RandomGrayscale p 0.2", "view", lambda x: augment.random_grayscale(x, p=0.2), k_gray),
+        ("GaussianBlur p 0.5", "view", lambda x: augment.random_gaussian_blur(x, (0.1, 2.0), p=0.5), k_blur),
+        ("whole MoCo v2 view", "source", ours_view.view, k_view),
+    )
+
+
+def _ms(fn, x):
+    t0 = time.perf_counter()
+    fn(x)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def kornia_table(args):
+    try:
+        import kornia
+    except ImportError:
+        print("--kornia: kornia is not installed (pip install kornia); nothing to compare")
+        return
+    import torch
+    import augment
+    print(f"batched ops, ours against kornia {kornia.__version__}, CPU, torch threads 1, batch {args.batch}, "
+          f"float32; median of {args.runs} alternating runs after a warm-up, ms per batch")
+    print(f"{'op':<31} {'px':>8} {'ours ms':>8} {'min-max':>13} {'kornia ms':>9} {'min-max':>13} "
+          f"{'kornia/ours':>11}")
+    for recipe, source in KORNIA_CASES:
+        size = augment.RECIPE_SIZE[recipe]
+        g = torch.Generator().manual_seed(0)
+        inputs = {"source": torch.rand(args.batch, 3, source, source, generator=g),
+                  "view": torch.rand(args.batch, 3, size, size, generator=g)}
+        for name, which, ours, theirs in kornia_ops(recipe):
+            x = inputs[which]
+            fns = [f for f in (ours, theirs) if f is not None]
+            for f in fns:
+                f(x)                 # warm-up
+            times = {id(f): [] for f in fns}
+            for _ in range(args.runs):
+                for f in fns:
+                    times[id(f)].append(_ms(f, x))
+            k = times[id(theirs)]
+            px = f"{x.shape[-1]}->{size}"
+            if ours is None:
+                print(f"{name:<31} {px:>8} {'':>8} {'':>13} {statistics.median(k):9.1f} "
+                      f"{min(k):6.1f}-{max(k):<6.1f}", flush=True)
+                continue
+            o = times[id(ours)]
+            print(f"{name:<31} {px:>8} {statistics.median(o):8.1f} {min(o):6.1f}-{max(o):<6.1f} "
+                  f"{statistics.median(k):9.1f} {min(k):6.1f}-{max(k):<6.1f} "
+                  f"{statistics.median(k) / statistics.median(o):10.2f}x", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2000, help="image pairs per run")
     p.add_argument("--batch", type=int, default=256, help="images per batch on the batched path")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS)
+    p.add_argument("--kornia", action="store_true", help="time the batched ops against kornia.augmentation's")
     args = p.parse_args()
     import torch
     torch.set_num_threads(1)
-    print(f"two-view augmentation, 1 process, torch threads 1, CPU; {args.images} pairs per run, median of "
-          f"{args.runs} runs; batched path in batches of {args.batch}")
-    print(f"{'recipe':<10} {'source px':>9} {'path':<10} {'img/s median':>12} {'min-max':>17} {'speed-up':>8}")
-    for recipe, size in CASES:
-        base = statistics.median(per_image_rate(recipe, size, args.images, args.runs))
-        fast = batched_rate(recipe, size, args.images, args.batch, args.runs)
-        print(f"{recipe:<10} {size:>9} {'per-image':<10} {base:12.1f} {'':>17} {1:8.1f}x")
-        print(f"{recipe:<10} {size:>9} {'batched':<10} {statistics.median(fast):12.1f} "
-              f"{min(fast):8.1f}-{max(fast):<8.1f} {statistics.median(fast) / base:8.1f}x", flush=True)
+    if args.kornia:
+        kornia_table(args)
+    else:
+        throughput_table(args)
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

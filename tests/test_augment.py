@@ -1,11 +1,16 @@
-"""Batched on-device augmentation against the per-image torchvision recipe it replaces: same distributions."""
+"""augment.py: the batched on-device augmentation against the per-image torchvision recipes (same
+distributions), AMDIM's and MoCo v1 / v2's; the batched Gaussian blur; make_views; the Fast AutoAugment policy
+file."""
+import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from PIL import Image
+from PIL import Image, ImageFilter
 
-import datasets
+import augment
+from utils import UserError
 
 N = 1500
 
@@ -19,20 +24,20 @@ def _images(n, size, seed=0):
     return (x * 255).round().to(torch.uint8)
 
 
-def _per_image(recipe, images):
-    two = datasets.TwoViews(datasets.train_view_transform(recipe))
+def _per_image(recipe, images, kind="amdim"):
+    two = augment.make_views(kind, recipe)
     pairs = [two(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images]
     return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
 
 
-def _batched(recipe, images):
-    aug = datasets.BatchTwoViews(recipe)
+def _batched(recipe, images, kind="amdim"):
+    aug = augment.make_views(kind, recipe, batched=True)
     outs = [aug(images[i:i + 250]) for i in range(0, len(images), 250)]
     return torch.cat([a for a, _ in outs]), torch.cat([b for _, b in outs])
 
 
 def _unnormalize(x, recipe):
-    mean, std = datasets._NORMALIZATION[recipe]
+    mean, std = augment.NORMALIZATION[recipe]
     return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
 
 
@@ -41,12 +46,12 @@ def _gray_rate(x, recipe):
     return ((x.max(1).values - x.min(1).values).amax(dim=(1, 2)) < 2e-3).float().mean().item()
 
 
-@pytest.mark.parametrize("recipe,size", [("cifar", 32), ("stl", 96)])
-def test_output_statistics_match_the_per_image_recipe(recipe, size):
+def _assert_same_statistics(kind, recipe, size, gray_rate):
+    """The batched recipe's two views against the per-image one's on the same N images of `size` px."""
     torch.manual_seed(0)
     images = _images(N, size)
-    ref1, ref2 = _per_image(recipe, images)
-    got1, got2 = _batched(recipe, images)
+    ref1, ref2 = _per_image(recipe, images, kind)
+    got1, got2 = _batched(recipe, images, kind)
     assert got1.shape == ref1.shape and got1.dtype == torch.float32
     for ref, got in ((ref1, got1), (ref2, got2)):
         ref_mean, got_mean = ref.mean(dim=(0, 2, 3)), got.mean(dim=(0, 2, 3))
@@ -55,9 +60,21 @@ def test_output_statistics_match_the_per_image_recipe(recipe, size):
         assert torch.allclose(ref_std, got_std, atol=0.05), (ref_std, got_std)
         # per-image brightness spread: the jitter's effect on whole images
         assert abs(ref.mean(dim=(1, 2, 3)).std() - got.mean(dim=(1, 2, 3)).std()) < 0.05
-    # grayscale in 25 % of views (binomial sd over 3000 views ~ 0.008)
+    # grayscale views (binomial sd over 3000 views ~ 0.008)
     for rate in (_gray_rate(torch.cat([ref1, ref2]), recipe), _gray_rate(torch.cat([got1, got2]), recipe)):
-        assert abs(rate - 0.25) < 0.035, rate
+        assert abs(rate - gray_rate) < 0.035, rate
+
+
+@pytest.mark.parametrize("recipe,size", [("cifar", 32), ("stl", 96)])
+def test_output_statistics_match_the_per_image_recipe(recipe, size):
+    _assert_same_statistics("amdim", recipe, size, gray_rate=0.25)
+
+
+@pytest.mark.parametrize("kind,recipe,size", [("moco_v1", "cifar", 32), ("moco_v2", "cifar", 32),
+                                              ("moco_v2", "stl", 96)])
+def test_moco_statistics_match_the_per_image_recipe(kind, recipe, size):
+    # v1 turns gray before its jitter, which keeps gray images gray: 20 % gray views either way.
+    _assert_same_statistics(kind, recipe, size, gray_rate=0.2)
 
 
 def _flipped(x, recipe):
@@ -80,6 +97,23 @@ def test_flip_is_shared_by_both_views_and_happens_half_the_time():
     assert torch.equal(_flipped(ref1, "cifar"), _flipped(ref2, "cifar"))
 
 
+def _ramp(n, size=32):
+    """Gray uint8 images (n, 3, size, size) darkening from left (220) to right (30): every crop, jitter,
+    grayscale and blur keeps the bright side, so _flipped reads the flip."""
+    return torch.linspace(220, 30, size).round().to(torch.uint8).expand(n, 3, size, size).clone()
+
+
+@pytest.mark.parametrize("kind", ["moco_v1", "moco_v2"])
+def test_moco_views_flip_independently_half_the_time(kind):
+    torch.manual_seed(7)
+    for (x1, x2), n in ((_batched("cifar", _ramp(N), kind), N), (_per_image("cifar", _ramp(400), kind), 400)):
+        f1, f2 = _flipped(x1, "cifar").float(), _flipped(x2, "cifar").float()
+        sd = 0.5 / math.sqrt(n)
+        assert abs(f1.mean() - 0.5) < 4 * sd and abs(f2.mean() - 0.5) < 4 * sd, (f1.mean(), f2.mean())
+        # uncorrelated (AMDIM's views share theirs: correlation 1); the correlation's sd is ~ 1 / sqrt(n)
+        assert abs(torch.corrcoef(torch.stack([f1, f2]))[0, 1]) < 4 / math.sqrt(n)
+
+
 def test_everything_but_the_flip_is_drawn_per_view():
     torch.manual_seed(2)
     x1, x2 = _batched("cifar", _images(200, 32))
@@ -89,7 +123,7 @@ def test_everything_but_the_flip_is_drawn_per_view():
 def test_crop_boxes_follow_random_resized_crop():
     torch.manual_seed(3)
     n, h, w = 4000, 96, 120
-    top, left, bh, bw = datasets.sample_crop_boxes(n, h, w, (0.3, 1.0), (0.7, 1.4))
+    top, left, bh, bw = augment.sample_crop_boxes(n, h, w, (0.3, 1.0), (0.7, 1.4))
     assert ((top >= 0) & (left >= 0) & (top + bh <= h) & (left + bw <= w)).all()
     ours_area = (bh * bw).float() / (h * w)
     ours_ratio = torch.log(bw.float() / bh.float())
@@ -110,7 +144,7 @@ def test_crop_boxes_follow_random_resized_crop():
 def test_translate_is_a_crop_of_the_reflect_padded_batch():
     torch.manual_seed(4)
     x = torch.rand(64, 3, 32, 32)
-    out = datasets.random_translate(x, 4, p=1.0)
+    out = augment.random_translate(x, 4, p=1.0)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
     offsets = set()
     for b in range(64):
@@ -119,14 +153,14 @@ def test_translate_is_a_crop_of_the_reflect_padded_batch():
         assert hits
         offsets.add(hits[0])
     assert len(offsets) > 20
-    assert torch.equal(datasets.random_translate(x, 4, p=0.0), x)
+    assert torch.equal(augment.random_translate(x, 4, p=0.0), x)
 
 
 def test_hue_shift_matches_torchvision_on_one_image():
     torch.manual_seed(5)
     x = torch.rand(1, 3, 16, 16)
     for f in (-0.2, 0.05, 0.17):
-        ours = datasets._hue(x, torch.tensor([f]).view(1, 1, 1, 1))
+        ours = augment._hue(x, torch.tensor([f]).view(1, 1, 1, 1))
         ref = T.functional.adjust_hue(x[0], f)
         assert torch.allclose(ours[0], ref, atol=1e-5)
 
@@ -136,7 +170,114 @@ def test_saturation_contrast_brightness_match_torchvision_on_float_images():
     x = torch.rand(1, 3, 16, 16)
     f = torch.tensor([1.3]).view(1, 1, 1, 1)
     F = T.functional
-    assert torch.allclose(datasets._brightness(x, f)[0], F.adjust_brightness(x[0], 1.3), atol=1e-6)
+    assert torch.allclose(augment._brightness(x, f)[0], F.adjust_brightness(x[0], 1.3), atol=1e-6)
     # torchvision's tensor path weighs red 0.2989, PIL (the per-image recipe) and we 0.299: 1e-3 apart at most.
-    assert torch.allclose(datasets._saturation(x, f)[0], F.adjust_saturation(x[0], 1.3), atol=1e-3)
-    assert torch.allclose(datasets._contrast(x, f)[0], F.adjust_contrast(x[0], 1.3), atol=1e-3)
+    assert torch.allclose(augment._saturation(x, f)[0], F.adjust_saturation(x[0], 1.3), atol=1e-3)
+    assert torch.allclose(augment._contrast(x, f)[0], F.adjust_contrast(x[0], 1.3), atol=1e-3)
+
+
+def test_fast_autoaugment_policy_table():
+    policy = augment.fast_autoaugment_policy()
+    assert len(policy) == 498 and all(len(sub) == 2 for sub in policy)
+    for sub in policy:
+        for name, prob, magnitude in sub:
+            assert name in augment._FAA_RANGES and 0 <= prob <= 1 and 0 <= magnitude <= 1
+    assert policy[0] == (("ShearY", 0.14143816458479197, 0.513124791615952),
+                         ("Sharpness", 0.9290316227291179, 0.9788406212603302))
+
+
+def test_fast_autoaugment_operations_map_magnitudes():
+    img = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    same = augment._faa_op(img, "Brightness", 0.5)           # factor 1.0: identity
+    assert np.array_equal(np.asarray(same), np.asarray(img))
+    posterized = np.asarray(augment._faa_op(img, "Posterize", 0.0))   # 4 bits kept
+    assert np.all(posterized % 16 == 0)
+    solarized = np.asarray(augment._faa_op(img, "Solarize", 1.0))     # threshold 256: unchanged
+    assert np.array_equal(solarized, np.asarray(img))
+    torch.manual_seed(0)
+    cut = np.asarray(augment._faa_op(img, "Cutout", 1.0))             # side 0.2 * 64 px
+    filled = np.all(cut == [125, 123, 114], axis=-1)
+    assert 0 < filled.sum() <= 13 * 13 + 30
+
+
+def test_gaussian_blur_matches_a_direct_convolution():
+    torch.manual_seed(8)
+    h, w, radius = 20, 24, 6
+    x = torch.rand(3, 3, h, w)
+    sigmas = (0.3, 1.0, 2.0)
+    got = augment.gaussian_blur(x, torch.tensor(sigmas), radius)
+    for b, sigma in enumerate(sigmas):
+        taps = [math.exp(-0.5 * (t / sigma) ** 2) for t in range(-radius, radius + 1)]
+        k = [v / sum(taps) for v in taps]
+        ref = torch.zeros(3, h, w)
+        for i in range(2 * radius + 1):          # a direct 2-D convolution, edge pixels repeated
+            rows = (torch.arange(h) + i - radius).clamp(0, h - 1)
+            for j in range(2 * radius + 1):
+                cols = (torch.arange(w) + j - radius).clamp(0, w - 1)
+                ref += k[i] * k[j] * x[b][:, rows][:, :, cols]
+        assert torch.allclose(got[b], ref, atol=1e-5)
+
+
+def test_gaussian_blur_is_close_to_pils_at_the_same_sigma():
+    # The per-image recipe blurs with PIL's GaussianBlur (three box blurs of the same variance).
+    images = _images(20, 32, seed=3)
+    for sigma in (0.5, 1.0, 2.0):
+        ref = torch.stack([torch.from_numpy(np.array(Image.fromarray(img.permute(1, 2, 0).numpy())
+                                                     .filter(ImageFilter.GaussianBlur(radius=sigma))))
+                           for img in images]).permute(0, 3, 1, 2).float() / 255
+        got = augment.gaussian_blur(images.float() / 255, torch.full((20,), sigma), radius=6)
+        assert (got - ref).abs().mean() < 0.01, sigma
+
+
+def test_blur_sigma_is_drawn_per_sample_and_applied_with_p():
+    torch.manual_seed(9)
+    n, size = 1000, 25
+    x = torch.zeros(n, 1, size, size)
+    x[:, :, size // 2, size // 2] = 1                # a point: the output is the sample's 2-D kernel
+    out = augment.random_gaussian_blur(x, (0.1, 2.0), p=1.0)
+    t = (torch.arange(size) - size // 2).float()
+    sd = ((out.sum(dim=(1, 2)) * t ** 2).sum(1) / out.sum(dim=(1, 2, 3))).sqrt()     # horizontal spread
+    # sigma uniform on (0.1, 2): quartiles 0.575, 1.05, 1.525 (the sampled kernel's sd is a little less)
+    qs = torch.quantile(sd, torch.tensor([0.25, 0.5, 0.75]))
+    assert torch.allclose(qs, torch.tensor([0.575, 1.05, 1.525]), atol=0.08), qs
+    assert sd.std() > 0.4                            # drawn per sample, not once for the batch
+    half = augment.random_gaussian_blur(x, (0.5, 2.0), p=0.5)
+    blurred = (half - x).abs().amax(dim=(1, 2, 3)) > 1e-3
+    assert abs(blurred.float().mean() - 0.5) < 0.06
+
+
+@pytest.mark.parametrize("kind", augment.VIEW_KINDS)
+def test_make_views_returns_the_documented_callables(kind):
+    torch.manual_seed(10)
+    img = Image.fromarray(_images(1, 96)[0].permute(1, 2, 0).numpy())
+    mean_std = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    views = augment.make_views(kind, "stl", mean_std=mean_std)(img)
+    assert isinstance(views, tuple) and len(views) == 2
+    assert all(v.shape == (3, 64, 64) and v.dtype == torch.float32 for v in views)
+    batched = augment.make_views(kind, "stl", mean_std=mean_std, batched=True)
+    assert torch.allclose(batched.mean, torch.tensor(0.5)) and torch.allclose(batched.std, torch.tensor(0.25))
+    out = batched(_images(5, 96), n_views=3)
+    assert len(out) == 3 and all(v.shape == (5, 3, 64, 64) and v.dtype == torch.float32 for v in out)
+
+
+def test_make_views_refuses_combinations_that_do_not_exist():
+    with pytest.raises(UserError, match="unknown view kind"):
+        augment.make_views("simclr", "cifar")
+    with pytest.raises(UserError, match="unknown augmentation recipe"):
+        augment.make_views("amdim", "svhn")
+    with pytest.raises(UserError, match="AMDIM views only"):
+        augment.make_views("moco_v2", "cifar", aug="autoaugment")
+    with pytest.raises(UserError, match="batched augmentation has only the default"):
+        augment.make_views("amdim", "cifar", aug="fast_autoaugment", batched=True)
+
+
+def test_policy_file_skips_comments_and_names_its_problems(tmp_path):
+    path = tmp_path / "policy.txt"
+    path.write_text("# a header\n\nShearX 0.5 0.1 ; Invert 0.25 0.75\n")
+    assert augment.fast_autoaugment_policy(str(path)) == ((("ShearX", 0.5, 0.1), ("Invert", 0.25, 0.75)),)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("ShearX 0.5 0.1 ; Invert 0.25 0.75\nShearX 0.5 ; Blur 0.1 0.2\n")
+    with pytest.raises(ValueError, match="bad.txt:2"):
+        augment.fast_autoaugment_policy(str(bad))
+    with pytest.raises(UserError, match="missing"):
+        augment.fast_autoaugment_policy(str(tmp_path / "absent.txt"))

@@ -5,6 +5,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+import augment
 import datasets
 from utils import UserError
 
@@ -39,7 +40,7 @@ def _asymmetric_image():
 
 
 def test_horizontal_flip_is_shared_by_both_views():
-    tv = datasets.TwoViews(T.Compose([T.PILToTensor()]))
+    tv = augment.TwoViews(T.Compose([T.PILToTensor()]))
     torch.manual_seed(0)
     flipped = []
     for _ in range(200):
@@ -50,7 +51,7 @@ def test_horizontal_flip_is_shared_by_both_views():
 
 
 def test_views_draw_their_other_augmentations_independently():
-    tv = datasets.TwoViews(datasets.train_view_transform("cifar"))
+    tv = augment.TwoViews(augment.train_view_transform("cifar"))
     torch.manual_seed(1)
     img = Image.fromarray(np.random.RandomState(0).randint(0, 255, (32, 32, 3), dtype=np.uint8))
     differ = sum(not torch.equal(*tv(img)) for _ in range(50))
@@ -160,30 +161,6 @@ def test_policy_augmentations_give_valid_views(aug):
     for i in range(20):
         (x1, x2), _, _ = s.train[i]
         assert x1.shape == (3, 32, 32) and torch.isfinite(x1).all() and torch.isfinite(x2).all()
-
-
-def test_fast_autoaugment_policy_table():
-    policy = datasets.FAA_IMAGENET_POLICY
-    assert len(policy) == 498 and all(len(sub) == 2 for sub in policy)
-    for sub in policy:
-        for name, prob, magnitude in sub:
-            assert name in datasets._FAA_RANGES and 0 <= prob <= 1 and 0 <= magnitude <= 1
-    assert policy[0] == (("ShearY", 0.14143816458479197, 0.513124791615952),
-                         ("Sharpness", 0.9290316227291179, 0.9788406212603302))
-
-
-def test_fast_autoaugment_operations_map_magnitudes():
-    img = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
-    same = datasets._faa_op(img, "Brightness", 0.5)           # factor 1.0: identity
-    assert np.array_equal(np.asarray(same), np.asarray(img))
-    posterized = np.asarray(datasets._faa_op(img, "Posterize", 0.0))   # 4 bits kept
-    assert np.all(posterized % 16 == 0)
-    solarized = np.asarray(datasets._faa_op(img, "Solarize", 1.0))     # threshold 256: unchanged
-    assert np.array_equal(solarized, np.asarray(img))
-    torch.manual_seed(0)
-    cut = np.asarray(datasets._faa_op(img, "Cutout", 1.0))             # side 0.2 * 64 px
-    filled = np.all(cut == [125, 123, 114], axis=-1)
-    assert 0 < filled.sum() <= 13 * 13 + 30
 
 
 def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):

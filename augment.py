@@ -1,0 +1,554 @@
+"""All image augmentation: the view recipes of AMDIM and of MoCo v1 / v2, each per image (PIL, torchvision) and
+batched on the training device, and the Fast AutoAugment ImageNet policy. make_views() picks one.
+
+Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px); each has its
+normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched ones take uint8 images
+(B, 3, H, W) on any device. Every random parameter is drawn from torch's global generator.
+"""
+import functools
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+from utils import UserError
+
+VIEW_KINDS = ("amdim", "moco_v1", "moco_v2")
+
+AUGMENTATIONS = ("default", "autoaugment", "fast_autoaugment")
+RECIPE_SIZE = {"cifar": 32, "stl": 64, "imagenet": 128}          # recipe -> encoder input size (px)
+RECIPE_OF_SIZE = {size: recipe for recipe, size in RECIPE_SIZE.items()}
+# Per-channel (mean, std) of each recipe's data, for images scaled to [0, 1].
+NORMALIZATION = {
+    "cifar": ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
+    "stl": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+FAA_POLICY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+                               "fast_autoaugment_imagenet.txt")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-image recipes: PIL RGB image in, normalised float tensors (3, S, S) out.
+
+class TwoViews:
+    """Flip the image (p 0.5) once for both views, then augment each view independently."""
+
+    def __init__(self, view_transform):
+        self.view_transform = view_transform
+
+    def __call__(self, img):
+        if torch.rand(1).item() < 0.5:
+            img = TF.hflip(img)
+        return self.view_transform(img), self.view_transform(img)
+
+
+def train_view_transform(recipe, aug="default", resize_first=False, mean_std=None):
+    """The per-view augmentation of the original code for one recipe (after the shared flip); mean_std
+    normalises instead of the recipe's statistics."""
+    size = RECIPE_SIZE[recipe]
+    ops = []
+    if recipe == "cifar":
+        if resize_first:  # FOLDER data of another size
+            ops += [T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32)]
+        # Translate by up to +-4 px with reflection: a 32 px crop of the 4 px reflect-padded image.
+        ops.append(T.RandomApply([T.RandomCrop(32, padding=4, padding_mode="reflect")], p=0.8))
+    else:
+        ops.append(T.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(0.7, 1.4),
+                                       interpolation=T.InterpolationMode.BICUBIC))
+    if aug == "autoaugment":
+        ops.append(T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))
+    elif aug == "fast_autoaugment":
+        ops.append(FastAutoAugment())
+    hue = 0.1 if recipe == "imagenet" else 0.2
+    ops += [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, hue)], p=0.8), T.RandomGrayscale(p=0.25)]
+    return T.Compose(ops + _to_normalized_tensor(recipe, mean_std))
+
+
+def test_transform(recipe, resize_first=False):
+    """Deterministic test-time transform: bicubic resize and centre crop (none for 32 px data)."""
+    if recipe == "cifar":
+        ops = [T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32)] if resize_first else []
+    else:
+        resize, size = {"stl": (70, 64), "imagenet": (146, 128)}[recipe]
+        ops = [T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)]
+    return T.Compose(ops + _to_normalized_tensor(recipe))
+
+
+def _to_normalized_tensor(recipe, mean_std=None):
+    """ToTensor and Normalize by mean_std = ((3 means), (3 stds)), by default the recipe's."""
+    mean, std = mean_std or NORMALIZATION[recipe]
+    return [T.ToTensor(), T.Normalize(mean, std)]
+
+
+class IndependentViews:
+    """n_views views of one image, each from its own call of view_transform (no shared parameter): MoCo's pair
+    of query and key crops. Returns a tuple."""
+
+    def __init__(self, view_transform, n_views=2):
+        self.view_transform, self.n_views = view_transform, n_views
+
+    def __call__(self, img):
+        return tuple(self.view_transform(img) for _ in range(self.n_views))
+
+
+def moco_view_transform(recipe, version, mean_std=None):
+    """One view of MoCo v1 (version 1) or v2 (version 2, the seed's --aug-plus) for a PIL image of any size:
+    the op order and parameters of SsnL/moco_align_uniform's main_moco.py, output (3, S, S), S the recipe's
+    encoder input size.
+
+    v1: RandomResizedCrop(S, scale 0.2-1), RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4, 0.4), flip.
+    v2: RandomResizedCrop(S, scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, RandomGrayscale(0.2),
+    GaussianBlur(sigma 0.1-2) with p 0.5, flip. Then ToTensor and Normalize (mean_std, default the recipe's).
+    RandomResizedCrop keeps torchvision's defaults, as the seed: ratio 3/4-4/3, bilinear.
+    """
+    crop = T.RandomResizedCrop(RECIPE_SIZE[recipe], scale=(0.2, 1.0))
+    if version == 1:
+        ops = [crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4)]
+    elif version == 2:
+        ops = [crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+               T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5)]
+    else:
+        raise ValueError(f"MoCo version {version!r}: 1 or 2")
+    return T.Compose(ops + [T.RandomHorizontalFlip()] + _to_normalized_tensor(recipe, mean_std))
+
+
+class GaussianBlur:
+    """PIL image -> PIL image blurred by PIL's ImageFilter.GaussianBlur with a standard deviation drawn uniform
+    in sigma = (low, high) px per call: MoCo v2's (and SimCLR's) blur, as the seed's moco.loader.GaussianBlur.
+
+    PIL's filter (three box blurs matching the Gaussian's variance, edge pixels repeated) needs no kernel size,
+    unlike torchvision's T.GaussianBlur; batched, gaussian_blur uses the exact kernel truncated at 3 sigma."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, img):
+        low, high = self.sigma
+        return img.filter(ImageFilter.GaussianBlur(radius=low + (high - low) * torch.rand(1).item()))
+
+
+def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False):
+    """The training views' augmentation for one kind of method.
+
+    kind: "amdim" (both views share one random horizontal flip, everything else is drawn per view; aug picks
+    "default", "autoaugment" or "fast_autoaugment" inside the view recipe), "moco_v1" or "moco_v2" (views fully
+    independent; aug must be "default"). recipe: "cifar", "stl" or "imagenet", which sets the output size S
+    (32, 64 or 128 px; the source images may be larger) and the normalisation. mean_std: ((3 means), (3 stds))
+    to normalise by instead of the recipe's (DIGITS uses its own). resize_first: "amdim" per image only, resize
+    and centre-crop sources of another size to 32 px before the cifar recipe (FOLDER data); MoCo's
+    RandomResizedCrop samples from the whole source at any size and ignores it.
+
+    Returns, per image (batched False): a callable PIL RGB image -> tuple of 2 float tensors (3, S, S),
+    normalised (TwoViews or IndependentViews). Batched (True; "amdim" only with aug "default"): a callable
+    (images uint8 (B, 3, H, W) on any device, n_views=2) -> tuple of n_views float tensors (B, 3, S, S) on that
+    device, normalised, with random parameters per sample and per view (BatchTwoViews or BatchMoCoViews).
+    Raises UserError for a combination that does not exist.
+    """
+    if kind not in VIEW_KINDS:
+        raise UserError(f"unknown view kind {kind!r}: choose one of {', '.join(VIEW_KINDS)}")
+    if recipe not in RECIPE_SIZE:
+        raise UserError(f"unknown augmentation recipe {recipe!r}: choose one of {', '.join(RECIPE_SIZE)}")
+    if aug not in AUGMENTATIONS:
+        raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    if kind == "amdim":
+        if not batched:
+            return TwoViews(train_view_transform(recipe, aug, resize_first, mean_std))
+        if aug != "default" or resize_first:
+            raise UserError(f"batched augmentation has only the default AMDIM recipe on images of one size (got "
+                            f"--aug {aug}{', resize_first' if resize_first else ''}); augment per image instead")
+        return BatchTwoViews(recipe, mean_std)
+    if aug != "default":
+        raise UserError(f"--aug {aug} applies to the AMDIM views only; {kind} has its own recipe: drop --aug")
+    version = int(kind[-1])
+    if batched:
+        return BatchMoCoViews(recipe, version, mean_std)
+    return IndependentViews(moco_view_transform(recipe, version, mean_std))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fast AutoAugment (Lim et al. 2019): the published ImageNet policy.
+
+class FastAutoAugment:
+    """Apply one uniformly chosen sub-policy of the Fast AutoAugment ImageNet policy to a PIL image.
+
+    The policy file is read when the first instance is made (in the main process, so that a missing file fails
+    before any loader worker starts); each instance keeps the (immutable) policy and pickles with it."""
+
+    def __init__(self):
+        self.policy = fast_autoaugment_policy()
+
+    def __call__(self, img):
+        sub_policy = self.policy[torch.randint(len(self.policy), (1,)).item()]
+        for name, prob, magnitude in sub_policy:
+            if torch.rand(1).item() < prob:
+                img = _faa_op(img, name, magnitude)
+        return img
+
+
+# Parameter range of each operation: an applied op gets low + magnitude * (high - low); the geometric ones
+# (marked True) then flip sign with probability 0.5. From the same repository's augmentations.py.
+_FAA_RANGES = {
+    "ShearX": (-0.3, 0.3, True), "ShearY": (-0.3, 0.3, True), "TranslateX": (-0.45, 0.45, True),
+    "TranslateY": (-0.45, 0.45, True), "Rotate": (-30.0, 30.0, True), "AutoContrast": (0.0, 1.0, False),
+    "Invert": (0.0, 1.0, False), "Equalize": (0.0, 1.0, False), "Solarize": (0.0, 256.0, False),
+    "Posterize": (4.0, 8.0, False), "Contrast": (0.1, 1.9, False), "Color": (0.1, 1.9, False),
+    "Brightness": (0.1, 1.9, False), "Sharpness": (0.1, 1.9, False), "Cutout": (0.0, 0.2, False),
+}
+_CUTOUT_FILL = (125, 123, 114)
+
+
+def _faa_op(img, name, magnitude):
+    """One Fast AutoAugment operation on a PIL RGB image, its parameter mapped from magnitude in [0, 1]."""
+    low, high, signed = _FAA_RANGES[name]
+    v = low + magnitude * (high - low)
+    if signed and torch.rand(1).item() < 0.5:
+        v = -v
+    w, h = img.size
+    affine = {"ShearX": (1, v, 0, 0, 1, 0), "ShearY": (1, 0, 0, v, 1, 0),
+              "TranslateX": (1, 0, v * w, 0, 1, 0), "TranslateY": (1, 0, 0, 0, 1, v * h)}
+    if name in affine:
+        return img.transform(img.size, Image.AFFINE, affine[name])
+    if name == "Rotate":
+        return img.rotate(v)
+    if name in ("AutoContrast", "Invert", "Equalize"):
+        return {"AutoContrast": ImageOps.autocontrast, "Invert": ImageOps.invert,
+                "Equalize": ImageOps.equalize}[name](img)
+    if name == "Solarize":
+        return ImageOps.solarize(img, v)
+    if name == "Posterize":
+        return ImageOps.posterize(img, int(v))
+    if name == "Cutout":
+        return _cutout(img, v * w)
+    return getattr(ImageEnhance, name)(img).enhance(v)      # Contrast, Color, Brightness, Sharpness
+
+
+def _cutout(img, side):
+    """Fill a square of `side` pixels centred at a uniformly random point (clipped to the image)."""
+    if side <= 0:
+        return img
+    w, h = img.size
+    cx, cy = torch.rand(1).item() * w, torch.rand(1).item() * h
+    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    x1, y1 = int(min(w, x0 + side)), int(min(h, y0 + side))
+    img = img.copy()
+    ImageDraw.Draw(img).rectangle((x0, y0, x1, y1), fill=_CUTOUT_FILL)
+    return img
+
+
+@functools.lru_cache(maxsize=None)
+def fast_autoaugment_policy(path=FAA_POLICY_FILE):
+    """The Fast AutoAugment ImageNet policy, read from `path` on first use: a tuple of 498 sub-policies, each a
+    tuple of two (op name, probability, magnitude) triples. Lines of the file are `Op prob magnitude ; Op prob
+    magnitude`; lines starting with # and blank lines are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"the Fast AutoAugment policy file {path} is missing: it ships with the code (assets/ "
+                        f"next to augment.py); restore it (git checkout assets/), or choose another --aug") from None
+    policy = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            policy.append(_parse_sub_policy(line))
+        except ValueError:
+            raise ValueError(f"{path}:{number}: expected `Op prob magnitude ; Op prob magnitude` with ops "
+                             f"from {', '.join(_FAA_RANGES)}, got {line!r}") from None
+    return tuple(policy)
+
+
+def _parse_sub_policy(line):
+    """`Op prob magnitude ; Op prob magnitude` -> ((op, prob, magnitude), ...); ValueError if malformed."""
+    sub_policy = []
+    for op in line.split(";"):
+        name, prob, magnitude = op.split()          # ValueError unless three fields
+        if name not in _FAA_RANGES:
+            raise ValueError(name)
+        sub_policy.append((name, float(prob), float(magnitude)))
+    return tuple(sub_policy)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batched augmentation: the same recipes on whole uint8 batches, on the training device, with random
+# parameters drawn per sample (and per view, except the shared flip).
+
+_GRAY = (0.299, 0.587, 0.114)      # ITU-R 601-2 luma, as PIL's convert("L") and torchvision use
+
+
+class _BatchViews:
+    """Shared by the batched recipes: output size S and normalisation (mean_std, default the recipe's)."""
+
+    def __init__(self, recipe, mean_std=None):
+        self.recipe = recipe
+        self.size = RECIPE_SIZE[recipe]
+        mean, std = mean_std or NORMALIZATION[recipe]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def normalize(self, x):
+        """x: float (B, 3, S, S) in [0, 1] -> (x - mean) / std per channel."""
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class BatchTwoViews(_BatchViews):
+    """Two augmented views of a batch of uint8 images (B, 3, H, W): the per-image recipe of
+    train_view_transform (default augmentation), vectorised. Returns (x1, x2), float (B, 3, S, S), normalised.
+
+    Differences from the per-image path, all within what the distribution test checks: colour operations run
+    in float without rounding to 8 bits after each one, and RandomResizedCrop resamples with bicubic
+    grid_sample (no antialiasing when it shrinks).
+    """
+
+    def __init__(self, recipe, mean_std=None):
+        super().__init__(recipe, mean_std)
+        self.hue = 0.1 if recipe == "imagenet" else 0.2
+
+    def __call__(self, images, n_views=2):
+        """images: (B, 3, H, W) uint8 -> a tuple of n_views augmented views (the classifier phase needs one)."""
+        x = random_hflip(images.float() / 255, p=0.5)          # shared by both views
+        return tuple(self.view(x) for _ in range(n_views))
+
+    def view(self, x):
+        """One view of float images x (B, 3, H, W) in [0, 1] -> normalised float (B, 3, S, S)."""
+        if self.recipe == "cifar":
+            x = random_translate(x, 4, p=0.8)
+        else:
+            x = random_resized_crop(x, self.size, scale=(0.3, 1.0), ratio=(0.7, 1.4))
+        x = color_jitter(x, 0.4, 0.4, 0.4, self.hue, p=0.8)
+        x = random_grayscale(x, p=0.25)
+        return self.normalize(x)
+
+
+class BatchMoCoViews(_BatchViews):
+    """MoCo v1 or v2 views of a batch of uint8 images (B, 3, H, W) of any size H x W: the per-image recipe of
+    moco_view_transform, vectorised, every view independent. Returns a tuple of n_views float (B, 3, S, S),
+    normalised.
+
+    Differences from the per-image path: colour operations run in float without rounding to 8 bits after
+    each one; RandomResizedCrop resamples with bilinear grid_sample (no antialiasing when it shrinks); the blur
+    is an exact Gaussian truncated at 3 sigma (6 px) where PIL's is three box blurs of the same variance.
+    """
+
+    def __init__(self, recipe, version, mean_std=None):
+        super().__init__(recipe, mean_std)
+        if version not in (1, 2):
+            raise ValueError(f"MoCo version {version!r}: 1 or 2")
+        self.version = version
+
+    def __call__(self, images, n_views=2):
+        """images: (B, 3, H, W) uint8 -> a tuple of n_views independently augmented views."""
+        x = images.float() / 255
+        return tuple(self.view(x) for _ in range(n_views))
+
+    def view(self, x):
+        """One view of float images x (B, 3, H, W) in [0, 1] -> normalised float (B, 3, S, S)."""
+        x = random_resized_crop(x, self.size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), mode="bilinear")
+        if self.version == 1:
+            x = random_grayscale(x, p=0.2)
+            x = color_jitter(x, 0.4, 0.4, 0.4, 0.4, p=1.0)
+        else:
+            x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8)
+            x = random_grayscale(x, p=0.2)
+            x = random_gaussian_blur(x, (0.1, 2.0), p=0.5)
+        return self.normalize(random_hflip(x, p=0.5))
+
+
+def _coin(n, p, device):
+    """n independent draws of a p-coin: bool (n,) on `device`."""
+    return torch.rand(n, device=device) < p
+
+
+def random_translate(x, pad, p):
+    """x: float (B, C, H, W) -> (B, C, H, W). With probability p per sample, shift by up to +-pad px in x and
+    y (uniform), filling with reflection: a crop of the reflect-padded image at a random offset, as
+    RandomCrop(padding, "reflect")."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad,) * 4, mode="reflect")
+    apply = _coin(b, p, x.device)
+    dy = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
+    dx = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]     # (B, H, 1)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]     # (B, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)               # advanced dims first: (B, H, W, 3)
+
+
+def sample_crop_boxes(n, height, width, scale, ratio, device=None, attempts=10):
+    """RandomResizedCrop's boxes for n images: (top, left, h, w) int tensors of shape (n,).
+
+    As torchvision: up to `attempts` tries of an area fraction ~ U(scale) and a log-uniform aspect ratio; the
+    first box that fits wins; if none fits, a centre crop with the ratio clamped into range.
+    """
+    area = height * width
+    target = area * torch.empty(n, attempts, device=device).uniform_(*scale)
+    log_r = torch.empty(n, attempts, device=device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(fits.any(1), fits.float().argmax(1), 0)
+    rows = torch.arange(n, device=device)
+    h, w, ok = h[rows, first], w[rows, first], fits.any(1)
+    # Fallback: the whole image, cropped to the nearest allowed ratio.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fh, fw = height, round(height * ratio[1])
+    else:
+        fw, fh = width, height
+    h = torch.where(ok, h, float(fh)).long()
+    w = torch.where(ok, w, float(fw)).long()
+    top = torch.where(ok, (torch.rand(n, device=device) * (height - h + 1)).floor().long(), (height - h) // 2)
+    left = torch.where(ok, (torch.rand(n, device=device) * (width - w + 1)).floor().long(), (width - w) // 2)
+    return top, left, h, w
+
+
+def random_resized_crop(x, size, scale, ratio, mode="bicubic"):
+    """x: float (B, C, H, W) in [0, 1] -> (B, C, size, size) in [0, 1]. Crop a random box per sample
+    (sample_crop_boxes with scale and ratio ranges as RandomResizedCrop's) and resize it to size x size by
+    grid_sample with `mode` ("bicubic" or "bilinear"), without antialiasing."""
+    b, _, height, width = x.shape
+    top, left, h, w = (t.float() for t in sample_crop_boxes(b, height, width, scale, ratio, x.device))
+    # Affine map from output coordinates in [-1, 1] to the box, in grid_sample's align_corners=False units.
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = w / width
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
+    out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+    return out.clamp(0, 1)
+
+
+def _gray(x):
+    """RGB x (B, 3, H, W) -> luma (B, 1, H, W)."""
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def color_jitter(x, brightness, contrast, saturation, hue, p):
+    """x: RGB float (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]. ColorJitter applied with probability p
+    per sample: brightness, contrast, saturation and hue factors drawn per sample, the four operations in a
+    random order per sample (as torchvision draws one per call)."""
+    b = x.shape[0]
+    device = x.device
+    apply = _coin(b, p, device)
+    factors = [torch.empty(b, device=device).uniform_(1 - brightness, 1 + brightness),
+               torch.empty(b, device=device).uniform_(1 - contrast, 1 + contrast),
+               torch.empty(b, device=device).uniform_(1 - saturation, 1 + saturation),
+               torch.empty(b, device=device).uniform_(-hue, hue)]
+    order = torch.argsort(torch.rand(b, 4, device=device), dim=1)
+    ops = (_brightness, _contrast, _saturation, _hue)
+    x = x.clone()
+    for position in range(4):
+        for k, op in enumerate(ops):
+            chosen = (apply & (order[:, position] == k)).nonzero().squeeze(1)
+            if chosen.numel():
+                x[chosen] = op(x[chosen], factors[k][chosen].view(-1, 1, 1, 1))
+    return x
+
+
+# The four ColorJitter operations, as torchvision's: x RGB (B, 3, H, W) in [0, 1], f factors (B, 1, 1, 1).
+
+def _brightness(x, f):
+    return (x * f).clamp(0, 1)
+
+
+def _contrast(x, f):
+    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    return (f * x + (1 - f) * mean).clamp(0, 1)
+
+
+def _saturation(x, f):
+    return (f * x + (1 - f) * _gray(x)).clamp(0, 1)
+
+
+def _hue(x, f):
+    h, s, v = rgb_to_hsv(x)
+    h = h + f.squeeze(1)
+    return hsv_to_rgb(h - h.floor(), s, v)
+
+
+def rgb_to_hsv(x):
+    """(B, 3, H, W) RGB in [0, 1] -> hue in [0, 1), saturation, value; each (B, H, W)."""
+    # amax/amin rather than max/min(dim): the index-returning reductions are ~20x slower on the CPU.
+    maxc, minc = x.amax(1), x.amin(1)
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), torch.zeros_like(maxc))
+    r, g, b = x.unbind(1)
+    d = delta.clamp(min=1e-12)
+    # Hue sector by the largest channel (red wins ties, then green): (g - b) / delta, 2 + (b - r) / delta or
+    # 4 + (r - g) / delta, in sixths of the circle.
+    h6 = torch.where(r == maxc, (g - b) / d, torch.where(g == maxc, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    h = h6 / 6.0
+    h = torch.where(delta > 0, h - h.floor(), torch.zeros_like(h))
+    return h, s, maxc
+
+
+def hsv_to_rgb(h, s, v):
+    """Inverse of rgb_to_hsv: (B, H, W) each -> (B, 3, H, W). Channel n (5 for red, 3 green, 1 blue) is
+    v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
+    n = torch.tensor([5.0, 3.0, 1.0], device=h.device).view(1, 3, 1, 1)
+    k = n + 6.0 * h.unsqueeze(1)
+    k = k - 6.0 * torch.floor(k / 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
+    v, s = v.unsqueeze(1), s.unsqueeze(1)
+    return v - v * s * ramp
+
+
+def random_hflip(x, p):
+    """x: (B, C, H, W) -> (B, C, H, W), each sample mirrored left-right with probability p."""
+    flip = _coin(x.shape[0], p, x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def gaussian_kernels(sigma, radius):
+    """sigma: float (B,) -> normalised 1-D Gaussian kernels (B, 2 radius + 1), taps at -radius..radius px."""
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
+    k = torch.exp(-0.5 * (t / sigma[:, None]) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def gaussian_blur(x, sigma, radius):
+    """x: float (B, C, H, W), sigma: (B,) -> (B, C, H, W), sample b blurred by a Gaussian of standard deviation
+    sigma[b] px, truncated at `radius` px, edge pixels repeated beyond the border (as PIL's GaussianBlur).
+
+    Separable: a 1 x (2 radius + 1) then a (2 radius + 1) x 1 depthwise convolution, one kernel per sample and
+    channel, as a grouped conv2d over the batch folded into channels."""
+    b, c, h, w = x.shape
+    if b == 0:
+        return x
+    k = gaussian_kernels(sigma.to(x.dtype), radius).repeat_interleave(c, 0)          # (B C, 2 radius + 1)
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def random_gaussian_blur(x, sigma, p):
+    """x: float (B, C, H, W) -> (B, C, H, W). With probability p per sample, a Gaussian blur whose standard
+    deviation is drawn per sample, uniform in sigma = (low, high) px, truncated at ceil(3 high) px."""
+    b = x.shape[0]
+    apply = _coin(b, p, x.device)
+    sigmas = torch.empty(b, device=x.device).uniform_(*sigma)
+    chosen = apply.nonzero().squeeze(1)
+    out = x.clone()
+    out[chosen] = gaussian_blur(x[chosen], sigmas[chosen], radius=math.ceil(3 * sigma[1]))
+    return out
+
+
+def random_grayscale(x, p):
+    """x: RGB float (B, 3, H, W) -> (B, 3, H, W). With probability p per sample, replace the image by its luma
+    in all three channels."""
+    gray = _coin(x.shape[0], p, x.device).view(-1, 1, 1, 1)
+    return torch.where(gray, _gray(x).expand_as(x), x)
+
