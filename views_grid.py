@@ -45,7 +45,7 @@ def grid(splits, n_images, n_views, device=torch.device("cpu"), seed=0):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         views = training_views(splits, indices, n_views, device)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in splits.mean_std)
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in splits.mean_std)
     views = [(v * std + mean).clamp(0, 1) for v in views]
     size = max(max(v.shape[-1] for v in views), 1)
     sources = [F.interpolate(img[None].float() / 255, size=(size, size), mode="bilinear", antialias=True,

@@ -1,4 +1,6 @@
 """Datasets and augmentation: real image files, the two-view recipe, and user-facing errors."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +176,38 @@ def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
     with pytest.raises(UserError, match="download failed .*name resolution.*--input_dir"):
         datasets.build_splits("C10", str(tmp_path), "self_supervised", download=True)
+
+
+def test_subset_restricts_an_image_folder_to_the_listed_classes(tmp_path):
+    from PIL import Image as PILImage
+    for split in ("train", "val"):
+        for cls in ("cat", "dog", "eel"):
+            os.makedirs(tmp_path / split / cls)
+            for i in range(2):
+                PILImage.new("RGB", (40, 40), (40 * i, 90, 200)).save(tmp_path / split / cls / f"{i}.png")
+    (tmp_path / "keep.txt").write_text("# two of three\neel\ncat\n")
+    s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32,
+                              subset=str(tmp_path / "keep.txt"))
+    assert s.n_classes == 2 and len(s.train) == len(s.test) == 4
+    assert sorted({s.train[i][1] for i in range(4)}) == [0, 1] and len(s.memory) == 4
+    (tmp_path / "bad.txt").write_text("cat\nowl\n")
+    with pytest.raises(UserError, match="owl"):
+        datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32,
+                              subset=str(tmp_path / "bad.txt"))
+
+
+@pytest.mark.parametrize("views", ["amdim", "moco_v2"])
+def test_views_grid_shows_each_image_and_its_views(views, tmp_path):
+    import views_grid
+    s = datasets.build_splits("DIGITS", "./data", "self_supervised", views=views)
+    state = torch.get_rng_state()
+    picture = views_grid.grid(s, 3, 2)
+    assert torch.equal(torch.get_rng_state(), state)          # the run's random stream is untouched
+    assert picture.shape == (3, 3 * 34 + 2, 3 * 34 + 2) and 0 <= picture.min() and picture.max() <= 1
+    # the first tile of each row is the source image itself (DIGITS is 32 px: no resize)
+    source = s.train.images[0].float() / 255
+    assert torch.allclose(picture[:, 2:34, 2:34], source, atol=1e-6)
+    out = tmp_path / "views.png"
+    flags = ["--method", "moco", "--aug-plus"] if views != "amdim" else []
+    views_grid.main(["--dataset", "DIGITS", "--images", "2", "--out", str(out), *flags])
+    assert out.stat().st_size > 0

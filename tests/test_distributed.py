@@ -87,6 +87,25 @@ def _eval_setup():
     return model, torch.utils.data.TensorDataset(x, y)
 
 
+def _rank_knn(rank, port, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    model, data = _eval_setup()
+    top1 = engine.knn_accuracy(model.eval(), data, data, dist, amp=False, batch_size=4, num_workers=0, k=3)
+    torch.save(top1, os.path.join(result_dir, f"knn{rank}.pt"))
+    tdist.destroy_process_group()
+
+
+def test_sharded_knn_equals_one_process(tmp_path):
+    """Each rank extracts its shard of memory and queries; the memory is gathered (shards of 6 and 5 items)."""
+    mp.spawn(_rank_knn, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    model, data = _eval_setup()
+    single = engine.knn_accuracy(model.eval(), data, data, utils.Dist(), amp=False, batch_size=4, num_workers=0,
+                                 k=3)
+    for r in range(WORLD):
+        assert torch.load(tmp_path / f"knn{r}.pt", weights_only=True) == pytest.approx(single)
+
+
 def test_sharded_test_accuracy_equals_one_process(tmp_path):
     mp.spawn(_rank_evaluate, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     model, data = _eval_setup()
