@@ -22,13 +22,15 @@ class Param:
     type: type
     default: object
     help: str
-    flags: tuple = ()          # command-line spellings; the first one's dest must equal name
+    flags: tuple = ()          # extra command-line spellings
     minimum: float = None      # inclusive lower bound for numbers
     below: float = None        # exclusive upper bound for numbers
     switch: bool = False       # a flag without a value that sets True
+    hyphenated: bool = False   # the seed spells it --moco-k: accept that first, and --moco_k too
 
     def flag_names(self):
-        return self.flags or (f"--{self.name}",)
+        names = [f"--{self.name.replace('_', '-')}"] if self.hyphenated else []
+        return tuple(dict.fromkeys(names + [f"--{self.name}", *self.flags]))
 
 
 # The AMDIM encoder: arch "amdim", whichever method trains it.
@@ -36,7 +38,7 @@ AMDIM_ENCODER = (
     Param("ndf", int, 128, "encoder base width", minimum=1),
     Param("n_rkhs", int, 1024, "embedding width (at least the encoder's last width: 4*ndf at 32 px, 8*ndf at "
                                "64/128 px)", minimum=1),
-    Param("n_depth", int, 3, "residual units per block", flags=("--n_depth", "--res_depth"), minimum=1),
+    Param("n_depth", int, 3, "residual units per block", flags=("--res_depth",), minimum=1),
     Param("use_bn", bool, False, "BatchNorm inside the encoder (0 or 1)"),
 )
 
@@ -44,27 +46,21 @@ AMDIM_ENCODER = (
 METHOD_PARAMS = {
     "amdim": (Param("tclip", float, 20.0, "NCE score soft clip", minimum=1e-6),),
     "moco": (
-        Param("moco_dim", int, 128, "embedding width", flags=("--moco-dim", "--moco_dim"), minimum=1),
+        Param("moco_dim", int, 128, "embedding width", hyphenated=True, minimum=1),
         Param("moco_k", int, 65536, "queue length: negative keys (capped at the training split's size)",
-              flags=("--moco-k", "--moco_k"), minimum=1),
-        Param("moco_m", float, 0.999, "key encoder momentum", flags=("--moco-m", "--moco_m"), minimum=0, below=1),
-        Param("mlp", bool, False, "MLP projection head (MoCo v2)", flags=("--mlp",), switch=True),
-        Param("aug_plus", bool, False, "MoCo v2 augmentation (blur, weaker hue jitter)",
-              flags=("--aug-plus", "--aug_plus"), switch=True),
-        Param("moco_align_w", float, 3.0, "weight of the alignment loss",
-              flags=("--moco-align-w", "--moco_align_w"), minimum=0),
-        Param("moco_align_alpha", float, 2.0, "alignment exponent alpha",
-              flags=("--moco-align-alpha", "--moco_align_alpha"), minimum=1e-6),
-        Param("moco_unif_w", float, 1.0, "weight of the uniformity loss",
-              flags=("--moco-unif-w", "--moco_unif_w"), minimum=0),
-        Param("moco_unif_t", float, 3.0, "uniformity temperature t", flags=("--moco-unif-t", "--moco_unif_t"),
-              minimum=1e-6),
-        Param("moco_unif_no_intra_batch", bool, False, "uniformity over query-queue pairs only",
-              flags=("--moco-unif-no-intra-batch", "--moco_unif_no_intra_batch"), switch=True),
-        Param("moco_contr_w", float, 0.0, "weight of the contrastive (InfoNCE) loss",
-              flags=("--moco-contr-w", "--moco_contr_w"), minimum=0),
-        Param("moco_contr_tau", float, 0.07, "contrastive temperature",
-              flags=("--moco-contr-tau", "--moco_contr_tau"), minimum=1e-6),
+              hyphenated=True, minimum=1),
+        Param("moco_m", float, 0.999, "key encoder momentum", hyphenated=True, minimum=0, below=1),
+        Param("mlp", bool, False, "MLP projection head (MoCo v2)", switch=True),
+        Param("aug_plus", bool, False, "MoCo v2 augmentation (blur, weaker hue jitter)", hyphenated=True,
+              switch=True),
+        Param("moco_align_w", float, 3.0, "weight of the alignment loss", hyphenated=True, minimum=0),
+        Param("moco_align_alpha", float, 2.0, "alignment exponent alpha", hyphenated=True, minimum=1e-6),
+        Param("moco_unif_w", float, 1.0, "weight of the uniformity loss", hyphenated=True, minimum=0),
+        Param("moco_unif_t", float, 3.0, "uniformity temperature t", hyphenated=True, minimum=1e-6),
+        Param("moco_unif_no_intra_batch", bool, False, "uniformity over query-queue pairs only", hyphenated=True,
+              switch=True),
+        Param("moco_contr_w", float, 0.0, "weight of the contrastive (InfoNCE) loss", hyphenated=True, minimum=0),
+        Param("moco_contr_tau", float, 0.07, "contrastive temperature", hyphenated=True, minimum=1e-6),
     ),
 }
 ALL_PARAMS = AMDIM_ENCODER + tuple(p for params in METHOD_PARAMS.values() for p in params)
