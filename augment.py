@@ -37,7 +37,8 @@ FAA_POLICY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asse
 # Per-image recipes: PIL RGB image in, normalised float tensors (3, S, S) out.
 
 class TwoViews:
-    """Flip the image (p 0.5) once for both views, then augment each view independently."""
+    """AMDIM's pair: flip the PIL image (p 0.5) once for both views, then augment each view independently with
+    view_transform. Returns a tuple (x1, x2)."""
 
     def __init__(self, view_transform):
         self.view_transform = view_transform
@@ -192,7 +193,8 @@ class FastAutoAugment:
 
 
 # Parameter range of each operation: an applied op gets low + magnitude * (high - low); the geometric ones
-# (marked True) then flip sign with probability 0.5. From the same repository's augmentations.py.
+# (marked True) then flip sign with probability 0.5. From kakaobrain/fast-autoaugment's augmentations.py, the
+# policy's source (see the header of assets/fast_autoaugment_imagenet.txt).
 _FAA_RANGES = {
     "ShearX": (-0.3, 0.3, True), "ShearY": (-0.3, 0.3, True), "TranslateX": (-0.45, 0.45, True),
     "TranslateY": (-0.45, 0.45, True), "Rotate": (-30.0, 30.0, True), "AutoContrast": (0.0, 1.0, False),

@@ -1,13 +1,14 @@
-"""Two-view augmentation throughput, one process, one thread, on the CPU: for each view recipe (augment.make_views
-kinds "amdim", "moco_v1", "moco_v2"), the per-image PIL/torchvision pipeline (image folders and the policy
-augmentations use it) against the batched one (in-memory datasets).
+"""Two-view augmentation throughput, one process, one thread, on the CPU: for each view recipe
+(augment.make_views kinds "amdim", "moco_v1", "moco_v2"), the per-image PIL/torchvision pipeline (image folders
+and the policy augmentations use it) against the batched one (in-memory datasets).
 
 Prints a table: kind, recipe, source image size, path, median img/s (image = one two-view pair) over the runs,
 min-max, and the speed-up of the batched path.
 
 --kornia instead times the batched ops against kornia.augmentation's (installed separately; skipped with a
 message when it is not), batch by batch, the two alternating so that both see the same machine load: median
-ms per batch, min-max, and kornia's time over ours.
+ms per batch, min-max, and kornia's time over ours; last, the fixed cost per batch of each RandomResizedCrop
+on 8 px images.
 
     .venv/bin/python bench/augment.py [--images 2000] [--batch 256] [--runs 5] [--kinds amdim moco_v2]
     .venv/bin/python bench/augment.py --kornia [--batch 256] [--runs 7]
@@ -116,6 +117,17 @@ def kornia_ops(recipe):
     )
 
 
+def _alternate(fns, x, runs):
+    """Warm each of fns up on x, then time them in turn, runs times: one list of ms per batch per fn."""
+    for f in fns:
+        f(x)
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for f, t in zip(fns, times):
+            t.append(_ms(f, x))
+    return times
+
+
 def _ms(fn, x):
     t0 = time.perf_counter()
     fn(x)
@@ -141,23 +153,27 @@ def kornia_table(args):
                   "view": torch.rand(args.batch, 3, size, size, generator=g)}
         for name, which, ours, theirs in kornia_ops(recipe):
             x = inputs[which]
-            fns = [f for f in (ours, theirs) if f is not None]
-            for f in fns:
-                f(x)                 # warm-up
-            times = {id(f): [] for f in fns}
-            for _ in range(args.runs):
-                for f in fns:
-                    times[id(f)].append(_ms(f, x))
-            k = times[id(theirs)]
-            px = f"{x.shape[-1]}->{size}"
-            if ours is None:
-                print(f"{name:<31} {px:>8} {'':>8} {'':>13} {statistics.median(k):9.1f} "
-                      f"{min(k):6.1f}-{max(k):<6.1f}", flush=True)
-                continue
-            o = times[id(ours)]
-            print(f"{name:<31} {px:>8} {statistics.median(o):8.1f} {min(o):6.1f}-{max(o):<6.1f} "
-                  f"{statistics.median(k):9.1f} {min(k):6.1f}-{max(k):<6.1f} "
-                  f"{statistics.median(k) / statistics.median(o):10.2f}x", flush=True)
+            _row(name, f"{x.shape[-1]}->{size}", *_alternate([ours or theirs, theirs], x, args.runs),
+                 ours is not None)
+    # The fixed cost per batch, what the work leaves on a fast device: crops of 8 px images to 8 px. kornia's
+    # default cropping_mode ("slice") resizes one image at a time; "resample" warps the batch at once.
+    x = torch.rand(args.batch, 3, 8, 8)
+    crop = dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), resample="bilinear", align_corners=False)
+    ours = lambda x: augment.random_resized_crop(x, 8, (0.2, 1.0), (3 / 4, 4 / 3), mode="bilinear")
+    for mode in ("slice", "resample"):
+        theirs = kornia.augmentation.RandomResizedCrop((8, 8), cropping_mode=mode, **crop)
+        _row(f"RandomResizedCrop ({mode})", "8->8", *_alternate([ours, theirs], x, args.runs), True)
+
+
+def _row(name, px, ours, theirs, show_ours):
+    """One line of the --kornia table from lists of ms per batch."""
+    k = statistics.median(theirs)
+    if not show_ours:
+        print(f"{name:<31} {px:>8} {'':>8} {'':>13} {k:9.1f} {min(theirs):6.1f}-{max(theirs):<6.1f}", flush=True)
+        return
+    o = statistics.median(ours)
+    print(f"{name:<31} {px:>8} {o:8.1f} {min(ours):6.1f}-{max(ours):<6.1f} {k:9.1f} "
+          f"{min(theirs):6.1f}-{max(theirs):<6.1f} {k / o:10.2f}x", flush=True)
 
 
 def main():
