@@ -19,6 +19,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from augment import AUGMENTATIONS, NORMALIZATION, RECIPE_OF_SIZE, _to_normalized_tensor, make_views, test_transform
+import subset as subsets
 from utils import UserError
 
 DATASETS = ("C10", "C100", "STL10", "IN128", "PLACES205", "FOLDER", "DIGITS")
@@ -270,10 +271,9 @@ def _image_folders(name, root, image_size, views, skip_bad_images=False, subset=
                             f"{path}/<class>/<image>") from None
     train, test = folders
     if subset is not None:
-        import subset as subsets
-        names_ = subsets.read_class_list(subset)
+        keep = subsets.read_class_list(subset)
         for folder in (train, test):
-            subsets.select_classes(folder, names_)
+            subsets.select_classes(folder, keep)
     if train.classes != test.classes:
         raise UserError(f"{found[0]}/ and {found[1]}/ under {root} have different class folders; give both "
                         f"the same set of classes")

@@ -88,10 +88,8 @@ def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFR
 
 def set_train_mode(model, eval_encoder=False):
     """Train mode; with eval_encoder (a frozen encoder's BatchNorm kept as it is) only the classifiers train."""
-    model.train()
-    if eval_encoder:
-        model.eval()
-        model.evaluator.train()
+    model.train(not eval_encoder)
+    model.evaluator.train()
 
 
 @torch.no_grad()

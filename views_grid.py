@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import config
 import datasets
 import engine
 import methods
-import config
 from utils import UserError, run_main
 
 
