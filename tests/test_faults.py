@@ -103,8 +103,15 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(tmp_path
         if attempt == 0:
             delay = None                         # first kill: the moment a save is in progress
         else:
-            delay = rng.uniform(0.5, 6.0)
+            delay = rng.uniform(0.0, 3.0)
         start = time.monotonic()
+        cpt = run_dir / "amdim_cpt.pth"
+        if delay is not None:
+            # Random moments of training, not of start-up: on a cold or busy machine importing torch alone can
+            # outlast every delay, and no kill would then hit a run that has anything to resume.
+            while p.poll() is None and not cpt.exists() and time.monotonic() - start < 120:
+                time.sleep(0.01)
+            start = time.monotonic()
         while p.poll() is None and time.monotonic() - start < 120:
             if delay is None:
                 if run_dir.is_dir() and any(".tmp" in f for f in os.listdir(run_dir)):
@@ -118,7 +125,6 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(tmp_path
             p.kill()
             kills += 1
         output = p.communicate()[0]
-        cpt = run_dir / "amdim_cpt.pth"
         if cpt.exists():
             torch.load(cpt, weights_only=True)   # loadable after every kill
         if attempt > 0 and "resuming from" not in output and cpt.exists() and p.returncode != -9:
