@@ -8,23 +8,22 @@ A checkpoint is a dict that torch.load(weights_only=True) can read (tensors, num
                  use_bn, and no method or arch)
     cursor       {info_epoch, info_step, classifier_epoch, classifier_step}; *_epoch = the next epoch to run,
                  *_step = updates done
-and, in files this code writes, what resuming needs: phase, optimizer, scaler, rng (every rank's random
-states), batches_done (mid-epoch position), data_seed, world_size, eval_encoder, args.
+and, in files this code writes, what resuming needs: phase, optimizer, scaler, data_seed, world_size,
+eval_encoder, args, and for a save mid-epoch: samples_done (images of the epoch trained, all processes),
+batches_done (the same in updates), epoch_seconds and epoch_meters (every rank's running sums).
 """
 import os
 import pickle
-import random
 import re
 import shutil
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 import config
 import methods
 from model import Conv3x3
-from utils import UserError, all_gather_objects
+from utils import Meters, UserError, all_gather_objects
 
 _BN_KEY = re.compile(r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
@@ -179,18 +178,24 @@ def _fsync_dir(directory):
 # ----------------------------------------------------------------------------------------------------------
 # A training run's round trip: everything a resumed run needs to continue exactly.
 
-def save_run(run, batches_done=0):
-    """Save the run (a train.Run) at an update boundary: every rank contributes its RNG state, rank 0 writes the
-    file atomically. batches_done: updates already done in the current epoch (0 at an epoch's end)."""
-    rng = all_gather_objects(rng_state())
+def save_run(run, progress=None):
+    """Save the run (a train.Run) at an update boundary; rank 0 writes the file atomically.
+
+    progress: the interrupted epoch's train.EpochProgress when saving mid-epoch (None at an epoch's end): the
+    images of the epoch already trained, its wall time so far, and every rank's meters (gathered here), so the
+    resumed epoch continues the same data and reports the whole epoch's means."""
+    meters = all_gather_objects(progress.meters.state() if progress is not None else None)
     if not run.dist.is_main:
         return
     args = run.args
+    samples = progress.samples if progress is not None else 0
     state = {"model": run.model.state_dict(), "hyperparams": run.model.hyperparams,
-             "cursor": dict(run.cursor), "batches_done": batches_done, "phase": args.phase,
-             "data_seed": run.data_seed, "optimizer": run.optimizer.state_dict(),
-             "scaler": run.scaler.state_dict(), "rng": rng, "world_size": run.dist.world_size,
-             "eval_encoder": args.eval_encoder,
+             "cursor": dict(run.cursor), "phase": args.phase, "data_seed": run.data_seed,
+             "samples_done": samples, "batches_done": samples // args.batch_size,
+             "epoch_seconds": progress.seconds if progress is not None else 0.0,
+             "epoch_meters": meters if progress is not None else [],
+             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+             "world_size": run.dist.world_size, "eval_encoder": args.eval_encoder,
              "args": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (bool, int, float, str))}}
     try:
         save(state, run.cpt_path)
@@ -202,38 +207,30 @@ def save_run(run, batches_done=0):
 
 
 def restore_run(run, ckpt):
-    """Optimizer, scaler and RNG states from a checkpoint of this same run; returns the updates already done in
-    the interrupted epoch. The model's weights and state come back with the model (model_from)."""
+    """Optimizer and scaler states from a checkpoint of this same run, and where its interrupted epoch was:
+    (images of the epoch already trained, its wall time so far, Meters). Rank 0's meters hold every saved
+    rank's sums (the epoch's means are reduced over ranks), so the world size may change. The model's weights
+    and state come back with the model (model_from); random streams need no state, they are re-seeded from the
+    position in training (train.reseed)."""
     base_lrs = [g["base_lr"] for g in run.optimizer.param_groups]
     run.optimizer.load_state_dict(ckpt["optimizer"])
     for group, lr in zip(run.optimizer.param_groups, base_lrs):
         group["base_lr"] = lr        # this run's flags decide the base rates (files before base_lr lack it)
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
-    rng = ckpt.get("rng")
-    if isinstance(rng, list) and len(rng) == run.dist.world_size:
-        set_rng_state(rng[run.dist.rank])
-    elif rng:
-        run.log.print(f"note: the checkpoint was written by {len(rng)} process(es), this job has "
-                      f"{run.dist.world_size}: random streams restart from --seed")
-    return int(ckpt.get("batches_done", 0))
-
-
-def rng_state():
-    """This process's random states as plain tensors and lists, so checkpoints load with weights_only=True."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "python": [py_state[0], list(py_state[1]), py_state[2]]}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+    saved_args = ckpt.get("args", {})
+    # Files before samples_done counted updates of their own batch size.
+    samples = int(ckpt.get("samples_done", int(ckpt.get("batches_done", 0)) * saved_args.get("batch_size", 0)))
+    meters = Meters()
+    if run.dist.is_main:
+        for state in ckpt.get("epoch_meters") or []:
+            meters.merge(state)
+    if samples and saved_args.get("batch_size") != run.args.batch_size:
+        run.log.print(f"note: the checkpoint was saved mid-epoch with --batch_size {saved_args.get('batch_size')}"
+                      f", this run uses {run.args.batch_size}: the epoch continues after its first {samples} "
+                      f"images, but the updates differ from an uninterrupted run's")
+    elif samples and ckpt.get("world_size", run.dist.world_size) != run.dist.world_size:
+        run.log.print(f"note: the checkpoint was saved mid-epoch by {ckpt['world_size']} process(es), this job "
+                      f"has {run.dist.world_size}: the epoch continues after its first {samples} images, but "
+                      f"each process's random stream differs from an uninterrupted run's")
+    return samples, float(ckpt.get("epoch_seconds", 0.0)), meters

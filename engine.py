@@ -24,22 +24,62 @@ def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_la
                                        worker_init_fn=utils.ignore_stop_signals if num_workers else None)
 
 
-class ResumableSampler(torch.utils.data.DistributedSampler):
-    """DistributedSampler (a seeded permutation per epoch, split across ranks) that can skip the batches an
-    interrupted epoch already trained on, so a mid-epoch resume continues the same data order."""
+class ResumableSampler(torch.utils.data.Sampler):
+    """This rank's training items of an epoch: a seeded permutation of the split, dealt round-robin to the ranks
+    (DistributedSampler's order, drop_last), which can skip the images an interrupted epoch already trained on.
 
-    def __init__(self, dataset, dist, seed, batch_size):
-        super().__init__(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed,
-                         drop_last=True)
-        self.batch_size = batch_size
-        self.skip_batches = 0
+    Round-robin dealing makes the images trained by the first b updates the permutation's first
+    b * batch_size * world_size entries, whatever the batch size and world size. Resuming skips `skip_samples`
+    of them and deals the rest, so a run resumed with another --batch_size or world size still trains every
+    image of the epoch once.
+
+    With seed_items, each item comes as (index, seed): SeededItems then re-seeds the random generators before
+    augmenting that image, so its views depend on the run's seed, the epoch and the image alone, not on which
+    loader worker made them or whether the run was resumed in between.
+    """
+
+    def __init__(self, dataset, dist, seed, batch_size, seed_items=False):
+        self.n, self.rank, self.world_size = len(dataset), dist.rank, dist.world_size
+        self.seed, self.batch_size, self.seed_items = seed, batch_size, seed_items
+        self.epoch, self.skip_samples = 0, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _indices(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        rest = order[self.skip_samples:]
+        per_rank = len(rest) // self.world_size
+        return rest[self.rank:per_rank * self.world_size:self.world_size].tolist()
 
     def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.skip_batches * self.batch_size:])
+        indices = self._indices()
+        if not self.seed_items:
+            return iter(indices)
+        return iter([(i, utils.stream_seed(self.seed, self.epoch, i)) for i in indices])
 
     def __len__(self):
-        return super().__len__() - self.skip_batches * self.batch_size
+        return max(self.n - self.skip_samples, 0) // self.world_size
+
+    def batches(self):
+        """Full batches this rank trains in the (rest of the) epoch."""
+        return len(self) // self.batch_size
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Items keyed (index, seed) (ResumableSampler with seed_items): the random generators are re-seeded before
+    the item is made, so per-image augmentation is reproducible item by item."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        utils.reseed(seed)
+        return self.dataset[index]
 
 
 def shard(dataset, dist):

@@ -242,7 +242,8 @@ def prepare_output(run_dir, cpt_name, dist):
 
 
 def setup(dist, args):
-    """Build this process's Run: output folder, start point, data, model, optimiser; restore a resumed run."""
+    """Build this process's Run: output folder, start point, data, model, optimiser; restore a resumed run.
+    Returns (run, EpochProgress of the epoch to continue)."""
     if args.batch_size % dist.world_size or args.batch_size // dist.world_size < 2:
         raise UserError(f"--batch_size {args.batch_size} must split into at least 2 images per process over "
                         f"{dist.world_size} processes: use a multiple of {dist.world_size}, at least "
@@ -280,19 +281,22 @@ def setup(dist, args):
               scaler=mp.grad_scaler(dist.device, args.amp), cursor=cursor, epochs=epochs, milestones=milestones,
               data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
               n_views=2 if args.phase == SELF_SUPERVISED else 1)
-    batches_done = checkpoint.restore_run(run, ckpt) if how == "resume" else 0
+    epoch_so_far = EpochProgress()
+    if how == "resume":
+        epoch_so_far.samples, epoch_so_far.seconds, epoch_so_far.meters = checkpoint.restore_run(run, ckpt)
     announce(run, ckpt_from, how, encoder_size)
-    return run, batches_done
+    return run, epoch_so_far
 
 
 def make_loaders(run):
     """The training loader (its sampler resumable) and the BatchNorm-refresh loader; returns the former."""
     args, dist = run.args, run.dist
-    sampler = engine.ResumableSampler(run.splits.train, dist, run.data_seed, run.per_rank)
+    per_image = run.splits.batch_augment is None
+    sampler = engine.ResumableSampler(run.splits.train, dist, run.data_seed, run.per_rank, seed_items=per_image)
     # Batched augmentation indexes uint8 tensors in memory: worker processes would only add copies.
-    train_workers = 0 if run.splits.batch_augment is not None else args.num_workers
-    train_loader = engine.make_loader(run.splits.train, run.per_rank, train_workers, dist.device, sampler=sampler,
-                                      drop_last=True)
+    train_set = engine.SeededItems(run.splits.train) if per_image else run.splits.train
+    train_loader = engine.make_loader(train_set, run.per_rank, args.num_workers if per_image else 0, dist.device,
+                                      sampler=sampler, drop_last=True)
     run.bn_loader = train_loader if args.bn_warmup == "train" else \
         engine.make_loader(engine.shard(run.splits.test, dist), run.per_rank, args.num_workers, dist.device)
     return train_loader
@@ -339,6 +343,7 @@ def update(run, batch, epoch):
     Returns (values, stop): every logged number as floats (None for a skipped non-finite update), and whether
     any rank was asked to stop."""
     args, dist, cur = run.args, run.dist, run.cursor
+    reseed(run, cur[run.step_key])
     factor = recipes.lr_factor(args, run.model.hyperparams["method"], epoch, cur[run.step_key], run.epochs,
                                run.milestones)
     lr = recipes.set_learning_rates(run.optimizer, factor)
@@ -363,43 +368,64 @@ def update(run, batch, epoch):
     return values, stop
 
 
-def train_epoch(run, loader, save_midway):
-    """One pass over the training data (or its rest, after a mid-epoch resume). Updates the cursor after every
-    update and calls save_midway(batches_done) every --checkpoint_every updates. Returns the epoch's means,
-    averaged over all processes."""
+def train_epoch(run, loader, progress_so_far, save_midway):
+    """One pass over the training data, or its rest after a mid-epoch resume. Updates the cursor after every
+    update and calls save_midway(progress) every --checkpoint_every updates.
+
+    progress_so_far: the epoch's progress before this pass (EpochProgress: images trained, wall time and the
+    meters), so that the epoch's means cover the whole epoch also when it was interrupted and resumed.
+    Returns the epoch's means, averaged over all processes, with its last learning rate and wall time."""
     args, dist, cur = run.args, run.dist, run.cursor
     epoch = cur[run.epoch_key]
     engine.set_train_mode(run.model, args.phase == CLASSIFIERS and args.eval_encoder)
-    meters = Meters()
-    first = loader.sampler.skip_batches
-    progress = utils.Progress(len(loader), f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
+    done = progress_so_far
+    n_batches = loader.sampler.batches()
+    progress = utils.Progress(n_batches, f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
                               run.log)
-    t0, seen = time.perf_counter(), 0
-    for i, batch in enumerate(loader, start=first):
+    t0, seen, lr = time.perf_counter(), 0, None
+    for i, batch in enumerate(loader):
         values, stop = update(run, batch, epoch)
-        if values is None:
-            continue
-        seen += batch[1].shape[0] * dist.world_size
-        lr = values.pop("lr")
-        n_labelled, correct_mlp, correct_lin = (values.pop(k) for k in ("n_labelled", "correct_mlp", "correct_lin"))
-        meters.update(values)
-        if n_labelled:
-            meters.update({"train_acc_mlp": 100 * correct_mlp / n_labelled,
-                           "train_acc_lin": 100 * correct_lin / n_labelled}, n=n_labelled)
-        rate = seen / (time.perf_counter() - t0)
-        run.log.scalars(f"{args.phase}/train", dict(values, lr=lr, img_per_s=rate), cur[run.step_key])
-        progress.update(loss=values["loss"], lr=lr, img_per_s=rate)
-        last_batch = i + 1 == len(loader) + first
+        done.samples += batch[1].shape[0] * dist.world_size    # skipped updates count: their images were seen
+        if values is not None:
+            seen += batch[1].shape[0] * dist.world_size
+            lr = values.pop("lr")
+            record_update(run, done.meters, values, lr, seen / (time.perf_counter() - t0), progress)
+        done.seconds = progress_so_far.seconds + time.perf_counter() - t0
+        last_batch = i + 1 == n_batches
         if stop and not last_batch:
             progress.close()
-            save_midway(i + 1)
+            save_midway(done)
             raise Interrupted(f"epoch {epoch + 1}, update {cur[run.step_key]}")
-        if args.checkpoint_every and cur[run.step_key] % args.checkpoint_every == 0 and not last_batch:
-            save_midway(i + 1)
+        if args.checkpoint_every and cur[run.step_key] % args.checkpoint_every == 0 and not last_batch \
+                and values is not None:
+            save_midway(done)
     progress.close()
-    means = meters.reduce(dist)
+    means = done.meters.reduce(dist)
     means["img_per_s"] = seen / max(time.perf_counter() - t0, 1e-9)
+    means["epoch_seconds"] = done.seconds
+    if lr is not None:
+        means["lr"] = lr
     return means
+
+
+@dataclass
+class EpochProgress:
+    """How far the current epoch has got: images trained (all processes), wall time and the running means.
+    Checkpoints saved mid-epoch carry it, so a resumed epoch reports the whole epoch's means."""
+    samples: int = 0
+    seconds: float = 0.0
+    meters: Meters = field(default_factory=Meters)
+
+
+def record_update(run, meters, values, lr, rate, progress):
+    """Add one update's numbers to the epoch's meters, TensorBoard and the progress line."""
+    n_labelled, correct_mlp, correct_lin = (values.pop(k) for k in ("n_labelled", "correct_mlp", "correct_lin"))
+    meters.update(values)
+    if n_labelled:
+        meters.update({"train_acc_mlp": 100 * correct_mlp / n_labelled,
+                       "train_acc_lin": 100 * correct_lin / n_labelled}, n=n_labelled)
+    run.log.scalars(f"{run.args.phase}/train", dict(values, lr=lr, img_per_s=rate), run.cursor[run.step_key])
+    progress.update(loss=values["loss"], lr=lr, img_per_s=rate)
 
 
 class Interrupted(Exception):
@@ -422,6 +448,13 @@ def handle_non_finite(run, values, epoch):
                     f"checkpoint: {kept}; lower --learning_rate, or pass --nan_policy skip")
 
 
+def reseed(run, *where):
+    """Seed every generator from the run's seed, this rank, the phase and `where` in training (an update count,
+    an epoch's test): a resumed run then draws exactly what the uninterrupted run drew from there on."""
+    utils.reseed(utils.stream_seed(run.data_seed, run.dist.rank, run.args.phase == CLASSIFIERS, *where),
+                 run.dist.device)
+
+
 def train_accuracy(logits, labels):
     """Tensors (no sync): labelled rows, and how many of them each classifier gets right."""
     labelled = labels >= 0
@@ -433,10 +466,13 @@ def train_accuracy(logits, labels):
 # ----------------------------------------------------------------------------------------------------------
 # Each epoch's test.
 
+TEST_STREAM = 1      # reseed key that keeps the test's random stream (BN-refresh views) apart from the updates'
+
 def test_accuracy(run, epoch):
     """The per-epoch test: BN refresh on each rank's training batches, rank 0's statistics shared with every
     rank, then every test image scored once across the ranks; kNN top-1 every --knn_every epochs."""
     args, dist = run.args, run.dist
+    reseed(run, epoch, TEST_STREAM)
     eval_encoder = args.phase == CLASSIFIERS and args.eval_encoder
     images = engine.first_view(run.splits.batch_augment, dist.device, args.memory_format) \
         if args.bn_warmup == "train" else None
@@ -456,10 +492,10 @@ def worker(dist, args):
     """The training job as seen by one process (rank) of it."""
     seed_everything(args.seed + dist.rank)   # per-rank augmentation; DDP copies rank 0's initial weights
     utils.reap_children_at_exit()
-    run, batches_done = setup(dist, args)
+    run, epoch_so_far = setup(dist, args)
     train_loader = make_loaders(run)
     sampler = train_loader.sampler
-    if dist.is_main and args.view_grid and run.cursor[run.epoch_key] == 0 and batches_done == 0:
+    if dist.is_main and args.view_grid and run.cursor[run.epoch_key] == 0 and epoch_so_far.samples == 0:
         views_grid.log_views(run, args.view_grid)
 
     run.stop.install()
@@ -467,14 +503,14 @@ def worker(dist, args):
     while run.cursor[run.epoch_key] < run.epochs:
         epoch = run.cursor[run.epoch_key]
         sampler.set_epoch(epoch)
-        sampler.skip_batches, batches_done = batches_done, 0
+        sampler.skip_samples = epoch_so_far.samples
         try:
-            means = train_epoch(run, train_loader, lambda done: checkpoint.save_run(run, done))
+            means = train_epoch(run, train_loader, epoch_so_far, lambda done: checkpoint.save_run(run, done))
         except Interrupted as where:
             run.log.print(f"interrupted: checkpoint saved at {where} in {run.cpt_path}; re-run the same "
                           f"command to resume")
             return None
-        sampler.skip_batches = 0
+        sampler.skip_samples, epoch_so_far = 0, EpochProgress()
         acc = test_accuracy(run, epoch)
         run.cursor[run.epoch_key] = epoch + 1
         checkpoint.save_run(run)

@@ -1,10 +1,6 @@
-"""The method interface: one contract every registered method meets (a new method adds its tiny flags to TINY_FLAGS),
-kill -9 resume of a MoCo run, and torch.hub loading of every kind of checkpoint."""
+"""The method interface: one contract every registered method meets (a new method adds its tiny flags to TINY_FLAGS;
+test_resume.py kills and resumes each), and torch.hub loading of every kind of checkpoint."""
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -75,43 +71,6 @@ def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
                                                                                               values.values())))
     assert int(run.model.queue_ptr) == 8
     run.log.close()
-
-
-def _train_cmd(out, *extra):
-    return [sys.executable, "train.py", *BASE, *TINY_FLAGS["moco"], "--output_dir", str(out), "--epochs", "2",
-            *extra]
-
-
-def test_moco_run_killed_and_rerun_resumes_bit_for_bit(tmp_path):
-    """SIGKILL during epoch 2 (after epoch 1's checkpoint), re-run: the same final weights, queue and key encoder
-    as an uninterrupted run."""
-    straight = subprocess.run(_train_cmd(tmp_path, "--run_name", "straight"), cwd=ROOT, capture_output=True,
-                              text=True, timeout=600)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    cpt = tmp_path / "killed" / "amdim_cpt.pth"
-    p = subprocess.Popen(_train_cmd(tmp_path, "--run_name", "killed"), cwd=ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if cpt.exists():
-            try:
-                if torch.load(cpt, weights_only=True)["cursor"]["info_epoch"] == 1:
-                    break
-            except Exception:  # noqa: BLE001 -- the file is being replaced
-                pass
-        time.sleep(0.05)
-    assert p.poll() is None, "the run ended before it could be killed"
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    resumed = subprocess.run(_train_cmd(tmp_path, "--run_name", "killed"), cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout
-    a = torch.load(tmp_path / "straight" / "amdim_cpt.pth", weights_only=True)["model"]
-    b = torch.load(cpt, weights_only=True)["model"]
-    assert a.keys() == b.keys() and {"queue", "queue_ptr"} < set(a)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_hub_loads_the_frozen_encoder_of_every_kind_of_checkpoint(tmp_path):

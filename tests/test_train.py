@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -190,26 +189,54 @@ def test_cli_errors_are_one_line_without_traceback(ss_run, tmp_path):
         assert "error" in last and needle in last, (argv, r.stderr)
 
 
-def test_resumable_sampler_skips_exactly_the_trained_batches():
+def test_resumable_sampler_deals_like_distributed_sampler_and_skips_the_trained_images():
     data = list(range(50))
-    full = engine.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
-    full.set_epoch(2)
-    part = engine.ResumableSampler(data, utils.Dist(rank=1, world_size=2), seed=3, batch_size=4)
-    part.set_epoch(2)
-    part.skip_batches = 3
-    assert list(part) == list(full)[12:] and len(part) == len(full) - 12
+    for world in (1, 2, 3):
+        for rank in range(world):
+            ours = engine.ResumableSampler(data, utils.Dist(rank=rank, world_size=world), seed=3, batch_size=4)
+            ref = torch.utils.data.DistributedSampler(data, num_replicas=world, rank=rank, seed=3, drop_last=True)
+            ours.set_epoch(2)
+            ref.set_epoch(2)
+            assert list(ours) == list(ref) and len(ours) == len(ref)
+    # Two ranks, batches of 4, 3 updates done: the first 24 images of the epoch's permutation are trained.
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(3 + 2)).tolist()
+    trained = set(order[:24])
+    full = []
+    for rank in range(2):
+        sampler = engine.ResumableSampler(data, utils.Dist(rank=rank, world_size=2), 3, 4)
+        sampler.set_epoch(2)
+        full.append(list(sampler))
+    assert trained == {i for r in range(2) for i in full[r][:12]}
+    for world, batch in ((2, 4), (1, 8), (4, 2)):        # resumed with the same or another batch/world size
+        parts = []
+        for rank in range(world):
+            part = engine.ResumableSampler(data, utils.Dist(rank=rank, world_size=world), 3, batch)
+            part.set_epoch(2)
+            part.skip_samples = 24
+            parts.append(list(part))
+            assert len(part) == len(parts[-1])
+        rest = [i for p in parts for i in p]
+        assert not trained & set(rest) and len(rest) == len(set(rest)) >= 26 - world + 1
+        if world == 2:
+            assert parts == [f[12:] for f in full]
 
 
-def test_mid_epoch_checkpoint_resumes_the_rest_of_the_epoch(tmp_path):
-    run_train(tmp_path, "--epochs", "1", "--run_name", "a", "--checkpoint_every", "7")
-    prev = load(os.path.join(tmp_path, "a", "amdim_cpt.pth.prev"))      # the save after update 14
-    assert prev["cursor"]["info_epoch"] == 0 and prev["cursor"]["info_step"] == 14
-    assert prev["batches_done"] == 14
-    os.makedirs(tmp_path / "b")
-    shutil.copy(tmp_path / "a" / "amdim_cpt.pth.prev", tmp_path / "b" / "amdim_cpt.pth")
-    run_train(tmp_path, "--epochs", "1", "--run_name", "b", "--checkpoint_every", "7")
-    done = load(os.path.join(tmp_path, "b", "amdim_cpt.pth"))
-    assert done["cursor"]["info_epoch"] == 1 and done["cursor"]["info_step"] == 15   # one update left to do
+def test_seeded_items_make_the_same_views_whatever_came_before():
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.rand(3) + i
+
+    sampler = engine.ResumableSampler(list(range(10)), utils.Dist(), seed=5, batch_size=2, seed_items=True)
+    keys = list(sampler)
+    items = engine.SeededItems(Noisy())
+    first = [items[k] for k in keys]
+    torch.rand(7)                                           # another stream position, as after a resume
+    assert all(torch.equal(items[k], v) for k, v in zip(reversed(keys), reversed(first)))
+    sampler.set_epoch(1)
+    assert not torch.equal(items[next(k for k in sampler if k[0] == keys[0][0])], first[0])   # new epoch
 
 
 def test_batch_size_must_split_over_processes():
