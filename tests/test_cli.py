@@ -1,5 +1,5 @@
-"""train.py's command line: every number range-checked by argparse (a one-line usage error, nothing on disk)
-and --help showing every default."""
+"""train.py's command line: every number range-checked by argparse (a one-line usage error, nothing on disk),
+--help showing every default, and LR schedules that short runs cannot start decayed."""
 import argparse
 import os
 import re
@@ -9,6 +9,8 @@ import sys
 import pytest
 
 import config
+import datasets
+import recipes
 import train
 from utils import UserError
 
@@ -148,3 +150,37 @@ def test_help_shows_every_default(capsys, monkeypatch):
             assert "default" in text and "(default: None)" not in text, text
     assert "(default: STL10)" in entries["--dataset"] and "(default: 1)" in entries["--seed"]
     assert "(default: 128)" in entries["--ndf"] and "amdim 2e-4" in entries["--learning_rate"]
+
+
+COMBINATIONS = [(d, m, c) for d in datasets.DATASETS for m in sorted(recipes.RECIPES) for c in (False, True)]
+
+
+def args_for(dataset, method, classifiers, epochs):
+    argv = ["--dataset", dataset, "--method", method] + (["--image_size", "32"] if dataset == "FOLDER" else [])
+    argv += (["--classifiers"] if classifiers else []) + (["--epochs", str(epochs)] if epochs else [])
+    return train.parse_args(argv)
+
+
+@pytest.mark.parametrize("dataset, method, classifiers", COMBINATIONS)
+def test_short_runs_start_at_the_base_learning_rate(dataset, method, classifiers):
+    """Every milestone falls inside the run (epochs 1 .. epochs-1), and the first update after any warm-up
+    trains at the base LR; the default schedule itself is unchanged."""
+    args = args_for(dataset, method, classifiers, None)
+    assert recipes.schedule(args, method) == recipes.default_schedule(args.phase, method, dataset)
+    for epochs in (1, 2, 3):
+        args = args_for(dataset, method, classifiers, epochs)
+        n, milestones = recipes.schedule(args, method)
+        assert n == epochs and list(milestones) == sorted(set(milestones))
+        assert all(1 <= m < epochs for m in milestones), milestones
+        step = max(recipes.warmup_updates(args, method) - 1, 0)
+        assert recipes.lr_factor(args, method, 0, step, n, milestones) == 1.0
+        last = recipes.lr_factor(args, method, epochs - 1, 10 ** 6, n, milestones)
+        assert last == pytest.approx(recipes.recipe(args.phase, method).decay ** len(milestones))
+
+
+def test_in128_classifiers_one_epoch_trains_at_2e_4():
+    args = args_for("IN128", "amdim", True, 1)
+    epochs, milestones = recipes.schedule(args, "amdim")
+    assert milestones == ()
+    assert recipes.base_lr(args, "amdim") * recipes.lr_factor(args, "amdim", 0, 0, epochs, milestones) == 2e-4
+    assert recipes.schedule(args_for("IN128", "amdim", True, 2), "amdim") == (2, (1,))
