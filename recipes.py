@@ -8,7 +8,7 @@ method shares so that their evaluations compare.
     --classifiers (every method): AMDIM's Adam over the classifiers alone, no warm-up, x0.2 at each milestone
 
 The learning rate is a pure function of the training cursor (epoch, update), so a resumed run continues the
-schedule exactly; default milestones scale with --epochs.
+schedule exactly; default milestones scale with --epochs, and a short run never starts decayed (see schedule).
 """
 import math
 from dataclasses import dataclass
@@ -50,10 +50,18 @@ def default_schedule(phase, method, dataset):
 
 
 def schedule(args, method):
-    """(epochs, milestones) for this run: --epochs or the default, with the milestones scaled to it."""
+    """(epochs, milestones) for this run: --epochs or the default, with the default milestones scaled to it.
+
+    A scaled milestone is rounded to a whole epoch and kept only where it can act inside the run: epoch 0 always
+    trains at the base learning rate (a milestone at 0 would start a short run decayed: IN128 --classifiers
+    --epochs 1 gave [0, 1] and began at 4e-5), so one rounding to 0 moves to epoch 1; one at or after the last
+    epoch would never apply and is dropped, so the start-up line lists only real decays. Two that round to the
+    same epoch count once: a double decay in one step (x0.04, or x0.01 for MoCo) is a step the seed never takes.
+    A 1-epoch run therefore has no milestones."""
     default_epochs, default_milestones = default_schedule(args.phase, method, args.dataset)
     epochs = args.epochs or default_epochs
-    return epochs, tuple(round(m * epochs / default_epochs) for m in default_milestones)
+    scaled = {max(1, round(m * epochs / default_epochs)) for m in default_milestones}
+    return epochs, tuple(sorted(m for m in scaled if m < epochs))
 
 
 def base_lr(args, method):

@@ -34,47 +34,60 @@ from utils import Meters, RunLog, UserError, run_main, seed_everything
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", type=str.upper, default="STL10", choices=datasets.DATASETS)
+    """Every number is range-checked as argparse reads it (config.number), so a bad value is a usage error naming
+    that flag before any check that combines flags runs and before anything is written."""
+    count, positive = config.non_negative_int, config.positive_int
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=config.HelpFormatter)
+    p.add_argument("--dataset", type=str.upper, default="STL10", choices=datasets.DATASETS,
+                   help="what to train and test on (FOLDER: train/ and val/ class folders under --input_dir)")
     p.add_argument("--input_dir", default="./data", help="where datasets live (torchvision ones download here)")
-    p.add_argument("--image_size", type=int, choices=(32, 64, 128), help="FOLDER only: encoder input size")
+    p.add_argument("--image_size", type=int, choices=(32, 64, 128),
+                   help="encoder input size; FOLDER needs it, the other datasets fix it (default: C10, C100, "
+                        "DIGITS 32; STL10 64; IN128, PLACES205 128)")
     p.add_argument("--subset", help="IN128/FOLDER: a file of class folder names, one a line, to train and test "
-                                    "on those classes only (assets/imagenet100_classes.txt: ImageNet-100)")
+                                    "on those classes only (assets/imagenet100_classes.txt: ImageNet-100; "
+                                    "default: every class)")
     p.add_argument("--aug", default="default", choices=datasets.AUGMENTATIONS,
                    help="AMDIM's augmentation: its default recipe, or with a policy added")
     p.add_argument("--per_image_aug", action="store_true",
                    help="augment image by image in the loader workers even where batched on-device "
                         "augmentation applies (C10, C100, STL10, DIGITS with --aug default)")
-    p.add_argument("--batch_size", type=int, default=200, help="global batch (two views of each image)")
-    p.add_argument("--learning_rate", "--lr", type=float,
+    p.add_argument("--batch_size", default=200, help="global batch (two views of each image)",
+                   type=config.number(int, config.Range(minimum=2, why="train-mode BatchNorm needs 2 images")))
+    # 0 is allowed: it freezes every weight, a sanity check the tests use.
+    p.add_argument("--learning_rate", "--lr", type=config.non_negative_float,
                    help="default: the method's (amdim 2e-4; moco 0.03 * batch_size / 128; --classifiers 2e-4)")
     p.add_argument("--cos", action="store_true", help="cosine learning-rate schedule instead of step decay "
                                                       "(self-supervised phase)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", default=1, help="seeds weights, augmentation and data order",
+                   type=config.number(int, config.Range(minimum=0, maximum=2 ** 32 - 1, why="NumPy's seeds")))
     p.add_argument("--amp", action="store_true", help="mixed precision through torch.autocast")
     p.add_argument("--classifiers", "--finetune", action="store_true",
                    help="train only the evaluation classifiers on a frozen encoder")
-    p.add_argument("--checkpoint_path", "--cpt_load_path", help="checkpoint to start from")
+    p.add_argument("--checkpoint_path", "--cpt_load_path",
+                   help="checkpoint to start from (default: none, a model built from scratch)")
     config.add_flags(p)
-    p.add_argument("--output_dir", default="./runs")
-    p.add_argument("--run_name", default="default_run")
-    p.add_argument("--cpt_name", default="amdim_cpt.pth")
-    p.add_argument("--epochs", type=int, help="default: the seed's (amdim 300, ImageNet/Places205 50; moco 200; "
-                   "classifiers 120, ImageNet 30, Places205 15); LR milestones scale with it")
-    p.add_argument("--warmup_updates", type=int,
+    p.add_argument("--output_dir", default="./runs", help="where run folders go")
+    p.add_argument("--run_name", default="default_run", help="the run's folder under --output_dir")
+    p.add_argument("--cpt_name", default="amdim_cpt.pth", help="checkpoint file name in the run's folder")
+    p.add_argument("--epochs", type=positive,
+                   help="default: the seed's (amdim 300, ImageNet/Places205 50; moco 200; classifiers 120, "
+                        "ImageNet 30, Places205 15); LR milestones scale with it")
+    p.add_argument("--warmup_updates", type=count,
                    help="linear LR warm-up, self-supervised only (default: amdim 500, moco 0)")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--num_workers", type=count, default=min(4, os.cpu_count() or 1),
+                   help="data loader processes (0: load in the training process); min(4, CPU count) by "
+                        "default, here")
     p.add_argument("--eval_encoder", action="store_true",
                    help="--classifiers: keep the frozen encoder's BatchNorm in eval mode")
     p.add_argument("--bn_warmup", choices=("train", "test"), default="train",
                    help="images used to refresh BatchNorm statistics before each test")
-    p.add_argument("--knn_every", type=int, default=0,
+    p.add_argument("--knn_every", type=count, default=0,
                    help="also report weighted kNN top-1 (test.py --knn) every N epochs (0: never)")
-    p.add_argument("--knn_k", type=int, default=200, help="neighbours for --knn_every")
+    p.add_argument("--knn_k", type=positive, default=200, help="neighbours for --knn_every")
     p.add_argument("--resume", choices=("auto", "never"), default="auto",
                    help="auto: continue from <output_dir>/<run_name>/<cpt_name> when it exists")
-    p.add_argument("--checkpoint_every", type=int, default=0,
+    p.add_argument("--checkpoint_every", type=count, default=0,
                    help="also save every N updates mid-epoch (0: only at the end of each epoch)")
     p.add_argument("--sync_bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     p.add_argument("--memory_format", choices=("channels_last", "contiguous"), default="channels_last",
@@ -87,19 +100,13 @@ def parse_args(argv=None):
                    help="on a NaN/inf loss: stop (keeping the last checkpoint) or skip that update (counted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: every visible CUDA GPU (one process each), else the CPU")
-    p.add_argument("--log_every", type=int, default=50,
+    p.add_argument("--log_every", type=positive, default=50,
                    help="updates between progress lines when stdout is not a terminal")
-    p.add_argument("--view_grid", type=int, default=8,
+    p.add_argument("--view_grid", type=count, default=8,
                    help="images whose training views are drawn to TensorBoard at the start (0: none)")
     args = p.parse_args(argv)
 
     args.phase = CLASSIFIERS if args.classifiers else SELF_SUPERVISED
-    if args.batch_size < 2:
-        p.error("--batch_size must be at least 2 (train-mode BatchNorm needs 2 images)")
-    if args.epochs is not None and args.epochs < 1:
-        p.error("--epochs must be at least 1")
-    if args.knn_every < 0 or args.knn_k < 1:
-        p.error("--knn_every must be 0 or more and --knn_k at least 1")
     if args.subset and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
         p.error("--subset applies to image folders (IN128, PLACES205, FOLDER)")
     try:
