@@ -132,8 +132,8 @@ def main():
         leftovers = [f for f in os.listdir(run_dir) if ".tmp" in f]
         n, diff = equal_states(final_state(os.path.join(out, "straight", "amdim_cpt.pth")), final_state(cpt))
         losses_equal = epoch_losses(os.path.join(out, "straight")) == epoch_losses(run_dir)
-    print(f"\n| kills | runs restarted after finishing | corrupt reads | leftover temporaries | tensors equal | "
-          f"epoch losses equal | straight run |")
+    print("\n| kills | runs restarted after finishing | corrupt reads | leftover temporaries | tensors equal | "
+          "epoch losses equal | straight run |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {kills} | {finished_early} | {corrupt} | {len(leftovers)} | {n - len(diff)}/{n} | "
           f"{'yes' if losses_equal else 'no'} | {straight_s:.0f} s |")
