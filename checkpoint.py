@@ -190,7 +190,7 @@ def save_run(run, batches_done=0):
              "cursor": dict(run.cursor), "batches_done": batches_done, "phase": args.phase,
              "data_seed": run.data_seed, "optimizer": run.optimizer.state_dict(),
              "scaler": run.scaler.state_dict(), "rng": rng, "world_size": run.dist.world_size,
-             "eval_encoder": args.eval_encoder,
+             "eval_encoder": args.eval_encoder, "run_info": run.log.run_info,
              "args": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (bool, int, float, str))}}
     try:
         save(state, run.cpt_path)
