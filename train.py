@@ -552,8 +552,8 @@ def report_epoch(run, epoch, means, acc):
     skipped = utils.all_reduce_sum([run.splits.skipped_images(), run.non_finite_skipped], run.dist.device)
     means = dict(means, skipped_images=int(skipped[0]), skipped_updates=int(skipped[1] / run.dist.world_size))
     run.log.scalars(f"{run.args.phase}/epoch", dict(means, **scores), epoch + 1)
-    run.log.record(dict(event="epoch", phase=run.args.phase, epoch=epoch + 1, step=run.cursor[run.step_key], **means,
-                              **acc))
+    run.log.record(dict(event="epoch", phase=run.args.phase, epoch=epoch + 1, step=run.cursor[run.step_key],
+                        **means, **acc))
     skips = "".join(f", {means[k]} {what} skipped" for k, what in
                     (("skipped_images", "unreadable images"), ("skipped_updates", "non-finite updates")) if means[k])
     knn_text = f" knn {acc['top1_knn']:.2f}%" if "top1_knn" in acc else ""

@@ -383,6 +383,14 @@ class RunDirLock:
     def __init__(self, run_dir, created, fd):
         self.run_dir, self.created, self.fd = run_dir, created, fd
         self.key = os.path.realpath(run_dir)
+        # A forked child (a DataLoader worker) shares the lock's open file description, and a flock lasts until
+        # every copy is closed: children close theirs, so that the lock ends with the run's own process.
+        os.register_at_fork(after_in_child=self._close)
+
+    def _close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     @classmethod
     def claim(cls, run_dir):
@@ -410,7 +418,7 @@ class RunDirLock:
                     os.rmdir(d)
         except OSError:
             pass                                  # tidying must never hide why the start failed
-        os.close(self.fd)
+        self._close()
 
     @classmethod
     def release_all(cls, failed):

@@ -108,6 +108,32 @@ def test_a_second_run_on_a_run_directory_is_refused_until_the_first_dies(tmp_pat
     assert lock_is_free(run_dir)                            # and gave it back when its start failed
 
 
+def test_the_lock_ends_with_its_process_though_forked_children_live_on(tmp_path):
+    """A DataLoader worker is a forked child: it must not keep the lock of a run killed under it."""
+    run_dir = str(tmp_path / "r")
+    read_end, write_end = os.pipe()
+    holder = os.fork()
+    if holder == 0:                                 # the run: takes the lock, forks a worker, dies at once
+        try:
+            utils.RunDirLock.claim(run_dir)
+            worker = os.fork()
+            if worker == 0:
+                time.sleep(60)
+            else:
+                os.write(write_end, str(worker).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    worker = int(os.read(read_end, 20))
+    os.close(read_end)
+    os.waitpid(holder, 0)
+    try:
+        os.kill(worker, 0)                          # the worker lives on
+        assert lock_is_free(run_dir)
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One finished 1-epoch run. train_epoch is wrapped to supply "lr" and "epoch_seconds" where it does not
