@@ -236,16 +236,19 @@ def prepare_model(model, args, dist):
 
 
 def prepare_output(run_dir, cpt_name, dist):
-    """Create the run directory, check it is writable, and remove temporary files of a killed save."""
+    """Create the run directory and lock it (rank 0, until locked_worker ends: one run per directory), then
+    remove temporary files of a killed save."""
     if dist.is_main:
-        try:
-            os.makedirs(run_dir, exist_ok=True)
-            probe = os.path.join(run_dir, f".write_test{os.getpid()}")
-            open(probe, "w").close()
-            os.remove(probe)
-        except OSError as e:
-            raise UserError(f"cannot write to {run_dir} ({e.strerror}); pass a writable --output_dir") from None
+        utils.RunDirLock.claim(run_dir)
+        # Only under the lock: another run's save in progress would look like a killed one.
         checkpoint.remove_stale_temporaries(os.path.join(run_dir, cpt_name))
+
+
+def set_aside_old_logs(run_dir, dist):
+    """A start that does not resume this run's checkpoint writes fresh logs: the earlier ones move aside."""
+    moved_to = utils.set_aside_logs(run_dir) if dist.is_main else None
+    if moved_to:
+        print(f"starting over: the earlier metrics.jsonl and TensorBoard events moved to {moved_to}", flush=True)
 
 
 def setup(dist, args):
@@ -259,6 +262,8 @@ def setup(dist, args):
     cpt_path = os.path.join(run_dir, args.cpt_name)
     prepare_output(run_dir, args.cpt_name, dist)
     ckpt, how, ckpt_from = find_start(args, cpt_path)
+    if how != "resume":
+        set_aside_old_logs(run_dir, dist)
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
     hp = resolve_hyperparams(args, ckpt, encoder_size)
     # Classifiers train on the evaluation protocol's views (AMDIM's recipe) whichever method made the encoder.
@@ -533,11 +538,14 @@ def worker(dist, args):
 
 
 def announce(run, ckpt_from, how, encoder_size):
-    """Start-up lines: resolved config, devices, world size, where outputs go."""
+    """Start-up lines (resolved config, devices, world size, where outputs go) and the start record."""
     args, dist, log, hp = run.args, run.dist, run.log, run.model.hyperparams
+    if not log.enabled:
+        return
+    info = run_info(run, how, ckpt_from, encoder_size)
     if args.resume == "never" and os.path.isfile(run.cpt_path):
         log.print(f"--resume never: starting over; {run.cpt_path} is replaced at the first save")
-    settings = " ".join(f"{k}={v}" for k, v in sorted(vars(args).items()))
+    settings = " ".join(f"{k}={v}" for k, v in sorted(info["config"].items()))
     log.print(f"config: {settings}")
     devices = f"{dist.device}" if not dist.active else f"{dist.world_size} processes on {dist.device.type}"
     log.print(f"{hp['method']} {args.phase}: {args.dataset} ({len(run.splits.train)} train / "
@@ -552,6 +560,34 @@ def announce(run, ckpt_from, how, encoder_size):
     elif args.phase == CLASSIFIERS:
         log.print("no --checkpoint_path: training classifiers on a randomly initialised encoder (baseline)")
     log.print(f"writing {run.cpt_path}, TensorBoard events and metrics.jsonl in {os.path.dirname(run.cpt_path)}")
+    env = info["environment"]
+    log.print(f"python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']} on {env['host']}; "
+              f"code {env.get('git_commit', 'not in a git checkout')}")
+    log.start(info, run.cursor[run.step_key])
+
+
+def run_info(run, how, ckpt_from, encoder_size):
+    """This start, for metrics.jsonl, TensorBoard and the checkpoints: how it starts, the resolved config and
+    what it runs on."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return {"phase": run.args.phase, "start": {"resume": "resume", "init": "checkpoint_path"}.get(how, "scratch"),
+            "from": ckpt_from, "cursor": dict(run.cursor), "config": resolved_config(run, encoder_size),
+            "environment": utils.environment(here)}
+
+
+def resolved_config(run, encoder_size):
+    """The flags with every default this start fills in resolved (model hyperparameters, epochs, LR milestones,
+    base learning rates, warm-up), the world size and the data's sizes."""
+    args, hp = run.args, run.model.hyperparams
+    model_flags = {"method", "arch"} | {p.name for p in config.ALL_PARAMS}
+    cfg = {k: v for k, v in vars(args).items() if k not in model_flags}
+    lrs = [g["base_lr"] for g in run.optimizer.param_groups]
+    cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),
+               learning_rate=lrs[0], learning_rates=lrs, optimizer=type(run.optimizer).__name__,
+               warmup_updates=recipes.warmup_updates(args, hp["method"]), world_size=run.dist.world_size,
+               per_process_batch=run.per_rank, data_seed=run.data_seed, train_images=len(run.splits.train),
+               test_images=len(run.splits.test))
+    return cfg
 
 
 def report_epoch(run, epoch, means, acc):
@@ -559,8 +595,8 @@ def report_epoch(run, epoch, means, acc):
     skipped = utils.all_reduce_sum([run.splits.skipped_images(), run.non_finite_skipped], run.dist.device)
     means = dict(means, skipped_images=int(skipped[0]), skipped_updates=int(skipped[1] / run.dist.world_size))
     run.log.scalars(f"{run.args.phase}/epoch", dict(means, **scores), epoch + 1)
-    run.log.epoch_record(dict(phase=run.args.phase, epoch=epoch + 1, step=run.cursor[run.step_key], **means,
-                              **acc))
+    run.log.record(dict(event="epoch", phase=run.args.phase, epoch=epoch + 1, step=run.cursor[run.step_key],
+                        **means, **acc))
     skips = "".join(f", {means[k]} {what} skipped" for k, what in
                     (("skipped_images", "unreadable images"), ("skipped_updates", "non-finite updates")) if means[k])
     knn_text = f" knn {acc['top1_knn']:.2f}%" if "top1_knn" in acc else ""
@@ -571,7 +607,19 @@ def report_epoch(run, epoch, means, acc):
 
 def main(argv=None):
     args = parse_args(argv)
-    return utils.launch(worker, args.device, args)
+    return utils.launch(locked_worker, args.device, args)
+
+
+def locked_worker(dist, args):
+    """worker, then the run directory's lock (rank 0 took it in prepare_output) released; after a failed start,
+    the run directory is removed again if this start created it and it holds nothing but the lock."""
+    try:
+        result = worker(dist, args)
+    except BaseException:
+        utils.RunDirLock.release_all(failed=True)
+        raise
+    utils.RunDirLock.release_all(failed=False)
+    return result
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def main():
             subprocess.run([sys.executable, "train.py", *flags, "--output_dir", out, "--run_name", f"r{run}"],
                            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             walls.append(time.perf_counter() - t0)
-            record = json.loads(open(os.path.join(out, f"r{run}", "metrics.jsonl")).readline())
+            with open(os.path.join(out, f"r{run}", "metrics.jsonl")) as f:
+                record = [json.loads(line) for line in f][-1]       # the epoch's record, after the start's
             rates.append(record["img_per_s"])
             rss.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     print(f"{'what':<28} {'median':>9} {'min-max':>17}")
