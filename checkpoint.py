@@ -14,8 +14,11 @@ batches_done (the same in updates), epoch_seconds and epoch_meters (every rank's
 """
 import os
 import pickle
+import pickletools
 import re
 import shutil
+import warnings
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -28,25 +31,130 @@ from utils import Meters, UserError, all_gather_objects
 _BN_KEY = re.compile(r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
 
-def read(path, map_location="cpu"):
-    """Load a checkpoint dict safely (weights_only=True); a user-facing error for anything else."""
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist: check --checkpoint_path")
+def read(path, map_location="cpu", arg="--checkpoint_path"):
+    """Load a checkpoint dict safely (weights_only=True); a user-facing error naming what is wrong otherwise.
+    arg: how the messages name the place the user gave the path (train.py's flag, or test.py's argument)."""
+    _check_readable(path, arg)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses pickles that would import or call arbitrary objects.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to load {path}: it holds objects other than tensors and plain data, which "
-                        f"could run code ({first}); only load checkpoints you trust, re-saved as plain "
-                        f"state_dicts") from None
-    except Exception as e:  # noqa: BLE001 -- torch.load fails in many ways on damaged files
-        raise UserError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
-                        f"({type(e).__name__}); point --checkpoint_path at a complete .pth file") from None
+        with warnings.catch_warnings():   # torch.load warns about pickle protocols it is not sure of
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # noqa: BLE001 -- torch.load fails in many ways on damaged or foreign files
+        raise _unloadable(path, arg) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "hyperparams" not in ckpt:
         raise UserError(f"{path} is not an AMDIM checkpoint (no 'model' and 'hyperparams' entries); "
-                        f"point --checkpoint_path at a file written by train.py or the original AMDIM code")
+                        f"point {arg} at a file written by train.py or the original AMDIM code")
     return ckpt
+
+
+def _check_readable(path, arg):
+    """A UserError unless path is a file this process can open."""
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a directory, not a file: point {arg} at the checkpoint file "
+                        f"inside it{_example_inside(path)}")
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist: check {arg}")
+    try:
+        open(path, "rb").close()
+    except OSError as e:      # torch.load's own OSErrors may come from damaged content: tell them apart here
+        raise UserError(f"cannot read checkpoint {path} ({e.strerror or e}): make the file readable or point "
+                        f"{arg} at another copy") from None
+
+
+def _unloadable(path, arg):
+    """The UserError for a file torch.load refused. PyTorch's own message would advise weights_only=False,
+    which runs whatever the pickle says: say instead what the file is."""
+    unsafe = _unsafe_globals(path)
+    if unsafe:
+        return UserError(f"refusing to load {path}: it is a pickle that references {', '.join(unsafe[:3])}"
+                         f"{' and more' if len(unsafe) > 3 else ''}, which could run code when loaded; only load "
+                         f"checkpoints you trust, re-saved as plain state_dicts")
+    return UserError(f"cannot read checkpoint {path}: {_describe(path)}, so not a PyTorch checkpoint (truncated, "
+                     f"corrupt or another format); point {arg} at a complete .pth file")
+
+
+def _example_inside(folder):
+    """' (e.g. folder/amdim_cpt.pth)' naming a checkpoint-like file in folder, or '' when it holds none."""
+    names = [n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))]
+    for wanted in (lambda n: n == "amdim_cpt.pth", lambda n: n.endswith(".pth"), lambda n: n.endswith(".pt")):
+        found = sorted(filter(wanted, names))
+        if found:
+            return f" (e.g. {os.path.join(folder, found[0])})"
+    return ""
+
+
+def _describe(path):
+    """What an unloadable file is, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive that torch.load cannot read"
+    if head[0] == pickle.PROTO[0]:
+        return "it is a pickle that torch.load cannot read"
+    return "it is neither a zip archive nor a pickle"
+
+
+def _unsafe_globals(path):
+    """The globals (module.name) that a pickle in `path` would import and weights_only loading does not allow:
+    those are what could run code. Empty when the file holds no complete pickle: then it is merely unreadable."""
+    try:
+        if zipfile.is_zipfile(path):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        with open(path, "rb") as f:
+            names = _pickle_globals(f)
+    except Exception:  # noqa: BLE001 -- a damaged file: nothing in it can be imported
+        return []
+    allowed = _allowed_globals()
+    return sorted(name for name in names if name not in allowed)
+
+
+def _pickle_globals(f):
+    """The globals referenced by the complete pickles at the start of the binary file f (torch's legacy format
+    is several pickles in a row, then raw tensor bytes), found by reading the opcodes without running them."""
+    names = set()
+    while f.read(1) == pickle.PROTO:     # a binary pickle starts with its protocol; raw bytes follow the last
+        f.seek(-1, os.SEEK_CUR)
+        try:
+            names |= _globals_of_one_pickle(f)
+        except ValueError:                # not a complete pickle from here on
+            break
+    return names
+
+
+def _globals_of_one_pickle(f):
+    """module.name of each GLOBAL, INST and STACK_GLOBAL opcode in the pickle at f's position (up to its STOP).
+    STACK_GLOBAL takes its names from the two values pushed before it, which may come from the memo."""
+    names, pushed, memo = set(), [None, None], {}
+    for op, arg, _ in pickletools.genops(f):
+        if op.name in ("GLOBAL", "INST"):
+            names.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            module, name = pushed[-2:]
+            names.add(f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else "<unknown>")
+        if op.name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1]
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1]
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif op.name not in ("PROTO", "FRAME", "STOP"):
+            pushed.append(arg if isinstance(arg, str) else None)
+    return names
+
+
+def _allowed_globals():
+    """The globals weights_only loading accepts: PyTorch's own list and any the user added."""
+    try:
+        from torch import _weights_only_unpickler
+        allowed = set(_weights_only_unpickler._get_allowed_globals())
+    except (ImportError, AttributeError):       # a PyTorch without this (private) list: trust nothing
+        allowed = set()
+    for entry in torch.serialization.get_safe_globals():
+        obj, name = entry if isinstance(entry, tuple) else (entry, None)
+        allowed.add(name or f"{obj.__module__}.{obj.__name__}")
+    return allowed
 
 
 def hyperparams(ckpt):

@@ -2,8 +2,10 @@
 
 Every training item is (views, y, index): the augmented views of one image (augment.make_views: AMDIM's pair
 with a shared flip, or MoCo's independent pair), its label (-1 for unlabelled images, STL10's unlabeled split)
-and its position in the split. Test items are (x, y). In-memory datasets can instead keep uint8 images, items
-(image, y, index), and augment whole batches on the training device (Splits.batch_augment).
+and its position in the split. Test items are (x, y), or None for an unreadable image with --skip_bad_images.
+In-memory datasets can instead keep uint8 images, items (image, y, index), and augment whole batches on the
+training device (Splits.batch_augment). Image folders skip hidden entries and refuse folder symlinks that loop
+or lead out of their class folder (ImageFolder).
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
 import functools
@@ -45,10 +47,10 @@ def encoder_size(name, image_size=None):
 @dataclass
 class Splits:
     train: torch.utils.data.Dataset    # items (views, y, index)
-    test: torch.utils.data.Dataset     # items (x, y)
+    test: torch.utils.data.Dataset     # items (x, y); None for an unreadable image, with skip_bad_images
     n_classes: int
     image_size: int
-    skippers: list = field(default_factory=list)   # SkipBadImages wrappers, with --skip_bad_images
+    skippers: dict = field(default_factory=dict)   # {"train", "test"}: SkipBadImages, with --skip_bad_images
     # When set, `train` holds uint8 images (items (image (3, H, W) uint8, y, index)) and this callable makes the
     # augmented views of a whole batch on the training device.
     batch_augment: object = None
@@ -60,9 +62,11 @@ class Splits:
         """The kNN memory: labelled training images through the test-time transform, items (x, y)."""
         return self.memory_factory()
 
-    def skipped_images(self):
-        """How many unreadable images were skipped so far (in every process of this rank)."""
-        return sum(s.n_skipped for s in self.skippers)
+    def skipped_images(self, split=None):
+        """How many unreadable images were skipped so far (in every process of this rank): in both splits, or in
+        one ("train", which includes the kNN memory, or "test")."""
+        chosen = [s for name, s in self.skippers.items() if split in (None, name)]
+        return sum(s.n_skipped for s in chosen)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -107,16 +111,19 @@ def load_rgb(path):
 
 
 class SkipBadImages(torch.utils.data.Dataset):
-    """Serve the next readable item in place of an unreadable image, counting each one (--skip_bad_images).
+    """Skip unreadable images, counting each one (--skip_bad_images).
 
-    Substituting keeps every batch full, which the cross-process NCE gather needs. One flag per item in shared
-    memory marks the unreadable ones, so this rank's DataLoader worker processes report into the same place and
-    each file counts once however often it is read.
+    substitute=True serves the next readable item instead, which keeps every training batch full (the
+    cross-process NCE gather needs that). substitute=False gives None for an unreadable item, and the loaders'
+    collate (engine.collate_present) leaves it out, so scoring counts every readable image exactly once.
+    One flag per item in shared memory marks the unreadable ones, so this rank's DataLoader worker processes
+    report into the same place and each file counts once however often it is read; wrappers of the same images
+    (the training split and the kNN memory) share their flags through `flags`.
     """
 
-    def __init__(self, base):
-        self.base = base
-        self.bad = multiprocessing.Array("b", len(base), lock=False)
+    def __init__(self, base, substitute=True, flags=None):
+        self.base, self.substitute = base, substitute
+        self.bad = flags if flags is not None else multiprocessing.Array("b", len(base), lock=False)
 
     @property
     def n_skipped(self):
@@ -126,15 +133,23 @@ class SkipBadImages(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
+        if not self.substitute:
+            return self._read(i)
         for k in range(min(len(self.base), 100)):
-            j = (i + k) % len(self.base)
-            try:
-                return self.base[j]
-            except BadImageError as e:
-                if not self.bad[j]:
-                    self.bad[j] = 1
-                    print(f"warning: skipping unreadable image {e.path}", file=sys.stderr, flush=True)
+            item = self._read((i + k) % len(self.base))
+            if item is not None:
+                return item
         raise UserError(f"100 images in a row from item {i} on are unreadable; check the dataset's files")
+
+    def _read(self, j):
+        """Item j, or None when its image cannot be read (flagged, and warned about the first time)."""
+        try:
+            return self.base[j]
+        except BadImageError as e:
+            if not self.bad[j]:
+                self.bad[j] = 1
+                print(f"warning: skipping unreadable image {e.path}", file=sys.stderr, flush=True)
+            return None
 
 
 def to_rgb(img):
@@ -158,7 +173,10 @@ class Transformed(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        img, y = self.base[i]
+        item = self.base[i]
+        if item is None:      # an unreadable image that scoring skips (SkipBadImages with substitute=False)
+            return None
+        img, y = item
         out = self.transform(img)
         return (out, int(y), i) if isinstance(out, tuple) else (out, int(y))
 
@@ -249,6 +267,80 @@ def _cifar_or_stl(name, root, phase, views, download, batched):
     return Transformed(train_set, augment), test, n_classes, None, memory
 
 
+def _hidden(name):
+    """Hidden entries (.git, .ipynb_checkpoints, .DS_Store, editors' ._ files) are never classes or images."""
+    return name.startswith(".")
+
+
+class ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder (same classes, samples and order on a plain tree) that skips hidden entries and
+    follows folder symlinks only where that cannot go wrong: a link that loops back onto a folder above it, or
+    leads out of its class folder, would silently repeat images or give other classes' images this class's
+    label, so it is a UserError naming the link."""
+
+    def find_classes(self, directory):
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        for name in classes:
+            _check_class_link(os.path.join(directory, name), directory)
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        valid = is_valid_file or (lambda path: torchvision.datasets.folder.has_file_allowed_extension(
+            path, extensions))
+        samples, empty = [], []
+        for name in sorted(class_to_idx):
+            files = [path for path in _class_files(os.path.join(directory, name)) if valid(path)]
+            samples += [(path, class_to_idx[name]) for path in files]
+            if not files:
+                empty.append(name)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}.")
+        return samples
+
+
+def _check_class_link(class_dir, split_dir):
+    """A class folder may be a symlink (subsets are often built that way), but not to a folder that holds the
+    split itself: walking it would list every class's images under this one."""
+    split_real, class_real = os.path.realpath(split_dir), os.path.realpath(class_dir)
+    if split_real == class_real or split_real.startswith(class_real + os.sep):
+        raise UserError(f"class folder {class_dir} is a symlink to {class_real}, which contains {split_dir} "
+                        f"itself: it would list every image again under one class; remove the link")
+
+
+def _class_files(class_dir):
+    """Every non-hidden file under a class folder, in torchvision's order (folders by path, files by name).
+    Folder symlinks are followed within the class folder only; see _check_folder_link."""
+    top = os.path.realpath(class_dir)
+    chains = {class_dir: (top,)}      # the real folders from the class folder down to each folder walked
+    listed = []
+    for folder, subfolders, files in os.walk(class_dir, followlinks=True):
+        chain = chains.pop(folder)
+        subfolders[:] = [name for name in subfolders if not _hidden(name)]   # os.walk descends only into these
+        for name in subfolders:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path) if os.path.islink(path) else os.path.join(chain[-1], name)
+            _check_folder_link(path, real, chain, class_dir)
+            chains[path] = chain + (real,)
+        listed.append((folder, sorted(name for name in files if not _hidden(name))))
+    return [os.path.join(folder, name) for folder, names in sorted(listed) for name in names]
+
+
+def _check_folder_link(path, real, chain, class_dir):
+    """A folder symlink inside a class folder must neither point back at a folder it sits in (a loop: os.walk
+    would list the same images again, path after longer path) nor out of the class folder."""
+    top = chain[0]
+    if real in chain or top.startswith(real.rstrip(os.sep) + os.sep):
+        raise UserError(f"symlink {path} loops back to {real}, a folder that contains it, so its images would "
+                        f"be listed again and again; remove the link")
+    if not real.startswith(top + os.sep):
+        raise UserError(f"symlink {path} leads out of its class folder {class_dir} to {real}, whose images would "
+                        f"all be labelled {os.path.basename(class_dir)}; move those images into the class folder "
+                        f"or remove the link")
+
+
 def _image_folders(name, root, image_size, views, skip_bad_images=False, subset=None):
     if not os.path.isdir(root):
         raise UserError(f"--input_dir {root} does not exist: point it at the folder that holds train/ and val/")
@@ -265,7 +357,7 @@ def _image_folders(name, root, image_size, views, skip_bad_images=False, subset=
     for sub in found:
         path = os.path.join(root, sub)
         try:
-            folders.append(torchvision.datasets.ImageFolder(path, loader=load_rgb))
+            folders.append(ImageFolder(path, loader=load_rgb))
         except (FileNotFoundError, RuntimeError) as e:
             raise UserError(f"{path} holds no images in class folders ({str(e).splitlines()[0]}): arrange it as "
                             f"{path}/<class>/<image>") from None
@@ -278,21 +370,25 @@ def _image_folders(name, root, image_size, views, skip_bad_images=False, subset=
         raise UserError(f"{found[0]}/ and {found[1]}/ under {root} have different class folders; give both "
                         f"the same set of classes")
     n_classes = len(train.classes)
-    skippers = []
+    memory = train
+    skippers = {}
     if skip_bad_images:
-        train, test = SkipBadImages(train), SkipBadImages(test)
-        skippers = [train, test]
+        # Training batches get a stand-in for an unreadable image; scoring (test split, kNN memory) leaves it out.
+        train, test = SkipBadImages(train), SkipBadImages(test, substitute=False)
+        memory = SkipBadImages(train.base, substitute=False, flags=train.bad)
+        skippers = {"train": train, "test": test}
     test_tf = test_transform(recipe, resize_first)
     return (Transformed(train, views(recipe, resize_first)), Transformed(test, test_tf), n_classes, skippers,
-            lambda: Transformed(train, test_tf))
+            lambda: Transformed(memory, test_tf))
 
 
 def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False,
                  batch_augment=True, views="amdim", subset=None):
     """Training and test splits of a dataset; see Splits. phase: "self_supervised" or "classifiers" (only STL10
     differs: its unlabeled images join the self-supervised training split). views: the training views'
-    augmentation kind (augment.make_views). skip_bad_images: serve the next readable image instead of failing on an
-    unreadable file (image folders). batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the
+    augmentation kind (augment.make_views). skip_bad_images: instead of failing on an unreadable file (image
+    folders), the training split serves the next readable image and the test split and kNN memory leave it out
+    (None items, dropped by the loaders). batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the
     default augmentation keep uint8 images and augment whole batches on the training device
     (Splits.batch_augment); False keeps the per-image pipeline everywhere. subset: a class-list file that
     restricts image folders to those classes."""

@@ -15,13 +15,20 @@ BN_REFRESH_BATCHES = 50
 
 
 def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, sampler=None):
-    """A DataLoader whose workers are re-created each epoch: their seeds then follow the global torch RNG,
-    which checkpoints restore, so a resumed run draws the same augmentations. Workers ignore Ctrl-C/SIGTERM:
-    the training process handles them at the next update boundary."""
+    """A DataLoader. Training augmentation does not depend on its workers' seeds: SeededItems re-seeds per image.
+    Workers ignore Ctrl-C/SIGTERM: the training process handles them at the next update boundary. Items that are None (unreadable test images
+    under --skip_bad_images) are left out of their batch; see collate_present."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                                       num_workers=num_workers, drop_last=drop_last,
+                                       num_workers=num_workers, drop_last=drop_last, collate_fn=collate_present,
                                        pin_memory=device.type == "cuda", persistent_workers=False,
                                        worker_init_fn=utils.ignore_stop_signals if num_workers else None)
+
+
+def collate_present(items):
+    """default_collate of the items that are not None; None when every item of the batch is (scoring loops skip
+    such a batch). Training splits never give None: they substitute a readable image instead."""
+    present = [item for item in items if item is not None]
+    return torch.utils.data.default_collate(present) if present else None
 
 
 class ResumableSampler(torch.utils.data.Sampler):
@@ -119,7 +126,7 @@ def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFR
     for i, batch in enumerate(loader):
         if i == n_batches:
             break
-        if batch[1].shape[0] < 2:  # train-mode BatchNorm needs 2 images
+        if batch is None or batch[1].shape[0] < 2:  # train-mode BatchNorm needs 2 images
             continue
         x = images(batch) if images is not None else batch[0].to(device, non_blocking=True)
         with mp.autocast(device, amp):
@@ -141,7 +148,7 @@ def evaluate(model, dataset, dist, amp, batch_size, num_workers):
     model.eval()
     loader = make_loader(dataset, batch_size, num_workers, dist.device)
     correct = torch.zeros(3, dtype=torch.float64, device=dist.device)
-    for x, y in loader:
+    for x, y in filter(None, loader):      # None: a batch of unreadable images only
         y = y.to(dist.device)
         with mp.autocast(dist.device, amp):
             mlp, lin = model.classify(x.to(dist.device, non_blocking=True))
@@ -159,7 +166,7 @@ def extract_features(model, dataset, device, amp, batch_size, num_workers):
     device, labels (N,) int64)."""
     model.eval()
     feats, labels = [], []
-    for x, y in make_loader(dataset, batch_size, num_workers, device):
+    for x, y in filter(None, make_loader(dataset, batch_size, num_workers, device)):
         with mp.autocast(device, amp):
             feats.append(model.features(x.to(device, non_blocking=True)).float())
         labels.append(y.to(device))

@@ -211,3 +211,82 @@ def test_views_grid_shows_each_image_and_its_views(views, tmp_path):
     flags = ["--method", "moco", "--aug-plus"] if views != "amdim" else []
     views_grid.main(["--dataset", "DIGITS", "--images", "2", "--out", str(out), *flags])
     assert out.stat().st_size > 0
+
+
+def _tiny_folder(root, per_class=2):
+    """train/ and val/ with classes a and b of per_class small PNGs each."""
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(root / split / c)
+            for i in range(per_class):
+                Image.new("RGB", (8, 8), (40 * i, 90, 200)).save(root / split / c / f"{i}.png")
+
+
+def test_hidden_entries_are_neither_classes_nor_images(tmp_path):
+    _tiny_folder(tmp_path)
+    for split in ("train", "val"):
+        for hidden in (".ipynb_checkpoints", ".git", "a/.ipynb_checkpoints"):
+            os.makedirs(tmp_path / split / hidden)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / hidden / "x.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "a" / ".hidden.png")
+        (tmp_path / split / "b" / ".DS_Store").write_bytes(b"\0\1")
+    s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32)
+    assert s.n_classes == 2 and len(s.train) == len(s.test) == 4
+    folder = datasets.ImageFolder(str(tmp_path / "train"))
+    assert folder.classes == ["a", "b"] and all("/." not in path for path, _ in folder.samples)
+
+
+def test_image_folder_lists_what_torchvision_lists_on_a_plain_tree(tmp_path):
+    import torchvision
+    _tiny_folder(tmp_path)
+    os.makedirs(tmp_path / "train" / "b" / "sub" / "deeper")
+    for name in ("sub/3.png", "sub/deeper/4.png", "10.png", "B.PNG", "notes.txt"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / "b" / name, format="PNG")
+    ours, theirs = datasets.ImageFolder(str(tmp_path / "train")), torchvision.datasets.ImageFolder(
+        str(tmp_path / "train"))
+    assert ours.samples == theirs.samples and ours.classes == theirs.classes and len(ours) == 8
+
+
+def test_symlink_loop_in_a_class_folder_is_named(tmp_path):
+    _tiny_folder(tmp_path)
+    link = tmp_path / "train" / "a" / "up"
+    os.symlink("..", link)                         # train/a/up -> train: every class again, labelled a
+    with pytest.raises(UserError, match=f"symlink {link} loops back to .*remove the link"):
+        datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32)
+    os.remove(link)
+    os.makedirs(tmp_path / "train" / "a" / "x")
+    os.symlink("../..", tmp_path / "train" / "a" / "x" / "back")      # train/a/x/back -> train/a
+    with pytest.raises(UserError, match="loops back"):
+        datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32)
+
+
+def test_symlink_out_of_its_class_folder_is_named(tmp_path):
+    _tiny_folder(tmp_path)
+    os.makedirs(tmp_path / "elsewhere")
+    Image.new("RGB", (8, 8)).save(tmp_path / "elsewhere" / "z.png")
+    link = tmp_path / "train" / "a" / "more"
+    os.symlink(tmp_path / "elsewhere", link)
+    with pytest.raises(UserError, match=f"symlink {link} leads out of its class folder .*labelled a"):
+        datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32)
+    os.remove(link)
+    os.symlink(tmp_path / "train" / "b", link)    # into another class: its images would be labelled a
+    with pytest.raises(UserError, match="leads out of its class folder"):
+        datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32)
+
+
+def test_symlinked_class_folders_and_links_within_a_class_are_followed(tmp_path):
+    _tiny_folder(tmp_path / "data")
+    # A class folder that is itself a link (how class subsets are often built), and a link inside a class
+    # folder to a folder of that same class.
+    os.makedirs(tmp_path / "store" / "c" / "sub")
+    for name in ("0.png", "sub/1.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "store" / "c" / name)
+    for split in ("train", "val"):
+        os.symlink(tmp_path / "store" / "c", tmp_path / "data" / split / "c")
+    os.symlink("sub", tmp_path / "store" / "c" / "alias")
+    s = datasets.build_splits("FOLDER", str(tmp_path / "data"), "self_supervised", image_size=32)
+    assert s.n_classes == 3 and len(s.train) == 4 + 3        # c: 0.png, sub/1.png, alias/1.png
+    # A class folder that links to a folder holding the split itself would list everything under it.
+    os.symlink("..", tmp_path / "data" / "train" / "up")
+    with pytest.raises(UserError, match="contains .*remove the link"):
+        datasets.build_splits("FOLDER", str(tmp_path / "data"), "self_supervised", image_size=32)
