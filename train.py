@@ -532,7 +532,9 @@ def worker(dist, args):
                           f"same command to resume")
             return None
     if acc is None:
-        run.log.print(f"nothing to do: {run.cpt_path} already finished {run.epochs} epochs")
+        done = run.cursor[run.epoch_key]
+        run.log.print(f"nothing to do: {run.cpt_path} already finished {done} epoch{'s' * (done != 1)} "
+                      f"(--epochs {run.epochs}); pass a larger --epochs to train on")
     run.log.close()
     return acc
 

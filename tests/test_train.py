@@ -80,8 +80,11 @@ def test_eval_encoder_keeps_encoder_statistics(ss_run, tmp_path):
             assert torch.equal(before["model"][k], after["model"][k]), k
 
 
-def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path):
+def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path, capsys):
     run_train(tmp_path, "--epochs", "2", "--run_name", "straight")
+    capsys.readouterr()
+    assert run_train(tmp_path, "--epochs", "1", "--run_name", "straight") is None       # asked for fewer epochs
+    assert "already finished 2 epochs (--epochs 1)" in capsys.readouterr().out
     run_train(tmp_path, "--epochs", "1", "--run_name", "split")
     run_train(tmp_path, "--epochs", "2", "--run_name", "split")       # same command, longer: resumes
     a = load(os.path.join(tmp_path, "straight", "amdim_cpt.pth"))
