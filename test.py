@@ -154,7 +154,7 @@ def position(ckpt):
     phase = ckpt.get("phase") or SELF_SUPERVISED
     prefix = "classifier" if phase == CLASSIFIERS else "info"
     cursor = checkpoint.cursor(ckpt)
-    mid_epoch = int(ckpt.get("batches_done", 0)) > 0
+    mid_epoch = int(ckpt.get("samples_done", ckpt.get("batches_done", 0))) > 0
     return {"phase": phase, "epoch": cursor[f"{prefix}_epoch"] + mid_epoch, "update": cursor[f"{prefix}_step"],
             "mid_epoch": mid_epoch}
 
