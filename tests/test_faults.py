@@ -77,22 +77,32 @@ def test_nan_policy_skip_counts_skipped_updates(tmp_path):
     assert ckpt["cursor"]["info_step"] == 15 - record["skipped_updates"]
 
 
-def test_sigint_saves_at_the_update_boundary_and_exits_zero_then_resumes(tmp_path):
+def test_sigterm_and_sigint_save_at_the_update_boundary_and_exit_zero_then_resume(tmp_path):
+    """SIGTERM (what torchrun, schedulers and `kill` send) stops a run as Ctrl-C does: a checkpoint at the update
+    boundary and exit status 0. The resumed run is stopped by SIGINT, then a third run finishes."""
     cmd = train_cmd(tmp_path, "sig", "--epochs", "2", "--log_every", "1")
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:                        # wait for the second update's progress line
-        if "update 2/" in line:
-            break
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err
-    assert "interrupted: checkpoint saved" in out
-    ckpt = torch.load(tmp_path / "sig" / "amdim_cpt.pth", weights_only=True)
-    assert ckpt["cursor"]["info_epoch"] == 0 and 2 <= ckpt["batches_done"] < 15
-    assert ckpt["batches_done"] == ckpt["cursor"]["info_step"]
+    cpt = tmp_path / "sig" / "amdim_cpt.pth"
+    done = 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        head = []
+        for line in p.stdout:                    # wait for this run's second update's progress line
+            head.append(line)
+            if "update 2/" in line:
+                break
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+        out = "".join(head) + out
+        assert p.returncode == 0, (sig.name, err)
+        assert f"{sig.name}: saving a checkpoint" in err and "interrupted: checkpoint saved" in out, (out, err)
+        assert ("resuming from" in out) == (done > 0)
+        ckpt = torch.load(cpt, weights_only=True)
+        assert ckpt["cursor"]["info_epoch"] == 0 and done + 2 <= ckpt["batches_done"] < 15, (sig.name, done)
+        assert ckpt["batches_done"] == ckpt["cursor"]["info_step"]
+        done = ckpt["batches_done"]
     r = run(cmd)
     assert r.returncode == 0 and "resuming from" in r.stdout
-    assert torch.load(tmp_path / "sig" / "amdim_cpt.pth", weights_only=True)["cursor"]["info_step"] == 30
+    assert torch.load(cpt, weights_only=True)["cursor"]["info_step"] == 30
 
 
 class _Lines:
