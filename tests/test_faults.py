@@ -79,7 +79,7 @@ def test_nan_policy_skip_counts_skipped_updates(tmp_path):
 
 def test_sigterm_and_sigint_save_at_the_update_boundary_and_exit_zero_then_resume(tmp_path):
     """SIGTERM (what torchrun, schedulers and `kill` send) stops a run as Ctrl-C does: a checkpoint at the update
-    boundary and exit status 0. The resumed run is stopped by SIGINT, then a third run finishes."""
+    boundary and exit status 0. The run that resumes it continues from there and is stopped by SIGINT (Ctrl-C)."""
     cmd = train_cmd(tmp_path, "sig", "--epochs", "2", "--log_every", "1")
     cpt = tmp_path / "sig" / "amdim_cpt.pth"
     done = 0
@@ -100,9 +100,6 @@ def test_sigterm_and_sigint_save_at_the_update_boundary_and_exit_zero_then_resum
         assert ckpt["cursor"]["info_epoch"] == 0 and done + 2 <= ckpt["batches_done"] < 15, (sig.name, done)
         assert ckpt["batches_done"] == ckpt["cursor"]["info_step"]
         done = ckpt["batches_done"]
-    r = run(cmd)
-    assert r.returncode == 0 and "resuming from" in r.stdout
-    assert torch.load(cpt, weights_only=True)["cursor"]["info_step"] == 30
 
 
 class _Lines:
@@ -126,16 +123,16 @@ class _Lines:
 
 
 def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(tmp_path):
-    """Four runs are SIGKILLed mid-training (never before training began, never after it could have finished,
+    """Three runs are SIGKILLed mid-training (never before training began, never after it could have finished,
     however fast or slow the host): the first while a save is in progress, the others a random moment after a
     random update (checkpoints after every update). Each kill leaves a loadable checkpoint of the unfinished run,
-which the next run resumes."""
+    which the next run resumes."""
     total = 30                                   # 2 epochs of 15 updates
     cmd = train_cmd(tmp_path, "kill", "--epochs", "2", "--checkpoint_every", "1", "--log_every", "1")
     run_dir = tmp_path / "kill"
     cpt = run_dir / "amdim_cpt.pth"
     rng = random.Random(0)
-    for attempt in range(4):
+    for attempt in range(3):
         done_before = torch.load(cpt, weights_only=True)["cursor"]["info_step"] if cpt.exists() else 0
         remaining = total - done_before
         # Kill after this run's `last`-th update at the latest: at least 3 updates before the end.
