@@ -91,7 +91,7 @@ def _training_step(dist, result_dir):
     views, labels, locations = _step_batch()
     n = STEP_BATCH // dist.world_size
     part = slice(dist.rank * n, (dist.rank + 1) * n)
-    # Each process draws its own samples' 5x5 locations; here they are the fixed batch's, the view 1 then view 2.
+    # Each process draws its own samples' 5x5 locations (view 1's, then view 2's): here the fixed batch's share.
     draws = iter([loc[part] for loc in locations])
     original = costs.sample_locations
     costs.sample_locations = lambda count, *a, **kw: next(draws)
