@@ -1,6 +1,7 @@
 """augment.py: the batched on-device augmentation against the per-image torchvision recipes (same
-distributions), AMDIM's and MoCo v1 / v2's; the batched Gaussian blur; make_views; the Fast AutoAugment policy
-file."""
+distributions, each colour-jitter component separately), AMDIM's and MoCo v1 / v2's; the normalisation constants
+against the original code's; the batched Gaussian blur; make_views; the Fast AutoAugment policy file."""
+import colorsys
 import math
 
 import numpy as np
@@ -75,6 +76,88 @@ def test_output_statistics_match_the_per_image_recipe(recipe, size):
 def test_moco_statistics_match_the_per_image_recipe(kind, recipe, size):
     # v1 turns gray before its jitter, which keeps gray images gray: 20 % gray views either way.
     _assert_same_statistics(kind, recipe, size, gray_rate=0.2)
+
+
+# The colour jitter, one component at a time, on images whose every statistic below the translation leaves
+# unchanged: a gray 12 x 12 square (level 120) centred on a gray ground (40), which every shift of up to 4 px
+# keeps inside the image (and the reflected border keeps the ground), and a constant colour. On gray pixels
+# saturation and hue do nothing; on a constant image contrast blends towards the pixel's own gray, as saturation
+# does; brightness and hue leave HSV saturation alone. So, with b, c, s the factors and h the hue shift:
+#   log(mean luma out / in) of the gray image           = log b          (contrast keeps the mean)
+#   log(square - ground luma difference out / in)       = log b + log c
+#   HSV saturation of the colour image                  moved by c and s only
+#   hue of the colour image                             shifted by h only
+_SQUARE, _GROUND, _COLOUR = 120, 40, (120, 72, 48)
+
+
+def _jitter_probes(n):
+    """n gray square-on-ground images then n constant-colour images, uint8 (2n, 3, 32, 32)."""
+    gray = torch.full((n, 3, 32, 32), _GROUND, dtype=torch.uint8)
+    gray[:, :, 10:22, 10:22] = _SQUARE
+    colour = torch.tensor(_COLOUR, dtype=torch.uint8).view(1, 3, 1, 1).expand(n, 3, 32, 32)
+    return torch.cat([gray, colour])
+
+
+def _jitter_statistics(views, n):
+    """Per-view statistics of the views (2 per image) of _jitter_probes(n): the four quantities above, the
+    colour views made gray by RandomGrayscale left out of the hue and saturation ones."""
+    x = _unnormalize(torch.cat([v[:n] for v in views] + [v[n:] for v in views]), "cifar").clamp(0, 1)
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    gray, colour = luma[:2 * n], x[2 * n:, :, 16, 16]
+    mean_in = (144 * _SQUARE + (1024 - 144) * _GROUND) / 1024 / 255
+    h0, s0, _ = colorsys.rgb_to_hsv(*(c / 255 for c in _COLOUR))
+    hsv = [colorsys.rgb_to_hsv(*pixel) for pixel in colour.tolist()]
+    coloured = [(h, s) for h, s, _ in hsv if s > 0.05]
+    return {"brightness": torch.log(gray.mean(dim=(1, 2)) / mean_in),
+            "contrast": torch.log((gray[:, 16, 16] - gray[:, 0, 0]) / ((_SQUARE - _GROUND) / 255)),
+            "saturation": torch.log(torch.tensor([s / s0 for _, s in coloured])),
+            "hue": torch.tensor([(h - h0 + 0.5) % 1 - 0.5 for h, _ in coloured])}
+
+
+def test_each_colour_jitter_component_spreads_as_the_per_image_recipe():
+    """Brightness, contrast, saturation and hue jitter each widen their own statistic; dropping one (or changing
+    its range) moves that statistic's spread by 30 % or more, far outside the tolerance (the two paths and the
+    sampling differ by under 10 % over seeds)."""
+    torch.manual_seed(11)
+    ref = _jitter_statistics(_per_image("cifar", _jitter_probes(300)), 300)
+    got = _jitter_statistics(_batched("cifar", _jitter_probes(600)), 600)
+    for k in ref:
+        ratio = (got[k].std() / ref[k].std()).item()
+        assert 0.85 < ratio < 1.18, (k, ratio, ref[k].std().item())
+        assert abs(got[k].mean() - ref[k].mean()) < 0.25 * ref[k].std(), (k, got[k].mean(), ref[k].mean())
+    # Hue spread of U(-0.2, 0.2) shifts applied to 80 % of the views: sd 0.2 sqrt(0.8 / 3) = 0.103.
+    assert abs(ref["hue"].std() - 0.103) < 0.025     # (hue 0.1 would give 0.052)
+
+
+# The original AMDIM code's per-channel normalisation (mean, std), as its transforms.Normalize calls give them:
+# Philip-Bachman/amdim-public, datasets.py (last changed in commit 427be23e6dbefb5e09ba1b85a32fb85a57b556d3),
+# TransformsC10 (CIFAR-10/100), TransformsSTL10 and TransformsImageNet128 (ImageNet, Places205).
+ORIGINAL_NORMALIZATION = {
+    "cifar": ([x / 255.0 for x in [125.3, 123.0, 113.9]], [x / 255.0 for x in [63.0, 62.1, 66.7]]),
+    "stl": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+}
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "stl", "imagenet"])
+def test_every_path_normalises_with_the_original_constants(recipe):
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in ORIGINAL_NORMALIZATION[recipe])
+    (ours_mean, ours_std), (their_mean, their_std) = augment.NORMALIZATION[recipe], ORIGINAL_NORMALIZATION[recipe]
+    assert [*ours_mean, *ours_std] == pytest.approx([*their_mean, *their_std], abs=1e-12)
+    size = augment.RECIPE_SIZE[recipe]
+    # The test-time transform of constant black and white images: (level - mean) / std.
+    for level in (0, 255):
+        out = augment.test_transform(recipe)(Image.new("RGB", (size, size), (level,) * 3))
+        assert torch.allclose(out, ((level / 255 - mean) / std).expand_as(out), atol=1e-5), level
+    # Training views of a black image stay black whatever the crop, jitter, grayscale and blur draw: every pixel
+    # is -mean / std, per image and batched, for every method's views.
+    black = (0 - mean) / std
+    torch.manual_seed(12)
+    for kind in augment.VIEW_KINDS:
+        views = augment.make_views(kind, recipe)(Image.new("RGB", (size, size)))
+        views += augment.make_views(kind, recipe, batched=True)(torch.zeros(4, 3, size, size, dtype=torch.uint8))
+        for v in views:
+            assert torch.allclose(v, black.expand_as(v), atol=1e-5), kind
 
 
 def _flipped(x, recipe):

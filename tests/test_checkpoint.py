@@ -1,6 +1,8 @@
 """Checkpoints: the original code's fixture, format translation, atomic writes and refusing unsafe files."""
+import io
 import os
 import pickle
+import signal
 
 import pytest
 import torch
@@ -35,8 +37,17 @@ def test_float16_weights_load_as_float32(tmp_path):
     ckpt["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     path = tmp_path / "half.pth"
     torch.save(ckpt, path)
+    # The translation is where the weights turn float32: load_state_dict would copy float16 values into the
+    # float32 parameters anyway, so the model alone cannot show whether they were converted.
+    half = torch.load(path, weights_only=True)["model"]
+    translated = checkpoint.translate_state_dict(half, checkpoint.build_model(checkpoint.hyperparams(ckpt)))
+    floats = {k: v for k, v in translated.items() if v.is_floating_point()}
+    assert floats and all(v.dtype == torch.float32 for v in floats.values())
     m = checkpoint.load_model(str(path))
-    assert all(p.dtype == torch.float32 for p in m.state_dict().values() if p.is_floating_point())
+    state, full = m.state_dict(), checkpoint.load_model(ORIGINAL).state_dict()
+    for k in floats:
+        assert state[k].dtype == torch.float32, k
+        assert torch.equal(state[k], full[k].half().float()), k      # the stored float16 values, widened
     expected = torch.load(EXPECTED, weights_only=True)
     got = _outputs(m, expected["input"])
     assert torch.allclose(got["r1"], expected["r1"], atol=0.05)
@@ -106,6 +117,105 @@ def test_failed_save_leaves_the_old_checkpoint_and_no_temporary_file(tmp_path):
         checkpoint.save({"model": {}, "bad": Unsaveable()}, path)
     assert torch.load(path, weights_only=True)["n"] == 1
     assert sorted(os.listdir(tmp_path)) == ["c.pth"]
+
+
+def _serialised(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _two_saves(tmp_path):
+    """A checkpoint file (n 2) with its .prev (n 1); returns the path and both files' bytes."""
+    path = str(tmp_path / "c.pth")
+    checkpoint.save({"model": {"w": torch.ones(64)}, "hyperparams": {}, "n": 1}, path)
+    checkpoint.save({"model": {"w": torch.zeros(64)}, "hyperparams": {}, "n": 2}, path)
+    return path, open(path, "rb").read(), open(path + ".prev", "rb").read()
+
+
+def test_an_error_in_the_middle_of_the_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path, current, previous = _two_saves(tmp_path)
+    new = _serialised({"model": {"w": torch.full((64,), 3.0)}, "hyperparams": {}, "n": 3})
+
+    def half_then_fail(obj, f, *args, **kwargs):        # a disk that fills up half-way through the file
+        f.write(new[:len(new) // 2])
+        f.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    with pytest.raises(OSError):
+        checkpoint.save({"n": 3}, path)
+    assert open(path, "rb").read() == current and open(path + ".prev", "rb").read() == previous
+    assert torch.load(path, weights_only=True)["n"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["c.pth", "c.pth.prev"]
+
+
+def test_a_kill_in_the_middle_of_the_write_leaves_the_previous_file_intact(tmp_path):
+    """A forked child saves; its write blocks half-way (after the first half reached the disk) and it is killed
+    there with SIGKILL: no cleanup runs, as after a power cut or an OOM kill."""
+    path, current, previous = _two_saves(tmp_path)
+    new = _serialised({"model": {"w": torch.full((64,), 3.0)}, "hyperparams": {}, "n": 3})
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                         # the child: only file writes, no torch code
+        try:
+            os.close(ready_r)
+
+            def half_then_block(obj, f, *args, **kwargs):
+                f.write(new[:len(new) // 2])
+                f.flush()
+                os.write(ready_w, b"x")
+                while True:
+                    signal.pause()
+
+            torch.save = half_then_block
+            checkpoint.save({"n": 3}, path)
+        finally:
+            os._exit(1)                                  # never reached unless the save went wrong
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"x"               # the child is blocked inside the write
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(ready_r)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert open(path, "rb").read() == current and open(path + ".prev", "rb").read() == previous
+    assert torch.load(path, weights_only=True)["n"] == 2
+    # The killed save left its half-written temporary; the next run's start-up removes it.
+    leftovers = [f for f in os.listdir(tmp_path) if f not in ("c.pth", "c.pth.prev")]
+    assert len(leftovers) == 1 and os.path.getsize(tmp_path / leftovers[0]) == len(new) // 2
+    checkpoint.remove_stale_temporaries(path)
+    assert sorted(os.listdir(tmp_path)) == ["c.pth", "c.pth.prev"]
+
+
+def test_save_fsyncs_the_new_file_before_renaming_it_into_place(tmp_path, monkeypatch):
+    """The data must be on disk before the rename makes it the checkpoint: else a power cut after the rename can
+    leave an empty or partial file under the checkpoint's name. The directory is fsynced after the rename."""
+    path, _, _ = _two_saves(tmp_path)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", os.stat(src).st_ino, os.path.abspath(dst)))
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    checkpoint.save({"model": {"w": torch.full((64,), 3.0)}, "hyperparams": {}, "n": 3}, path)
+    assert torch.load(path, weights_only=True)["n"] == 3
+    inode = os.stat(path).st_ino
+    # The new checkpoint was written under another name and renamed onto the checkpoint's path ...
+    renamed = [i for i, e in enumerate(events) if e == ("replace", inode, os.path.abspath(path))]
+    assert len(renamed) == 1, events
+    # ... after its own bytes were fsynced ...
+    assert ("fsync", inode) in events[:renamed[0]], events
+    # ... and the directory entry is fsynced after the rename.
+    assert ("fsync", os.stat(tmp_path).st_ino) in events[renamed[0] + 1:], events
 
 
 def test_missing_truncated_and_foreign_files_give_user_errors(tmp_path):

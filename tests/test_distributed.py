@@ -49,12 +49,73 @@ def _rank_costs(rank, port, result_dir):
     grads = torch.autograd.grad(total, leaves)
     torch.save({"losses": {k: v.item() for k, v in out.items()}, "grads": grads},
                os.path.join(result_dir, f"rank{rank}.pt"))
+    # The real training step (train.setup + train.update under DistributedDataParallel) on this rank's half.
+    torch.save(_training_step(dist, result_dir), os.path.join(result_dir, f"step{rank}.pt"))
     tdist.destroy_process_group()
+    if rank == 0:          # the one-process reference on the whole batch, once this process left the group
+        torch.save(_training_step(utils.Dist(), result_dir), os.path.join(result_dir, "step_single.pt"))
     del dist
 
 
-def test_two_ranks_reproduce_the_one_process_loss_and_gradients(tmp_path):
-    mp.spawn(_rank_costs, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+# The training step's batch: fixed views (no augmentation: --per_image_aug leaves the loader's views as they are),
+# labels and 5x5 locations of the 5->5 cost, made here so that every process sees the same global batch.
+STEP_BATCH = 8
+SCALE = 10      # larger inputs, larger NCE scores
+
+
+def _step_batch():
+    g = torch.Generator().manual_seed(3)
+    views = tuple(SCALE * torch.randn(STEP_BATCH, 3, 32, 32, generator=g) for _ in range(2))
+    labels = torch.randint(0, 10, (STEP_BATCH,), generator=g)
+    locations = [torch.randint(0, 25, (STEP_BATCH,), generator=g) for _ in range(2)]
+    return views, labels, locations
+
+
+def _training_step(dist, result_dir):
+    """One train.update of a freshly set-up tiny AMDIM run on this process's share of the fixed batch.
+
+    Returns the update's logged values (this process's loss terms) and the parameters' gradients after it (under
+    DDP: the average over the processes)."""
+    import train
+    args = train.parse_args(["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1",
+                             "--batch_size", str(STEP_BATCH), "--num_workers", "0", "--device", "cpu",
+                             "--per_image_aug", "--output_dir", result_dir,
+                             "--run_name", "ddp" if dist.active else "single"])
+    utils.seed_everything(args.seed)          # the same initial weights in both set-ups (DDP copies rank 0's)
+    run, _ = train.setup(dist, args)
+    assert run.splits.batch_augment is None   # the loader's views reach the model unchanged
+    # The encoder's always-on BatchNorm normalises by the statistics of each process's own images in train mode,
+    # and the classifiers' dropout draws per process: in eval mode every sample's outputs depend on that sample
+    # alone, as the equality below needs.
+    run.model.eval()
+    views, labels, locations = _step_batch()
+    n = STEP_BATCH // dist.world_size
+    part = slice(dist.rank * n, (dist.rank + 1) * n)
+    # Each process draws its own samples' 5x5 locations (view 1's, then view 2's): here the fixed batch's share.
+    draws = iter([loc[part] for loc in locations])
+    original = costs.sample_locations
+    costs.sample_locations = lambda count, *a, **kw: next(draws)
+    try:
+        batch = (tuple(v[part] for v in views), labels[part], torch.arange(STEP_BATCH)[part])
+        values, stop = train.update(run, batch, epoch=0)
+    finally:
+        costs.sample_locations = original
+    assert values is not None and not stop
+    grads = {name: p.grad.detach().clone() for name, p in run.model.named_parameters() if p.grad is not None}
+    return {"values": values, "grads": grads}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One 2-process gloo job (mp.spawn) that computes both the cost functions' and the training step's
+    results; each test reads its part."""
+    result_dir = tmp_path_factory.mktemp("two_ranks")
+    mp.spawn(_rank_costs, args=(utils.free_port(), str(result_dir)), nprocs=WORLD, join=True)
+    return result_dir
+
+
+def test_two_ranks_reproduce_the_one_process_loss_and_gradients(two_ranks):
+    tmp_path = two_ranks
     ref_losses, ref_grads = _reference()
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for k, v in ref_losses.items():
@@ -66,6 +127,30 @@ def test_two_ranks_reproduce_the_one_process_loss_and_gradients(tmp_path):
             # Each rank's gradient = world_size x its slice of the 1-process gradient; DDP's averaging of
             # parameter gradients then gives exactly the 1-process parameter gradients.
             assert torch.allclose(g, WORLD * g_ref[r * n:(r + 1) * n], rtol=1e-6, atol=1e-10)
+
+
+def test_training_step_of_two_ranks_equals_one_process_on_the_whole_batch(two_ranks):
+    """train.update under DDP, each rank on half the batch (BatchNorm and dropout in eval mode, so each sample's
+    outputs depend on that sample alone): every loss term is a mean over the rank's own samples (NCE against the
+    gathered global batch's targets, the rank's own samples the positives), so the ranks' mean equals the
+    one-process term; each rank's loss gradient reaches every rank's features through the gather's backward, and
+    DDP averages the parameter gradients, so both ranks hold the one-process gradient of the mean loss."""
+    single = torch.load(two_ranks / "step_single.pt", weights_only=True)
+    ranks = [torch.load(two_ranks / f"step{r}.pt", weights_only=True) for r in range(WORLD)]
+    for k in ("1t5", "1t7", "5t5", "lgt_reg", "class_mlp", "class_lin", "loss"):
+        mean = sum(res["values"][k] for res in ranks) / WORLD
+        assert mean == pytest.approx(single["values"][k], rel=2e-5), k
+    # The scores spread widely (inputs scaled by SCALE), so taking another rank's samples as the positives changes
+    # a rank's terms far beyond the tolerance; the two halves' terms differ as much.
+    assert abs(ranks[0]["values"]["1t5"] - ranks[1]["values"]["1t5"]) > 0.01
+    assert set(single["grads"]) == set(ranks[0]["grads"]) == set(ranks[1]["grads"])
+    # Fixup initialisation zeroes each residual unit's last convolution, which leaves its first one without a
+    # gradient at the start; every other tensor has one.
+    nonzero = [name for name, g in single["grads"].items() if g.abs().max() > 0]
+    assert len(nonzero) > 0.7 * len(single["grads"]) and "encoder.layer_list.0.conv.weight" in nonzero
+    for name, g in single["grads"].items():
+        for res in ranks:
+            assert torch.allclose(res["grads"][name], g, rtol=1e-4, atol=1e-6 * g.abs().max()), name
 
 
 def _rank_evaluate(rank, port, result_dir):

@@ -5,11 +5,16 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import augment
 import checkpoint
+import datasets
 import engine
+import methods
 import recipes
 import train
 import utils
@@ -31,11 +36,34 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
+def _spy_on_training_steps(mp):
+    """Record, at every training step's forward pass, whether its views and the model's convolution weights
+    (those with a kernel wider than 1) are channels_last and whether they are contiguous; returns the list."""
+    steps = []
+    forward = methods.AMDIM.forward
+
+    def spy(self, views, dist=None):
+        convs = [w for w in self.parameters() if w.dim() == 4 and w.shape[-1] > 1]
+        tensors = {"views": list(views), "weights": convs}
+        steps.append({k: {"channels_last": all(t.is_contiguous(memory_format=torch.channels_last) for t in ts),
+                          "contiguous": all(t.is_contiguous() for t in ts)} for k, ts in tensors.items()})
+        return forward(self, views, dist)
+
+    mp.setattr(methods.AMDIM, "forward", spy)
+    return steps
+
+
+SS_RUN_STEPS = []      # ss_run's training steps, as _spy_on_training_steps records them
+
+
 @pytest.fixture(scope="module")
 def ss_run(tmp_path_factory):
     """One self-supervised epoch on DIGITS, shared by the tests below."""
     out = tmp_path_factory.mktemp("runs")
-    acc = run_train(out, "--epochs", "1", "--run_name", "ss")
+    with pytest.MonkeyPatch.context() as mp:
+        steps = _spy_on_training_steps(mp)
+        acc = run_train(out, "--epochs", "1", "--run_name", "ss")
+        SS_RUN_STEPS[:] = steps
     return out, os.path.join(out, "ss", "amdim_cpt.pth"), acc
 
 
@@ -249,3 +277,156 @@ def test_batch_size_must_split_over_processes():
     args = train.parse_args(TINY + ["--batch_size", "6"])
     with pytest.raises(utils.UserError, match="at least 2 images per process"):
         train.worker(utils.Dist(rank=0, world_size=4), args)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Flags and fallbacks that change which code runs: checked by what actually ran.
+
+def test_default_run_trains_on_channels_last_images_and_weights(ss_run):
+    assert len(SS_RUN_STEPS) == 15
+    for step in SS_RUN_STEPS:
+        assert step["views"] == step["weights"] == {"channels_last": True, "contiguous": False}
+
+
+def _small_digits(monkeypatch, n_train=300, n_test=100):
+    """DIGITS cut to its first n_train training and n_test test images, for runs that need only a few updates."""
+    arrays = datasets.digits_arrays
+
+    def small():
+        (x_tr, y_tr), (x_te, y_te) = arrays()
+        return (x_tr[:n_train], y_tr[:n_train]), (x_te[:n_test], y_te[:n_test])
+
+    monkeypatch.setattr(datasets, "digits_arrays", small)
+    return small()
+
+
+def test_per_image_aug_contiguous_layout_and_test_split_bn_warmup(tmp_path, monkeypatch):
+    """One short run with three non-default flags, each checked by what ran: --per_image_aug (every training
+    image went through the per-image views, none through the batched ones), --memory_format contiguous (the
+    training steps' images and convolution weights), --bn_warmup test (the BatchNorm refresh saw exactly the
+    test images, in order, through the test-time transform)."""
+    (x_tr, _), (x_te, _) = _small_digits(monkeypatch)
+    calls = {"per_image": 0, "batched": 0}
+    for cls, key in ((augment.TwoViews, "per_image"), (augment.BatchTwoViews, "batched")):
+        def counted(self, *args, _call=cls.__call__, _key=key, **kwargs):
+            calls[_key] += 1
+            return _call(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "__call__", counted)
+    steps = _spy_on_training_steps(monkeypatch)
+    refreshed = []
+    classify = methods.Method.classify
+
+    def spy_classify(self, x):
+        if self.training:          # the BatchNorm refresh (scoring runs in eval mode)
+            refreshed.append(x.detach().clone())
+        return classify(self, x)
+
+    monkeypatch.setattr(methods.Method, "classify", spy_classify)
+    run_train(tmp_path, "--epochs", "1", "--run_name", "flags", "--per_image_aug", "--memory_format",
+              "contiguous", "--bn_warmup", "test", "--use_bn", "1", "--view_grid", "0")
+
+    ckpt = load(os.path.join(tmp_path, "flags", "amdim_cpt.pth"))
+    assert ckpt["cursor"]["info_epoch"] == 1 and ckpt["cursor"]["info_step"] == 3      # 300 images, 100 a batch
+    assert calls["batched"] == 0 and calls["per_image"] == 300
+    assert len(steps) == 3
+    for step in steps:
+        assert step["views"] == step["weights"] == {"channels_last": False, "contiguous": True}
+    # The test split through the test-time transform, computed here: DIGITS normalises by the training split's
+    # own per-channel mean and standard deviation.
+    pixels = x_tr.reshape(-1, 3).astype(np.float64) / 255
+    mean, std = pixels.mean(0), pixels.std(0)
+    expected = torch.from_numpy(((x_te / 255 - mean) / std).transpose(0, 3, 1, 2)).float()
+    assert torch.allclose(torch.cat(refreshed), expected, atol=1e-5)
+
+
+def test_unreadable_checkpoint_falls_back_to_the_previous_one_with_a_warning(ss_run, tmp_path, capsys):
+    _, cpt, _ = ss_run
+    good = open(cpt, "rb").read()
+    os.makedirs(tmp_path / "fb")
+    (tmp_path / "fb" / "amdim_cpt.pth").write_bytes(good[:len(good) // 2])      # this run's file, truncated
+    (tmp_path / "fb" / "amdim_cpt.pth.prev").write_bytes(good)                   # its previous one: epoch 1 done
+    acc = run_train(tmp_path, "--epochs", "1", "--run_name", "fb")
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "truncated" in warnings[0] and "previous checkpoint" in warnings[0], err
+    resumed = [line for line in out.splitlines() if line.startswith("resuming from")]
+    assert len(resumed) == 1 and "amdim_cpt.pth.prev" in resumed[0], out
+    assert acc is None          # nothing left to train: the previous checkpoint had finished the run's epoch
+
+
+# Two tiny image folders with different class counts: a self-supervised run on one, classifiers on the other
+# (as ImageNet -> Places205).
+
+def _image_folder(root, n_classes, n_train=8, n_val=2, seed=0):
+    rng = np.random.RandomState(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in range(n_classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return str(root)
+
+
+FOLDER = ["--dataset", "FOLDER", "--image_size", "32", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1",
+          "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--log_every", "1000", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def three_class_run(tmp_path_factory):
+    """A one-epoch self-supervised run on a 3-class folder, and a 2-class folder to take it to."""
+    root = tmp_path_factory.mktemp("folders")
+    three, two = _image_folder(root / "three", 3), _image_folder(root / "two", 2, seed=1)
+    train.main(FOLDER + ["--input_dir", three, "--output_dir", str(root / "runs"), "--run_name", "three"])
+    return str(root / "runs" / "three" / "amdim_cpt.pth"), two, root
+
+
+def test_classifiers_for_a_dataset_with_another_class_count_are_fresh(three_class_run, tmp_path):
+    cpt, two, _ = three_class_run
+    train.main(FOLDER + ["--input_dir", two, "--output_dir", str(tmp_path), "--run_name", "two", "--classifiers",
+                         "--checkpoint_path", cpt])
+    before, after = load(cpt), load(os.path.join(tmp_path, "two", "amdim_cpt.pth"))
+    assert before["hyperparams"]["n_classes"] == 3 and after["hyperparams"]["n_classes"] == 2
+    heads = {"evaluator.block_glb_lin.block_forward.2": 32, "evaluator.block_glb_mlp.block_forward.6": 1024}
+    for head, width in heads.items():
+        assert before["model"][head + ".weight"].shape == (3, width)
+        assert after["model"][head + ".weight"].shape == (2, width) and after["model"][head + ".bias"].shape == (2,)
+    # The frozen encoder's weights stay; its always-on BatchNorm ran in train mode, so its statistics moved.
+    encoder = [k for k in before["model"] if k.startswith("encoder.") and
+               not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert encoder and all(torch.equal(before["model"][k], after["model"][k]) for k in encoder)
+    assert after["cursor"]["classifier_epoch"] == 1 and after["cursor"]["classifier_step"] == 2   # 16 images
+    model = checkpoint.model_from(after)
+    mlp, lin = model.eval().classify(torch.zeros(1, 3, 32, 32))
+    assert mlp.shape == lin.shape == (1, 2)
+
+
+def _one_line_error(capsys, main):
+    """Run main as an entry point does (utils.run_main): it must exit 2 with one `error:` line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        utils.run_main(main)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_a_checkpoint_for_another_image_size_is_a_one_line_error(three_class_run, capsys):
+    cpt, two, root = three_class_run
+    argv = FOLDER + ["--image_size", "64", "--input_dir", two, "--output_dir", str(root / "runs"),
+                     "--run_name", "sizes", "--classifiers", "--checkpoint_path", cpt]
+    err = _one_line_error(capsys, lambda: train.main(argv))
+    assert "the checkpoint's encoder takes 32 px" in err and "64 px" in err, err
+
+
+def test_test_py_on_a_dataset_with_another_class_count_is_a_one_line_error(three_class_run, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("amdim_test_py", os.path.join(ROOT, "test.py"))
+    test_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_py)
+    cpt, two, _ = three_class_run
+    err = _one_line_error(capsys, lambda: test_py.main([cpt, "--dataset", "FOLDER", "--image_size", "32",
+                                                        "--input_dir", two, "--num_workers", "0",
+                                                        "--device", "cpu"]))
+    assert "classifiers predict 3 classes" in err and "has 2" in err, err
