@@ -223,13 +223,16 @@ def test_torchrun_two_process_training_run(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
            "--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "100",
            "--epochs", "1", "--num_workers", "0", "--device", "cpu", "--output_dir", str(tmp_path),
-           "--run_name", "ddp", "--log_every", "1000"]
+           "--run_name", "ddp", "--log_every", "1000", "--checkpoint_every", "7"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world size 2" in r.stdout
     ckpt = torch.load(tmp_path / "ddp" / "amdim_cpt.pth", weights_only=True)
     assert ckpt["cursor"]["info_epoch"] == 1 and ckpt["cursor"]["info_step"] == 15
-    assert len(ckpt["rng"]) == 2                 # one RNG state per rank
+    assert ckpt["world_size"] == 2 and "rng" not in ckpt           # random streams re-seed from the position
+    midway = torch.load(tmp_path / "ddp" / "amdim_cpt.pth.prev", weights_only=True)    # saved after update 14
+    assert midway["samples_done"] == 1400 and len(midway["epoch_meters"]) == 2    # both ranks' running sums
+    assert all(m["counts"]["loss"] == 14 for m in midway["epoch_meters"])
     record = [json.loads(l) for l in open(tmp_path / "ddp" / "metrics.jsonl")][-1]      # after the start record
     assert record["n_images"] == 297
