@@ -8,6 +8,8 @@ training device (Splits.batch_augment). Image folders skip hidden entries and re
 or lead out of their class folder (ImageFolder).
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
+import contextlib
+import fcntl
 import functools
 import multiprocessing
 import os
@@ -231,12 +233,47 @@ def _torchvision(name, factory, root, download):
         pass  # not on disk
     if not download:
         raise UserError(f"{name} not found in {root}: put the extracted dataset there (or allow the download)")
+    with download_lock(root, name):
+        try:
+            return factory(download=False)    # another process downloaded it while this one waited
+        except RuntimeError:
+            pass
+        try:
+            return factory(download=True)
+        except Exception as e:  # noqa: BLE001 -- offline, DNS, HTTP, disk: all end the same way for the user
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{name} not found in {root} and the download failed ({reason}): put the dataset "
+                            f"files under --input_dir {root} or run once with internet access") from None
+
+
+DOWNLOAD_LOCK = ".download.lock"
+
+
+@contextlib.contextmanager
+def download_lock(root, name):
+    """Hold an exclusive flock on <root>/.download.lock: the processes of a job that share `root` (those of one
+    node, or every node on a shared filesystem) start together, and one downloads while the others wait here,
+    however long it takes (no timeout), then find the files. The kernel drops a flock when its holder dies, so
+    a killed download never blocks the next one. Where no lock can be had (a read-only `root`, a filesystem
+    without locks) this goes on without: the download then reports a read-only `root` itself."""
+    fd = None
     try:
-        return factory(download=True)
-    except Exception as e:  # noqa: BLE001 -- offline, DNS, HTTP, disk: all end the same way for the user
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{name} not found in {root} and the download failed ({reason}): put the dataset files "
-                        f"under --input_dir {root} or run once with internet access") from None
+        os.makedirs(root, exist_ok=True)
+        fd = os.open(os.path.join(root, DOWNLOAD_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process's download of {name} into {root}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _cifar_or_stl(name, root, phase, views, download, batched):

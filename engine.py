@@ -5,6 +5,9 @@ Training items are (views, y, index): views is a tuple of augmented images (per-
 loader) or one uint8 image that a batched augmentation turns into views on the device; y is -1 for unlabelled
 images; index is the item's position in the training split. Test items are (x, y).
 """
+import multiprocessing
+import sys
+
 import torch
 
 import knn
@@ -16,12 +19,30 @@ BN_REFRESH_BATCHES = 50
 
 def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, sampler=None):
     """A DataLoader. Training augmentation does not depend on its workers' seeds: SeededItems re-seeds per image.
-    Workers ignore Ctrl-C/SIGTERM: the training process handles them at the next update boundary. Items that are None (unreadable test images
-    under --skip_bad_images) are left out of their batch; see collate_present."""
+    Workers ignore Ctrl-C/SIGTERM: the training process handles them at the next update boundary. Items that are
+    None (unreadable test images under --skip_bad_images) are left out of their batch; see collate_present.
+
+    Workers are forked where the platform allows (worker_context), so they share the dataset's memory with the
+    training process instead of each unpickling a copy."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                        num_workers=num_workers, drop_last=drop_last, collate_fn=collate_present,
                                        pin_memory=device.type == "cuda", persistent_workers=False,
-                                       worker_init_fn=utils.ignore_stop_signals if num_workers else None)
+                                       worker_init_fn=utils.ignore_stop_signals if num_workers else None,
+                                       multiprocessing_context=worker_context(num_workers))
+
+
+def worker_context(num_workers):
+    """fork on Linux, else the platform's default (None).
+
+    A rank that utils.spawn started (several GPUs) has spawn as its default, and a spawned worker re-imports
+    train.py and unpickles the whole dataset (2.9 GB for per-image STL-10) every epoch. Forked workers share
+    those pages copy-on-write and start at once. Fork after CUDA is initialised is safe for them because they
+    never use CUDA: items, SeededItems' re-seeding (CPU generators only), collate_present and worker_init_fn
+    all stay on the CPU; pinning happens in a thread of the training process, batched augmentation runs there
+    too. (macOS has fork but it is unsafe with its system frameworks.)"""
+    if num_workers and sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return None
 
 
 def collate_present(items):

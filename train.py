@@ -100,6 +100,9 @@ def parse_args(argv=None):
                    help="on a NaN/inf loss: stop (keeping the last checkpoint) or skip that update (counted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: every visible CUDA GPU (one process each), else the CPU")
+    p.add_argument("--dist_timeout", type=config.positive_float, default=utils.DIST_TIMEOUT_S,
+                   help="seconds a process waits for the others in a collective, which also bounds work one of them "
+                        "does alone meanwhile (rank 0 writing a checkpoint); downloads are not bounded by it")
     p.add_argument("--log_every", type=positive, default=50,
                    help="updates between progress lines when stdout is not a terminal")
     p.add_argument("--view_grid", type=count, default=8,
@@ -156,9 +159,38 @@ class Run:
 # ----------------------------------------------------------------------------------------------------------
 # Where to start: a resumable checkpoint of this run, a given checkpoint, or nothing.
 
-def find_start(args, cpt_path):
+def find_start(args, cpt_path, dist=None):
     """(checkpoint dict or None, how, path): how is "resume" (this run's own file, or its .prev when the file is
-    unreadable) or "init" (--checkpoint_path)."""
+    unreadable) or "init" (--checkpoint_path).
+
+    Rank 0 decides, since only it writes checkpoints; every rank then reads the same file (its own cpt_path or
+    --checkpoint_path) and checks that it is rank 0's. A rank that cannot is an error on every rank: without a
+    filesystem they share, ranks on other nodes would start elsewhere and the job would hang."""
+    dist = dist or utils.Dist()
+    decision = None
+    if dist.is_main:
+        try:
+            ckpt, how, path = choose_start(args, cpt_path)
+            decision = {"how": how, "path": path, "fingerprint": fingerprint(ckpt, path),
+                        "suffix": path[len(cpt_path):] if how == "resume" else None}     # "" or ".prev"
+        except UserError as e:
+            decision = {"error": str(e)}
+    decision = utils.broadcast_object(decision, dist)
+    if "error" in decision:
+        raise UserError(decision["error"])
+    how = decision["how"]
+    if dist.is_main or how is None:
+        utils.agree(None, dist)
+        return (ckpt if dist.is_main else None), how, decision["path"]
+    # This rank's copy of rank 0's choice: its own run folder's file, or the --checkpoint_path both were given.
+    path = cpt_path + decision["suffix"] if how == "resume" else args.checkpoint_path
+    ckpt, error = read_as_rank_0(path, decision["fingerprint"], how, dist.rank)
+    utils.agree(error, dist)
+    return ckpt, how, path
+
+
+def choose_start(args, cpt_path):
+    """find_start's choice, from this process's files alone."""
     if args.resume == "auto":
         for candidate in (cpt_path, cpt_path + ".prev"):
             if not os.path.isfile(candidate):
@@ -177,6 +209,36 @@ def find_start(args, cpt_path):
     if args.checkpoint_path:
         return checkpoint.read(args.checkpoint_path), "init", args.checkpoint_path
     return None, None, None
+
+
+def fingerprint(ckpt, path):
+    """What tells two copies of a checkpoint apart cheaply: its size, position in training and data seed."""
+    if ckpt is None:
+        return None
+    return [os.path.getsize(path), checkpoint.cursor(ckpt), int(ckpt.get("samples_done", 0)),
+            ckpt.get("data_seed")]
+
+
+def read_as_rank_0(path, expected, how, rank):
+    """(checkpoint, None) when this rank reads the checkpoint rank 0 starts from at `path`, else (None, the
+    error every rank reports)."""
+    reason = None
+    if not os.path.isfile(path):
+        reason = "no such file on this rank's machine"
+    else:
+        try:
+            ckpt = checkpoint.read(path)
+        except UserError as e:
+            reason = str(e)
+        else:
+            if fingerprint(ckpt, path) == expected:
+                return ckpt, None
+            reason = "this rank's copy differs from rank 0's"
+    flag = "--output_dir on a filesystem every node shares" if how == "resume" else \
+        "--checkpoint_path on a filesystem every node shares (or a copy of the same file on each node)"
+    verb = "resumes" if how == "resume" else "starts"
+    return None, (f"rank {rank} cannot read {path}, the checkpoint rank 0 {verb} from ({reason}): every process "
+                  f"must see rank 0's checkpoint; pass {flag}")
 
 
 def resolve_hyperparams(args, ckpt, encoder_size):
@@ -261,17 +323,14 @@ def setup(dist, args):
     run_dir = os.path.join(args.output_dir, args.run_name)
     cpt_path = os.path.join(run_dir, args.cpt_name)
     prepare_output(run_dir, args.cpt_name, dist)
-    ckpt, how, ckpt_from = find_start(args, cpt_path)
+    ckpt, how, ckpt_from = find_start(args, cpt_path, dist)
     if how != "resume":
         set_aside_old_logs(run_dir, dist)
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
     hp = resolve_hyperparams(args, ckpt, encoder_size)
     # Classifiers train on the evaluation protocol's views (AMDIM's recipe) whichever method made the encoder.
     view_kind = methods.view_kind(hp) if args.phase == SELF_SUPERVISED else "amdim"
-    splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
-                                   aug=args.aug, download=dist.is_main or not dist.active,
-                                   skip_bad_images=args.skip_bad_images, batch_augment=not args.per_image_aug,
-                                   views=view_kind, subset=args.subset)
+    splits = load_data(args, dist, view_kind)
     if len(splits.train) < args.batch_size:
         raise UserError(f"the {args.dataset} training split has {len(splits.train)} images, fewer than "
                         f"--batch_size {args.batch_size}; lower --batch_size")
@@ -298,6 +357,22 @@ def setup(dist, args):
         epoch_so_far.samples, epoch_so_far.seconds, epoch_so_far.meters = checkpoint.restore_run(run, ckpt)
     announce(run, ckpt_from, how, encoder_size)
     return run, epoch_so_far
+
+
+def load_data(args, dist, view_kind):
+    """The splits, once every rank has them. The first use of a torchvision dataset downloads it, once per node
+    (datasets.download_lock), for as long as it takes: the ranks wait for each other through the job's store,
+    which has no timeout, not in a collective, which would give up after --dist_timeout."""
+    try:
+        splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
+                                       aug=args.aug, skip_bad_images=args.skip_bad_images,
+                                       batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset)
+    except UserError as e:
+        if not dist.active:
+            raise
+        utils.wait_for_every_rank(dist, "data", error=str(e))      # raises it on every rank
+    utils.wait_for_every_rank(dist, "data")
+    return splits
 
 
 def make_loaders(run):
@@ -445,18 +520,28 @@ class Interrupted(Exception):
 
 
 def handle_non_finite(run, values, epoch):
-    """A NaN/inf loss: stop with the last good checkpoint kept, or (--nan_policy skip) drop the update."""
+    """A NaN/inf loss on some rank (every rank calls this): stop with the last good checkpoint kept, or
+    (--nan_policy skip) drop the update. The message names the rank(s) whose loss was not finite, with the
+    first one's values."""
     update = run.cursor[run.step_key] + 1
-    detail = ", ".join(f"{k}={values[k]:.4g}" for k in values if k not in ("loss", "n_labelled", "correct_mlp",
-                                                                              "correct_lin"))
+    failed = [(rank, v) for rank, v in enumerate(utils.all_gather_objects(values)) if not math.isfinite(v["loss"])]
+    failed = failed or [(run.dist.rank, values)]     # never empty (any_rank agreed on it); a guard only
+    ranks = [rank for rank, _ in failed]
+    where = ""
+    if run.dist.active:
+        where = f" on rank {ranks[0]}" if len(ranks) == 1 else \
+            f" on ranks {', '.join(map(str, ranks))} (rank {ranks[0]}'s values)"
+    shown = failed[0][1]
+    detail = ", ".join(f"{k}={shown[k]:.4g}" for k in shown if k not in ("loss", "n_labelled", "correct_mlp",
+                                                                           "correct_lin"))
     if run.args.nan_policy == "skip":
         run.optimizer.zero_grad(set_to_none=True)
         run.non_finite_skipped += 1
-        run.log.print(f"warning: non-finite loss at update {update} (epoch {epoch + 1}): {detail}; update skipped "
-                      f"({run.non_finite_skipped} so far)")
+        run.log.print(f"warning: non-finite loss at update {update} (epoch {epoch + 1}){where}: {detail}; update "
+                      f"skipped ({run.non_finite_skipped} so far)")
         return
     kept = run.cpt_path if os.path.isfile(run.cpt_path) else "none was written yet"
-    raise UserError(f"non-finite loss at update {update} (epoch {epoch + 1}): {detail}; stopped, last good "
+    raise UserError(f"non-finite loss at update {update} (epoch {epoch + 1}){where}: {detail}; stopped, last good "
                     f"checkpoint: {kept}; lower --learning_rate, or pass --nan_policy skip")
 
 
@@ -609,7 +694,7 @@ def report_epoch(run, epoch, means, acc):
 
 def main(argv=None):
     args = parse_args(argv)
-    return utils.launch(locked_worker, args.device, args)
+    return utils.launch(locked_worker, args.device, args, timeout_s=args.dist_timeout)
 
 
 def locked_worker(dist, args):
