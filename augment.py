@@ -291,13 +291,12 @@ class _BatchViews:
     def __init__(self, recipe, mean_std=None):
         self.recipe = recipe
         self.size = RECIPE_SIZE[recipe]
-        mean, std = mean_std or NORMALIZATION[recipe]
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean, self._std = (tuple(map(float, v)) for v in (mean_std or NORMALIZATION[recipe]))
+        self.mean, self.std = _channels(self._mean, "cpu"), _channels(self._std, "cpu")    # (1, 3, 1, 1)
 
     def normalize(self, x):
         """x: float (B, 3, S, S) in [0, 1] -> (x - mean) / std per channel."""
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return (x - _channels(self._mean, x.device)) / _channels(self._std, x.device)
 
 
 class BatchTwoViews(_BatchViews):
@@ -361,6 +360,14 @@ class BatchMoCoViews(_BatchViews):
             x = random_grayscale(x, p=0.2)
             x = random_gaussian_blur(x, (0.1, 2.0), p=0.5)
         return self.normalize(random_hflip(x, p=0.5))
+
+
+@functools.lru_cache(maxsize=None)
+def _channels(values, device):
+    """float32 (1, 3, 1, 1) tensor of three per-channel constants on `device`, made once per device: built
+    from Python data or copied from the CPU at every call, it would be a blocking host-to-GPU copy. Callers
+    must not modify it."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
 
 def _coin(n, p, device):
@@ -440,7 +447,12 @@ def _gray(x):
 def color_jitter(x, brightness, contrast, saturation, hue, p):
     """x: RGB float (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]. ColorJitter applied with probability p
     per sample: brightness, contrast, saturation and hue factors drawn per sample, the four operations in a
-    random order per sample (as torchvision draws one per call)."""
+    random order per sample (as torchvision draws one per call).
+
+    Without a host-device sync: every operation runs over the whole batch, and a sample that does not take it
+    at that point gets the identity (factor 1; the input back, for the hue shift), so no tensor's shape depends
+    on the draws. The hue shift, the costly one, runs once: the other three run in each sample's order, first
+    those placed before its hue shift, then those placed after it."""
     b = x.shape[0]
     device = x.device
     apply = _coin(b, p, device)
@@ -449,13 +461,27 @@ def color_jitter(x, brightness, contrast, saturation, hue, p):
                torch.empty(b, device=device).uniform_(1 - saturation, 1 + saturation),
                torch.empty(b, device=device).uniform_(-hue, hue)]
     order = torch.argsort(torch.rand(b, 4, device=device), dim=1)
-    ops = (_brightness, _contrast, _saturation, _hue)
-    x = x.clone()
-    for position in range(4):
-        for k, op in enumerate(ops):
-            chosen = (apply & (order[:, position] == k)).nonzero().squeeze(1)
-            if chosen.numel():
-                x[chosen] = op(x[chosen], factors[k][chosen].view(-1, 1, 1, 1))
+    place = torch.argsort(order, dim=1)              # place[:, k]: where operation k comes in the sample's order
+    before_hue = place[:, :3] < place[:, 3:]         # (B, 3): brightness, contrast, saturation before the hue
+    x = _scale_ops(x, factors, place, apply[:, None] & before_hue, range(3))
+    x = torch.where(apply.view(-1, 1, 1, 1), _hue(x, factors[3].view(-1, 1, 1, 1)), x)
+    return _scale_ops(x, factors, place, apply[:, None] & ~before_hue, range(1, 4))
+
+
+def _scale_ops(x, factors, place, active, places):
+    """Brightness, contrast and saturation (operations 0-2) at each of `places` in turn, over the whole batch:
+    operation k acts on sample b with its factor where active[b, k] and place[b, k] is the current place.
+
+    Each place is one pass of x -> a x + c mean(gray) + d gray (clamped), which is brightness for (a, c, d) =
+    (f, 0, 0), contrast for (f, 1 - f, 0), saturation for (f, 0, 1 - f) with the same rounding as _brightness,
+    _contrast and _saturation, and the identity, exactly, for (1, 0, 0)."""
+    for at in places:
+        takes = active & (place[:, :3] == at)                       # (B, 3): at most one operation a sample
+        f = [torch.where(takes[:, k], factors[k], 1.0).view(-1, 1, 1, 1) for k in range(3)]
+        gray = _gray(x)
+        # (B, 1, H, W) first: two passes over the three channels instead of four.
+        offset = (1 - f[2]) * gray + (1 - f[1]) * gray.mean(dim=(1, 2, 3), keepdim=True)
+        x = (f[0] * f[1] * f[2] * x + offset).clamp_(0, 1)              # two of the three factors are 1
     return x
 
 
@@ -499,7 +525,7 @@ def rgb_to_hsv(x):
 def hsv_to_rgb(h, s, v):
     """Inverse of rgb_to_hsv: (B, H, W) each -> (B, 3, H, W). Channel n (5 for red, 3 green, 1 blue) is
     v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
-    n = torch.tensor([5.0, 3.0, 1.0], device=h.device).view(1, 3, 1, 1)
+    n = _channels((5.0, 3.0, 1.0), h.device)
     k = n + 6.0 * h.unsqueeze(1)
     k = k - 6.0 * torch.floor(k / 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
@@ -542,10 +568,9 @@ def random_gaussian_blur(x, sigma, p):
     b = x.shape[0]
     apply = _coin(b, p, x.device)
     sigmas = torch.empty(b, device=x.device).uniform_(*sigma)
-    chosen = apply.nonzero().squeeze(1)
-    out = x.clone()
-    out[chosen] = gaussian_blur(x[chosen], sigmas[chosen], radius=math.ceil(3 * sigma[1]))
-    return out
+    # The whole batch, then the unblurred samples put back: selecting the chosen ones first would be a sync.
+    blurred = gaussian_blur(x, sigmas, radius=math.ceil(3 * sigma[1]))
+    return torch.where(apply.view(-1, 1, 1, 1), blurred, x)
 
 
 def random_grayscale(x, p):

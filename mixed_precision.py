@@ -1,25 +1,80 @@
 """Mixed precision through torch.amp: which dtype to autocast to, the gradient scaler, and float32 regions.
 
-The original used NVIDIA apex; everything here is PyTorch's own. On CUDA we autocast to bfloat16 where the GPU
-supports it (no loss scaling needed) and to float16 with a GradScaler otherwise; on CPU to bfloat16.
+Every precision decision lives here (model.py and costs.py stay precision-free). The original used NVIDIA
+apex; everything here is PyTorch's own. `--amp` autocasts to `--amp_dtype`: "auto" is bfloat16 where the
+device computes it natively (CUDA from sm_80, ROCm, the CPU) and float16 otherwise (CUDA sm_75: T4, RTX 20xx);
+float16 always trains with a GradScaler, on CUDA and on the CPU alike, bfloat16 never needs one.
 """
 import contextlib
+import warnings
 
 import torch
 
+from utils import UserError
 
-def amp_dtype(device):
-    """The autocast dtype for `device` (a torch.device)."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+AMP_DTYPES = ("auto", "bfloat16", "float16")
 
 
-def autocast(device, enabled):
-    """Context that runs the model in reduced precision when `enabled`, else does nothing."""
+def native_bfloat16(device):
+    """Whether `device` computes bfloat16 in hardware. On CUDA this asks about the current device, which is the
+    rank's own (utils.init_distributed sets it). including_emulation=False: sm_75 passes the default check
+    by emulating bfloat16, far slower than its float16 tensor cores."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return True
+
+
+def supports(device, dtype):
+    """Whether `device` can autocast to `dtype` (bfloat16 on CUDA only natively)."""
+    if device.type == "cuda":
+        return dtype == torch.float16 or native_bfloat16(device)
+    # Other device types: ask autocast itself, which warns and stays off for a dtype it lacks.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autocast(device.type, dtype=dtype):
+            return torch.is_autocast_enabled(device.type)
+
+
+def resolve(device, enabled, requested="auto"):
+    """The run's autocast dtype: None without --amp, else `requested` ("auto", "bfloat16" or "float16") on
+    `device`. Raises UserError for a dtype the device cannot do."""
     if not enabled:
+        return None
+    if requested == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float16
+    dtype = getattr(torch, requested)
+    if not supports(device, dtype):
+        raise UserError(refusal(device, requested))
+    return dtype
+
+
+def refusal(device, requested):
+    """The one line that refuses `--amp_dtype requested` on `device`."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return (f"--amp_dtype {requested}: {torch.cuda.get_device_name(device)} (sm_{major}{minor}) has no native "
+                f"bfloat16 (emulated, slower than float16); pass --amp_dtype float16 or auto")
+    return f"--amp_dtype {requested}: autocast on {device.type} cannot use it; pass --amp_dtype auto"
+
+
+def dtype_name(dtype):
+    """"bfloat16", "float16", or None (float32: no autocast), for configs and logs."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def describe(amp):
+    """A run's resolved dtype for the start-up line."""
+    if amp is None:
+        return "off (float32)"
+    return dtype_name(amp) + (" with a GradScaler" if amp == torch.float16 else "")
+
+
+def autocast(device, amp):
+    """Context that runs the model in reduced precision. amp: None or False (float32: does nothing), a torch
+    dtype (a run's resolved --amp_dtype), or True (the device's "auto" dtype: test.py's --amp)."""
+    if amp is None or amp is False:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
+    return torch.autocast(device_type=device.type, dtype=resolve(device, True) if amp is True else amp)
 
 
 def float32(device):
@@ -30,10 +85,10 @@ def float32(device):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def grad_scaler(device, enabled):
-    """A GradScaler that is active only where float16 needs loss scaling (CUDA without bf16)."""
-    active = enabled and device.type == "cuda" and amp_dtype(device) == torch.float16
-    return torch.amp.GradScaler(device.type, enabled=active)
+def grad_scaler(device, amp):
+    """A GradScaler that is active only where float16 needs loss scaling (its narrow exponent range underflows
+    small gradients); bfloat16 has float32's range. amp: a run's resolved dtype or None."""
+    return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
 
 def to_float32(tree):

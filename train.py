@@ -62,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", default=1, help="seeds weights, augmentation and data order",
                    type=config.number(int, config.Range(minimum=0, maximum=2 ** 32 - 1, why="NumPy's seeds")))
     p.add_argument("--amp", action="store_true", help="mixed precision through torch.autocast")
+    p.add_argument("--amp_dtype", choices=mp.AMP_DTYPES,
+                   help="--amp's dtype: auto (the default) is bfloat16 where the device computes it natively, "
+                        "else float16; float16 trains with a GradScaler")
     p.add_argument("--classifiers", "--finetune", action="store_true",
                    help="train only the evaluation classifiers on a frozen encoder")
     p.add_argument("--checkpoint_path", "--cpt_load_path",
@@ -110,6 +113,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
 
     args.phase = CLASSIFIERS if args.classifiers else SELF_SUPERVISED
+    if args.amp_dtype and not args.amp:
+        p.error(f"--amp_dtype {args.amp_dtype} applies to mixed precision: add --amp")
+    args.amp_dtype = args.amp_dtype or "auto"
     if args.subset and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
         p.error("--subset applies to image folders (IN128, PLACES205, FOLDER)")
     try:
@@ -137,6 +143,7 @@ class Run:
     model: methods.Method                # the plain module: checkpoints, BN refresh, evaluation
     step_model: torch.nn.Module          # what the training step calls (DDP/compiled method, or classifiers)
     optimizer: torch.optim.Optimizer
+    amp: object                          # the autocast dtype (mixed_precision.resolve), None for float32
     scaler: torch.amp.GradScaler
     cursor: dict                         # {info,classifier}_{epoch,step}; see checkpoint.py
     epochs: int
@@ -286,6 +293,7 @@ def prepare_model(model, args, dist):
                             "on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(dist.device, memory_format=engine.layout(args.memory_format))
+    tune_cudnn(dist.device)
     step_model = model if args.phase == SELF_SUPERVISED else model.evaluator
     if dist.active:
         if step_model is model:
@@ -295,6 +303,13 @@ def prepare_model(model, args, dist):
     if args.compile:
         step_model = torch.compile(step_model)
     return model, step_model
+
+
+def tune_cudnn(device):
+    """Let cuDNN time its convolution algorithms once per input shape and keep the fastest: training feeds
+    fixed sizes (drop_last batches of fixed-size views), so the search pays off after a few updates."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def prepare_output(run_dir, cpt_name, dist):
@@ -320,6 +335,7 @@ def setup(dist, args):
         raise UserError(f"--batch_size {args.batch_size} must split into at least 2 images per process over "
                         f"{dist.world_size} processes: use a multiple of {dist.world_size}, at least "
                         f"{2 * dist.world_size}")
+    amp = mp.resolve(dist.device, args.amp, args.amp_dtype)       # refuses a dtype before anything is written
     run_dir = os.path.join(args.output_dir, args.run_name)
     cpt_path = os.path.join(run_dir, args.cpt_name)
     prepare_output(run_dir, args.cpt_name, dist)
@@ -349,8 +365,8 @@ def setup(dist, args):
     data_seed = int(ckpt.get("data_seed", args.seed)) if how == "resume" else args.seed
     run = Run(args=args, dist=dist, cpt_path=cpt_path, log=log, stop=utils.StopRequest(), splits=splits,
               model=model, step_model=step_model, optimizer=recipes.make_optimizer(model, args),
-              scaler=mp.grad_scaler(dist.device, args.amp), cursor=cursor, epochs=epochs, milestones=milestones,
-              data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
+              amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
+              milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
               n_views=2 if args.phase == SELF_SUPERVISED else 1)
     epoch_so_far = EpochProgress()
     if how == "resume":
@@ -401,7 +417,7 @@ def loss_terms(run, batch):
     views, y, _ = engine.training_views(batch, run.splits.batch_augment, dist.device, run.n_views,
                                         args.memory_format)
     if args.phase == SELF_SUPERVISED:
-        with mp.autocast(dist.device, args.amp):
+        with mp.autocast(dist.device, run.amp):
             out = run.step_model(views, dist)
         with mp.float32(dist.device):
             out32 = mp.to_float32(out)
@@ -410,9 +426,9 @@ def loss_terms(run, batch):
             labels = y.repeat(logits[0].shape[0] // y.shape[0])      # one copy per classified view
             terms.update(classifier_terms(logits, labels))
         return terms, (logits, labels), out
-    with torch.no_grad(), mp.autocast(dist.device, args.amp):
+    with torch.no_grad(), mp.autocast(dist.device, run.amp):
         features = model.features(views[0])       # the frozen encoder: no graph is kept for it
-    with mp.autocast(dist.device, args.amp):
+    with mp.autocast(dist.device, run.amp):
         logits = run.step_model(features)
     with mp.float32(dist.device):
         terms = classifier_terms(logits, y)
@@ -573,12 +589,12 @@ def test_accuracy(run, epoch):
     eval_encoder = args.phase == CLASSIFIERS and args.eval_encoder
     images = engine.first_view(run.splits.batch_augment, dist.device, args.memory_format) \
         if args.bn_warmup == "train" else None
-    engine.refresh_bn(run.model, run.bn_loader, dist.device, args.amp, eval_encoder=eval_encoder, images=images)
+    engine.refresh_bn(run.model, run.bn_loader, dist.device, run.amp, eval_encoder=eval_encoder, images=images)
     utils.broadcast_buffers(run.model)
-    acc = engine.evaluate(run.model, engine.shard(run.splits.test, dist), dist, args.amp, run.per_rank,
+    acc = engine.evaluate(run.model, engine.shard(run.splits.test, dist), dist, run.amp, run.per_rank,
                           args.num_workers)
     if args.knn_every and (epoch + 1) % args.knn_every == 0:
-        acc["top1_knn"] = engine.knn_accuracy(run.model, run.splits.memory, run.splits.test, dist, args.amp,
+        acc["top1_knn"] = engine.knn_accuracy(run.model, run.splits.memory, run.splits.test, dist, run.amp,
                                               run.per_rank, args.num_workers, k=args.knn_k)
     return acc
 
@@ -637,7 +653,8 @@ def announce(run, ckpt_from, how, encoder_size):
     devices = f"{dist.device}" if not dist.active else f"{dist.world_size} processes on {dist.device.type}"
     log.print(f"{hp['method']} {args.phase}: {args.dataset} ({len(run.splits.train)} train / "
               f"{len(run.splits.test)} test images, {run.splits.n_classes} classes, {encoder_size} px); device "
-              f"{devices}, world size {dist.world_size}, {run.per_rank} images per process, amp {args.amp}")
+              f"{devices}, world size {dist.world_size}, {run.per_rank} images per process, amp "
+              f"{mp.describe(run.amp)}")
     n_params = sum(p.numel() for p in run.model.parameters())
     groups = ", ".join(f"{g['base_lr']:.3g}" for g in run.optimizer.param_groups)
     log.print(f"model {hp} ({n_params / 1e6:.2f} M parameters); {type(run.optimizer).__name__} base LR {groups}; "
@@ -672,8 +689,8 @@ def resolved_config(run, encoder_size):
     cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),
                learning_rate=lrs[0], learning_rates=lrs, optimizer=type(run.optimizer).__name__,
                warmup_updates=recipes.warmup_updates(args, hp["method"]), world_size=run.dist.world_size,
-               per_process_batch=run.per_rank, data_seed=run.data_seed, train_images=len(run.splits.train),
-               test_images=len(run.splits.test))
+               amp_dtype=mp.dtype_name(run.amp), per_process_batch=run.per_rank, data_seed=run.data_seed,
+               train_images=len(run.splits.train), test_images=len(run.splits.test))
     return cfg
 
 

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# GPU check for a machine with CUDA (run from the project root there; it uses that machine's python3, which has
+# torch, torchvision, tensorboard, tqdm, scikit-learn and pytest). It runs what CI can never run: the test suite
+# with a GPU visible; training and scoring on CUDA in float32, --amp auto, --amp_dtype float16 (GradScaler) and
+# --amp_dtype bfloat16 (refused on GPUs without native bfloat16, sm_75); a resume on CUDA; a run spawned over
+# every visible GPU, resumed with another CUDA_VISIBLE_DEVICES (fewer GPUs, or the CPU alone where there is one
+# GPU); and the training step benchmark on the GPU. Results go to stdout and, when $OUT is set, to
+# $OUT/gpu-check.log; the last line counts the checks that failed (the exit status is 1 if any did).
+#
+#     bash tools/gpu-check.sh                  # SKIP_TESTS=1 leaves out the test suite, PYTHON=... another python
+set -u
+log=${OUT:-/tmp}/gpu-check.log; : > "$log"
+d=$(mktemp -d)
+failed=0
+say() { echo "$*" | tee -a "$log"; }
+# run CMD...: run it, its output to the log (and $d/last.txt for the checks after it); one summary line.
+run() {
+  say "\$ $*"
+  "$@" >"$d/last.txt" 2>&1; local rc=$?
+  cat "$d/last.txt" >>"$log"
+  say "  -> exit $rc; $(tail -1 "$d/last.txt" | cut -c1-220)"
+  return $rc
+}
+# check NAME STATUS: count a failed check (STATUS non-zero) and say which.
+check() { if [ "$2" -ne 0 ]; then failed=$((failed + 1)); say "  FAILED: $1"; fi; }
+# printed PATTERN: whether the last run printed PATTERN (grep -E).
+printed() { grep -Eq -- "$1" "$d/last.txt"; }
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+
+say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+say "$($py -c 'import torch, torchvision
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available(),
+      "gpus", torch.cuda.device_count(), "capability", torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
+      "native bf16", torch.cuda.is_bf16_supported(including_emulation=False))' 2>&1)"
+n_gpus=$($py -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+native_bf16=$($py -c 'import torch; print(int(torch.cuda.is_bf16_supported(including_emulation=False)))' 2>/dev/null || echo 0)
+if [ "$n_gpus" -lt 1 ]; then say "no CUDA GPU visible to torch: nothing to check"; exit 1; fi
+
+model="--dataset DIGITS --ndf 16 --n_rkhs 128 --n_depth 1 --warmup_updates 50 --log_every 5"
+one_gpu="$model --batch_size 100 --device cuda"
+
+# The suite takes minutes: SKIP_TESTS=1 leaves it out where a command's time is short.
+if [ "${SKIP_TESTS:-0}" = 1 ]; then say "test suite skipped (SKIP_TESTS=1)"
+else run $py -m pytest -q -x tests; check "test suite" $?
+fi
+
+# Precision: float32, auto (bf16 where native, else fp16 + GradScaler), fp16 + GradScaler asked for, bf16 asked for.
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 3 --output_dir $d --run_name fp32; check "float32" $?
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 3 --amp --output_dir $d --run_name amp; check "amp auto" $?
+want=$([ "$native_bf16" = 1 ] && echo "amp bfloat16" || echo "amp float16 with a GradScaler")
+printed "$want"; check "--amp auto picks '$want'" $?
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 3 --amp --amp_dtype float16 --output_dir $d \
+  --run_name fp16; check "amp float16" $?
+printed "amp float16 with a GradScaler"; check "float16 trains with a GradScaler" $?
+$py - "$d/fp16/amdim_cpt.pth" <<'PY' 2>&1 | tee -a "$log"
+import math, sys, torch
+ckpt = torch.load(sys.argv[1], weights_only=True, map_location="cpu")
+scale = ckpt["scaler"].get("scale")
+print(f"float16 checkpoint: amp_dtype {ckpt['run_info']['config']['amp_dtype']}, GradScaler scale {scale}, "
+      f"growth tracker {ckpt['scaler'].get('_growth_tracker')}; rng entries: {[k for k in ckpt if 'rng' in k]}")
+sys.exit(0 if scale and math.isfinite(scale) and ckpt["run_info"]["config"]["amp_dtype"] == "float16" else 1)
+PY
+check "float16 checkpoint holds the GradScaler state" "${PIPESTATUS[0]}"
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 1 --amp --amp_dtype bfloat16 --output_dir $d \
+  --run_name bf16
+rc=$?
+if [ "$native_bf16" = 1 ]; then check "amp bfloat16" $rc
+else [ $rc -eq 2 ] && printed "has no native bfloat16"; check "bfloat16 refused in one line (exit 2) on this GPU" $?
+fi
+run $py test.py $d/amp/amdim_cpt.pth --dataset DIGITS --device cuda --json; check "test.py on CUDA" $?
+
+# Resume on CUDA: 2 epochs straight vs 1 + 1.
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 2 --seed 5 --output_dir $d --run_name straight
+check "2 epochs straight" $?
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 1 --seed 5 --output_dir $d --run_name split
+check "1 epoch" $?
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 2 --seed 5 --output_dir $d --run_name split
+check "1 more epoch, resumed" $?
+$py - "$d" <<'PY' 2>&1 | tee -a "$log"
+import sys, torch
+d = sys.argv[1]
+a = torch.load(f"{d}/straight/amdim_cpt.pth", weights_only=True, map_location="cpu")["model"]
+b = torch.load(f"{d}/split/amdim_cpt.pth", weights_only=True, map_location="cpu")["model"]
+worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+print(f"resume on CUDA: max abs weight difference straight vs split {worst:.3g} (cuDNN autotuning and atomics "
+      f"are not bit-reproducible)")
+PY
+
+# Every visible GPU: train.py spawns one process per GPU (NCCL), fp16 + GradScaler, saving every 5 updates too
+# (every rank's meters gathered); then the run resumes for a second epoch with another CUDA_VISIBLE_DEVICES: one
+# GPU fewer, or the CPU alone where there is only one GPU.
+batch=$(( 100 / n_gpus * n_gpus ))
+[ "$batch" -lt $(( 2 * n_gpus )) ] && batch=$(( 2 * n_gpus ))
+if [ "$n_gpus" -ge 2 ]; then
+  run $py train.py $model --batch_size $batch --device auto --epochs 1 --amp --amp_dtype float16 \
+    --checkpoint_every 5 --num_workers 2 --output_dir $d --run_name spawned
+  check "spawned run on $n_gpus GPUs" $?
+  printed "world size $n_gpus"; check "spawned run has world size $n_gpus" $?
+  fewer=$(seq -s, 0 $(( n_gpus - 2 )))
+  fewer_batch=$(( batch / (n_gpus - 1) * (n_gpus - 1) ))
+  [ "$fewer_batch" -lt $(( 2 * (n_gpus - 1) )) ] && fewer_batch=$(( 2 * (n_gpus - 1) ))
+  CUDA_VISIBLE_DEVICES=$fewer run $py train.py $model --batch_size $fewer_batch --device auto --epochs 2 --amp \
+    --amp_dtype float16 --num_workers 2 --output_dir $d --run_name spawned
+  check "resume on GPUs $fewer" $?
+else
+  say "one GPU visible: the multi-process run is single-process here (run this on a machine with several GPUs)"
+  CUDA_VISIBLE_DEVICES=0 run $py train.py $model --batch_size $batch --device auto --epochs 1 --amp \
+    --amp_dtype float16 --checkpoint_every 5 --output_dir $d --run_name spawned
+  check "run on the GPU" $?
+  CUDA_VISIBLE_DEVICES= run $py train.py $model --batch_size $batch --device auto --epochs 2 --amp \
+    --amp_dtype float16 --output_dir $d --run_name spawned
+  check "resume on the CPU (CUDA_VISIBLE_DEVICES empty)" $?
+fi
+printed "resuming from"; check "the resume continued the checkpoint" $?
+
+if [ -f bench/step.py ]; then
+  if $py bench/step.py --help 2>/dev/null | grep -q -- "--device"; then
+    run $py bench/step.py --device cuda; check "bench/step.py" $?
+  else
+    say "bench/step.py has no --device flag: GPU step throughput not measured"
+  fi
+fi
+say "$failed check(s) failed; log: $log"
+[ "$failed" -eq 0 ]
