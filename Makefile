@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python test.py $(DEMO_DIR)/amdim_cpt.pth --dataset DIGITS
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 clean:
 	rm -rf $(VENV) runs
