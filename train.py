@@ -481,7 +481,7 @@ def train_epoch(run, loader, progress_so_far, save_midway):
     args, dist, cur = run.args, run.dist, run.cursor
     epoch = cur[run.epoch_key]
     engine.set_train_mode(run.model, args.phase == CLASSIFIERS and args.eval_encoder)
-    done = progress_so_far
+    done, seconds_before = progress_so_far, progress_so_far.seconds       # updated in place as the epoch goes
     n_batches = loader.sampler.batches()
     progress = utils.Progress(n_batches, f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
                               run.log)
@@ -493,7 +493,7 @@ def train_epoch(run, loader, progress_so_far, save_midway):
             seen += batch[1].shape[0] * dist.world_size
             lr = values.pop("lr")
             record_update(run, done.meters, values, lr, seen / (time.perf_counter() - t0), progress)
-        done.seconds = progress_so_far.seconds + time.perf_counter() - t0
+        done.seconds = seconds_before + time.perf_counter() - t0
         last_batch = i + 1 == n_batches
         if stop and not last_batch:
             progress.close()

@@ -171,6 +171,8 @@ def test_every_record_is_timestamped_and_the_start_record_holds_the_resolved_con
     epoch = recs[1]
     assert epoch["epoch"] == 1 and epoch["step"] == 15 and "loss" in epoch and "top1_linear" in epoch
     assert epoch["lr"] > 0 and epoch["epoch_seconds"] > 0
+    between = datetime.datetime.fromisoformat(epoch["time"]) - datetime.datetime.fromisoformat(start["time"])
+    assert epoch["epoch_seconds"] <= between.total_seconds()           # the training pass fits in the run
 
 
 def test_the_start_record_is_in_the_checkpoint_and_in_tensorboard(finished):
