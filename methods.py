@@ -49,6 +49,11 @@ class Method(nn.Module):
         """Names of parameters and buffers DistributedDataParallel should neither broadcast nor reduce."""
         return []
 
+    def has_unused_parameters(self):
+        """Whether some parameters get no gradient in training, so DDP must look for them each update: the AMDIM
+        encoder as a plain backbone still holds its 5x5 and 7x7 heads, which only AMDIM's own costs use."""
+        return any(isinstance(m, GlobalEncoder) for m in self.modules())
+
 
 class AMDIM(Method):
     """Augmented Multiscale Deep InfoMax (Bachman et al. 2019): predict each view's local features (5x5, 7x7)

@@ -299,7 +299,9 @@ def prepare_model(model, args, dist):
         if step_model is model:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, model.ddp_ignored_state())
         step_model = DistributedDataParallel(step_model, device_ids=[dist.device.index] if
-                                             dist.device.type == "cuda" else None)
+                                             dist.device.type == "cuda" else None,
+                                             find_unused_parameters=step_model is model and
+                                             model.has_unused_parameters())
     if args.compile:
         step_model = torch.compile(step_model)
     return model, step_model

@@ -71,7 +71,7 @@ def measure(config_name, variant, steps, warmup):
         hp["moco_k"] = 4096           # a queue of a CIFAR-sized run's order of magnitude
     model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist)
     optimizer = recipes.make_optimizer(model, args)
-    run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=2,
+    run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=2, amp=None,
                           splits=SimpleNamespace(batch_augment=None))
     g = torch.Generator().manual_seed(1)
     batch_data = ((torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g)),

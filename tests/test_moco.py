@@ -230,3 +230,21 @@ def test_two_processes_fill_one_queue_and_match_one_process(tmp_path):
     assert sorted(shuffled.tolist()) == list(range(WORLD * N_LOCAL))
     for r, res in enumerate(results):
         assert torch.equal(res["back"].flatten(), 10 * torch.arange(r * N_LOCAL, (r + 1) * N_LOCAL).float())
+
+
+def test_ddp_looks_for_unused_parameters_only_where_a_backbone_leaves_some_unused():
+    """MoCo on the AMDIM encoder leaves its 5x5/7x7 heads without gradients (DDP's second update failed without
+    find_unused_parameters; seen with torchrun, 2 gloo ranks); ResNets and AMDIM itself use everything."""
+    import config
+    import methods
+    import train
+    small = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1"]
+    for flags, expected in ((["--method", "moco", "--arch", "amdim"] + small, True),
+                            (["--method", "moco", "--arch", "resnet18", "--dataset", "DIGITS"], False),
+                            (small, False)):
+        model = methods.build(config.from_flags(train.parse_args(flags), 32, n_classes=10))
+        assert model.has_unused_parameters() is expected, flags
+        if hasattr(model, "backbone"):
+            model.backbone(torch.randn(4, 3, 32, 32)).sum().backward()
+            unused = [n for n, p in model.backbone.named_parameters() if p.grad is None]
+            assert bool(unused) is expected, unused
