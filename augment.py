@@ -425,6 +425,30 @@ def rgb_to_lab(x):
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
 
 
+def lab_to_rgb(lab):
+    """CIE Lab (B, 3, H, W) under D65 -> sRGB float (B, 3, H, W) clamped to [0, 1]: rgb_to_lab's inverse (for
+    pictures of CMC's views; training never needs it)."""
+    l, a, b = lab.float().unbind(1)
+    fy = (l + 16) / 116
+    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
+    delta = 6 / 29
+    white = torch.tensor(_D65_WHITE, dtype=torch.float32, device=lab.device).view(1, 3, 1, 1)
+    xyz = torch.where(f > delta, f ** 3, 3 * delta ** 2 * (f - 4 / 29)) * white
+    inverse = torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64)).float().to(lab.device)
+    linear = torch.einsum("ij,bjhw->bihw", inverse, xyz).clamp(0, 1)
+    return torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear).clamp(0, 1)
+
+
+def cmc_views_to_rgb(l, ab, lightness=60.0):
+    """CMC's normalised views -> pictures (B, 3, S, S) in [0, 1]: L (B, 1, S, S) as grey levels, ab (B, 2, S, S)
+    as colour at a constant lightness."""
+    mean, std = _channels(LAB_MEAN, l.device), _channels(LAB_STD, l.device)
+    grey = (l.float() * std[:, :1] + mean[:, :1]).clamp(0, 100) / 100
+    chroma = ab.float() * std[:, 1:] + mean[:, 1:]
+    flat = torch.full_like(chroma[:, :1], lightness)
+    return grey.expand(-1, 3, -1, -1), lab_to_rgb(torch.cat([flat, chroma], dim=1))
+
+
 def normalize_lab(lab):
     """Raw Lab (B, 3, H, W) -> (lab - LAB_MEAN) / LAB_STD per channel."""
     return (lab - _channels(LAB_MEAN, lab.device)) / _channels(LAB_STD, lab.device)

@@ -444,3 +444,12 @@ def test_cmc_views_are_normalised_lab_channels_of_one_shared_crop():
 def test_lab_normalisation_constants_are_the_seeds():
     assert augment.LAB_MEAN == pytest.approx((50, 6.025, -6.6895))
     assert augment.LAB_STD == pytest.approx((50, 92.208, 101.1675))
+
+
+def test_lab_to_rgb_inverts_rgb_to_lab_and_view_pictures_have_three_channels():
+    x = torch.rand(2, 3, 6, 6)
+    assert torch.allclose(augment.lab_to_rgb(augment.rgb_to_lab(x)), x, atol=1e-4)
+    views = augment.make_views("cmc", "cifar", batched=True)(_images(3, 40))
+    grey, colour = augment.cmc_views_to_rgb(*views)
+    assert grey.shape == colour.shape == (3, 3, 32, 32)
+    assert 0 <= grey.min() and grey.max() <= 1 and 0 <= colour.min() and colour.max() <= 1
