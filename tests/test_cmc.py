@@ -191,3 +191,44 @@ def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
         single.after_step(_out(f_l, f_ab, index), utils.Dist())
     assert torch.allclose(results[0]["memory_l"], single.memory_l, atol=1e-6)
     assert torch.allclose(results[0]["memory_ab"], single.memory_ab, atol=1e-6)
+
+
+def _rank_training(rank, port, result_dir):
+    """Three real train.update calls of a tiny CMC run under DDP (gloo), on the loader's batches.
+
+    On resnet18, not the AMDIM encoder: as a backbone that one leaves its 5x5 and 7x7 heads without gradients,
+    which DistributedDataParallel refuses from the second update on (so do MoCo --arch amdim runs)."""
+    import train
+    from test_methods import BASE
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
+    args = train.parse_args(BASE + ["--method", "cmc", "--arch", "resnet18", "--nce_k", "64", "--feat_dim", "16",
+                                    "--batch_size", "16", "--output_dir", result_dir, "--run_name", "ddp"])
+    utils.seed_everything(args.seed)
+    run, _ = train.setup(dist, args)
+    start = {k: getattr(run.model, k).clone() for k in ("memory_l", "memory_ab")}
+    seen = []
+    for _, batch in zip(range(3), train.make_loaders(run)):
+        values, stop = train.update(run, batch, epoch=0)
+        assert values is not None and not stop
+        seen.append(batch[2])
+    torch.save({"start": start, "seen": torch.cat(seen), "memory_l": run.model.memory_l,
+                "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab},
+               os.path.join(result_dir, f"train{rank}.pt"))
+    run.log.close()
+    tdist.destroy_process_group()
+
+
+def test_two_process_training_keeps_both_banks_identical(tmp_path):
+    mp.spawn(_rank_training, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    a, b = (torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(WORLD))
+    for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["z_l"].item() > 0 and a["z_ab"].item() > 0
+    # Every row either process's batches touched moved (to unit length); the others kept their initial values.
+    touched = torch.zeros(a["memory_l"].shape[0], dtype=torch.bool)
+    touched[torch.cat([a["seen"], b["seen"]])] = True
+    for key in ("memory_l", "memory_ab"):
+        assert torch.allclose(a[key][touched].norm(dim=1), torch.ones(int(touched.sum())), atol=1e-5)
+        assert torch.equal(a[key][~touched], a["start"][key][~touched])
+        assert not torch.equal(a[key][touched], a["start"][key][touched])
