@@ -229,6 +229,10 @@ class CMC(Method):
         return {"l": F.normalize(self.head_l(h_l), dim=1), "ab": F.normalize(self.head_ab(h_ab), dim=1),
                 "logits": self.evaluator(torch.cat([h_l, h_ab], dim=1))}
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._z_known = None        # loaded constants: read them again before the next update
+
     def draw_indices(self, index):
         """index: (B,) the batch's dataset indices -> (B, nce_k + 1) bank rows to score, column 0 the sample's
         own (the positive), the rest drawn uniformly with replacement from torch's generator (which training

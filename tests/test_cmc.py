@@ -86,6 +86,11 @@ def test_nce_terms_score_each_view_against_the_other_bank_and_fix_z_at_the_first
     assert resumed.z_l.item() == cmc.z_l.item() and resumed.z_ab.item() == cmc.z_ab.item()
     resumed.loss_terms(_out(_unit(4, FEAT, 7), _unit(4, FEAT, 8), index), utils.Dist())
     assert resumed.z_l.item() == cmc.z_l.item() and resumed.z_ab.item() == cmc.z_ab.item()
+    # A model that has set its constants and then loads a state without them sets them again at its next update.
+    cmc.load_state_dict(methods.CMC(_hp()).state_dict())
+    assert cmc.z_l.item() < 0
+    terms = cmc.loss_terms(_out(f_l, f_ab, index), utils.Dist())
+    assert cmc.z_l.item() > 0 and cmc.z_ab.item() > 0 and all(torch.isfinite(v) for v in terms.values())
 
 
 def test_softmax_terms_are_cross_entropy_over_positive_and_negatives():
