@@ -39,8 +39,9 @@ def training_views(splits, indices, n_views, device):
 
 def grid(splits, n_images, n_views, device=torch.device("cpu"), seed=0):
     """One row per image: the source image, then its n_views views, de-normalised to [0, 1] (CMC's L view as grey
-    levels, its ab view as colour at constant lightness) and centred on a canvas of the largest size. Returns a float (3, H, W) image. Draws its randomness from a forked RNG, so the
-    training run's random stream is untouched."""
+    levels, its ab view as colour at constant lightness) and centred on a canvas of the largest size. Returns a
+    float (3, H, W) image. Draws its randomness from a forked RNG, so the training run's random stream is
+    untouched."""
     indices = list(range(min(n_images, len(splits.train))))
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
