@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from utils import UserError
 
-VIEW_KINDS = ("amdim", "moco_v1", "moco_v2")
+VIEW_KINDS = ("amdim", "moco_v1", "moco_v2", "cmc")
 
 AUGMENTATIONS = ("default", "autoaugment", "fast_autoaugment")
 RECIPE_SIZE = {"cifar": 32, "stl": 64, "imagenet": 128}          # recipe -> encoder input size (px)
@@ -29,6 +29,11 @@ NORMALIZATION = {
     "stl": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+# CMC's views are the L and ab channels of the crop in CIE Lab (D65), normalised as the seed (HobbitLong/CMC,
+# dataset.py) does the raw Lab values: L by mean 50, std 50; a and b to roughly [-1, 1] over their sRGB gamut.
+LAB_MEAN = (50.0, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
+LAB_STD = (50.0, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
+CMC_CROP_LOW = 0.2      # RandomResizedCrop's smallest area fraction at 32-64 px (the seed's 0.08 is for 224 px)
 FAA_POLICY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
                                "fast_autoaugment_imagenet.txt")
 
@@ -134,12 +139,14 @@ class GaussianBlur:
         return img.filter(ImageFilter.GaussianBlur(radius=low + (high - low) * torch.rand(1).item()))
 
 
-def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False):
+def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False, crop_low=None):
     """The training views' augmentation for one kind of method.
 
     kind: "amdim" (both views share one random horizontal flip, everything else is drawn per view; aug picks
     "default", "autoaugment" or "fast_autoaugment" inside the view recipe), "moco_v1" or "moco_v2" (views fully
-    independent; aug must be "default"). recipe: "cifar", "stl" or "imagenet", which sets the output size S
+    independent; aug must be "default") or "cmc" (one RandomResizedCrop, scale crop_low..1, default CMC_CROP_LOW,
+    and flip, split into Lab's L and ab channels; aug must be "default", mean_std is ignored: Lab has its own
+    normalisation). recipe: "cifar", "stl" or "imagenet", which sets the output size S
     (32, 64 or 128 px; the source images may be larger) and the normalisation. mean_std: ((3 means), (3 stds))
     to normalise by instead of the recipe's (DIGITS uses its own). resize_first: "amdim" per image only, resize
     and centre-crop sources of another size to 32 px before the cifar recipe (FOLDER data); MoCo's
@@ -149,6 +156,8 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
     normalised (TwoViews or IndependentViews). Batched (True; "amdim" only with aug "default"): a callable
     (images uint8 (B, 3, H, W) on any device, n_views=2) -> tuple of n_views float tensors (B, 3, S, S) on that
     device, normalised, with random parameters per sample and per view (BatchTwoViews or BatchMoCoViews).
+    "cmc" gives (L (1, S, S), ab (2, S, S)) per image (CMCViews) and (L (B, 1, S, S), ab (B, 2, S, S)) batched
+    (BatchCMCViews).
     Raises UserError for a combination that does not exist.
     """
     if kind not in VIEW_KINDS:
@@ -166,10 +175,27 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
         return BatchTwoViews(recipe, mean_std)
     if aug != "default":
         raise UserError(f"--aug {aug} applies to the AMDIM views only; {kind} has its own recipe: drop --aug")
+    if kind == "cmc":
+        crop_low = CMC_CROP_LOW if crop_low is None else crop_low
+        return BatchCMCViews(recipe, crop_low) if batched else CMCViews(recipe, crop_low)
     version = int(kind[-1])
     if batched:
         return BatchMoCoViews(recipe, version, mean_std)
     return IndependentViews(moco_view_transform(recipe, version, mean_std))
+
+
+class CMCViews:
+    """CMC's two views of one PIL image: RandomResizedCrop (S px, scale crop_low..1, torchvision's ratio 3/4-4/3,
+    bilinear) and a horizontal flip with p 0.5, as the seed, then Lab (rgb_to_lab on the 8-bit crop, as the seed
+    converts the uint8 crop) normalised by LAB_MEAN/LAB_STD and split. Returns (L (1, S, S), ab (2, S, S))."""
+
+    def __init__(self, recipe, crop_low=CMC_CROP_LOW):
+        self.crop = T.Compose([T.RandomResizedCrop(RECIPE_SIZE[recipe], scale=(crop_low, 1.0)),
+                               T.RandomHorizontalFlip(), T.PILToTensor()])
+
+    def __call__(self, img):
+        lab = normalize_lab(rgb_to_lab(self.crop(img)[None]))[0]
+        return lab[:1], lab[1:]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -360,6 +386,72 @@ class BatchMoCoViews(_BatchViews):
             x = random_grayscale(x, p=0.2)
             x = random_gaussian_blur(x, (0.1, 2.0), p=0.5)
         return self.normalize(random_hflip(x, p=0.5))
+
+
+class BatchCMCViews:
+    """CMC's views of a batch of uint8 images (B, 3, H, W) of any size: CMCViews vectorised (the crop resampled
+    by bilinear grid_sample in float, without rounding to 8 bits or antialiasing), Lab on the device. Returns
+    (L (B, 1, S, S), ab (B, 2, S, S)), normalised; n_views=1 (the classifier phase) gives (L,) alone."""
+
+    def __init__(self, recipe, crop_low=CMC_CROP_LOW):
+        self.recipe, self.size, self.crop_low = recipe, RECIPE_SIZE[recipe], crop_low
+
+    def __call__(self, images, n_views=2):
+        x = random_resized_crop(images.float() / 255, self.size, scale=(self.crop_low, 1.0), ratio=(3 / 4, 4 / 3),
+                                mode="bilinear")
+        lab = normalize_lab(rgb_to_lab(random_hflip(x, p=0.5)))
+        return (lab[:, :1], lab[:, 1:])[:n_views]
+
+
+# sRGB (linear) -> CIE XYZ and the D65 white point, as scikit-image's rgb2lab.
+_XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
+                 (0.212671, 0.715160, 0.072169),
+                 (0.019334, 0.119193, 0.950227))
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+
+
+def rgb_to_lab(x):
+    """sRGB images x (B, 3, H, W), uint8 in 0..255 or float in [0, 1], -> float32 CIE Lab (B, 3, H, W) under
+    D65 (L in 0..100): gamma expansion, the XYZ matrix, f(t) = cube root above (6/29)^3 and its linear segment
+    below. Any device; agrees with skimage.color.rgb2lab."""
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055).clamp(min=0) ** 2.4, x / 12.92)
+    matrix = torch.tensor(_XYZ_FROM_RGB, dtype=torch.float32, device=x.device)
+    white = torch.tensor(_D65_WHITE, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear) / white
+    delta = 6 / 29
+    f = torch.where(xyz > delta ** 3, xyz.clamp(min=delta ** 3) ** (1 / 3), xyz / (3 * delta ** 2) + 4 / 29)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+
+
+def lab_to_rgb(lab):
+    """CIE Lab (B, 3, H, W) under D65 -> sRGB float (B, 3, H, W) clamped to [0, 1]: rgb_to_lab's inverse (for
+    pictures of CMC's views; training never needs it)."""
+    l, a, b = lab.float().unbind(1)
+    fy = (l + 16) / 116
+    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
+    delta = 6 / 29
+    white = torch.tensor(_D65_WHITE, dtype=torch.float32, device=lab.device).view(1, 3, 1, 1)
+    xyz = torch.where(f > delta, f ** 3, 3 * delta ** 2 * (f - 4 / 29)) * white
+    inverse = torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64)).float().to(lab.device)
+    linear = torch.einsum("ij,bjhw->bihw", inverse, xyz).clamp(0, 1)
+    return torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear).clamp(0, 1)
+
+
+def cmc_views_to_rgb(l, ab, lightness=60.0):
+    """CMC's normalised views -> pictures (B, 3, S, S) in [0, 1]: L (B, 1, S, S) as grey levels, ab (B, 2, S, S)
+    as colour at a constant lightness."""
+    mean, std = _channels(LAB_MEAN, l.device), _channels(LAB_STD, l.device)
+    grey = (l.float() * std[:, :1] + mean[:, :1]).clamp(0, 100) / 100
+    chroma = ab.float() * std[:, 1:] + mean[:, 1:]
+    flat = torch.full_like(chroma[:, :1], lightness)
+    return grey.expand(-1, 3, -1, -1), lab_to_rgb(torch.cat([flat, chroma], dim=1))
+
+
+def normalize_lab(lab):
+    """Raw Lab (B, 3, H, W) -> (lab - LAB_MEAN) / LAB_STD per channel."""
+    return (lab - _channels(LAB_MEAN, lab.device)) / _channels(LAB_STD, lab.device)
 
 
 @functools.lru_cache(maxsize=None)

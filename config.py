@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from model import RESNETS, last_width
 from utils import UserError
 
-METHODS = ("amdim", "moco")
+METHODS = ("amdim", "moco", "cmc")
 ARCHS = ("amdim",) + RESNETS
 
 
@@ -129,7 +129,21 @@ METHOD_PARAMS = {
               allowed=AT_LEAST_0),
         Param("moco_contr_tau", float, 0.07, "contrastive temperature", hyphenated=True, allowed=POSITIVE),
     ),
+    # CMC keeps the seed's (HobbitLong/CMC) spellings. nce_m 1 would never move the memory bank.
+    "cmc": (
+        Param("feat_dim", int, 128, "embedding width of each view", allowed=AT_LEAST_1),
+        Param("nce_k", int, 4096, "negatives per sample, drawn from the memory bank", allowed=AT_LEAST_1),
+        Param("nce_t", float, 0.07, "temperature of the scores (the seed uses 0.1 on STL10)", allowed=POSITIVE),
+        Param("nce_m", float, 0.5, "memory bank momentum",
+              allowed=Range(minimum=0, below=1, why="1 never updates the memory bank")),
+        Param("softmax", bool, False, "cross-entropy over [positive, negatives] instead of NCE", switch=True),
+        Param("crop_low", float, 0.2, "RandomResizedCrop's smallest area fraction (the seed's 0.08 is for 224 px)",
+              allowed=Range(above=0, maximum=1)),
+    ),
 }
+# Hyperparameters no flag sets: filled in from the training data when the model is built (train.build_model).
+DERIVED = {"cmc": {"n_data": int, "rgb_mean": lambda v: [float(x) for x in v],
+                   "rgb_std": lambda v: [float(x) for x in v]}}
 ALL_PARAMS = AMDIM_ENCODER + tuple(p for params in METHOD_PARAMS.values() for p in params)
 
 
@@ -211,13 +225,15 @@ def normalise(stored):
         raise UserError(f"the checkpoint's method {hp['method']!r} / arch {hp['arch']!r} is unknown to this "
                         f"code; update the code or use a checkpoint of {', '.join(METHODS)}")
     wanted = params_of(hp["method"], hp["arch"])
+    derived = DERIVED.get(hp["method"], {})
     missing = [p.name for p in wanted if p.name not in hp] + \
-        [k for k in ("encoder_size", "n_classes") if k not in hp]
+        [k for k in ("encoder_size", "n_classes", *derived) if k not in hp]
     if missing:
         raise UserError(f"checkpoint hyperparams lack {', '.join(missing)}; it was not written by AMDIM code")
     out = dict(method=hp["method"], arch=hp["arch"], encoder_size=int(hp["encoder_size"]),
                n_classes=int(hp["n_classes"]))
     out.update({p.name: p.type(hp[p.name]) for p in wanted})
+    out.update({k: kind(hp[k]) for k, kind in derived.items()})
     return out
 
 

@@ -1,4 +1,5 @@
-"""The AMDIM objective: NCE infomax costs between global and local embeddings, and the classifiers' loss.
+"""The training costs: the AMDIM objective (NCE infomax costs between global and local embeddings), MoCo's
+alignment, uniformity and contrastive losses, CMC's memory-bank NCE, and the classifiers' loss.
 
 Pure functions of their inputs. Callers decide precision (the trainer runs these in float32) and, for
 multi-process training, pass target maps gathered from every process together with the offset of their own
@@ -143,3 +144,44 @@ def moco_contrastive_loss(q, k, queue, tau):
     pos = (q * k).sum(1, keepdim=True)                      # (N, 1)
     logits = torch.cat([pos, q @ queue.T], dim=1) / tau     # (N, 1 + K)
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CMC (Tian, Krishnan & Isola 2019): each view's features against the other view's memory bank. Rows and
+# features are L2-normalised; column 0 of every (B, K + 1) score matrix is the positive (the sample's own bank
+# row), columns 1..K are negatives drawn uniformly from the N rows of the bank.
+
+def cmc_scores(features, rows, t):
+    """exp(v . m / t) of each sample's feature against its K + 1 bank rows.
+
+    features: (B, D); rows: (B, K + 1, D) -> (B, K + 1)."""
+    return torch.exp(torch.einsum("bkd,bd->bk", rows, features) / t)
+
+
+def cmc_nce_loss(scores, n_data):
+    """CMC's NCE loss (the seed's NCECriterion) for one direction, noise distribution uniform over the n_data
+    bank rows: with P the scores already divided by the normalisation constant Z, K = columns - 1,
+
+        -[sum_b log(P_b0 / (P_b0 + K/N + 1e-7)) + sum_b sum_{k>=1} log((K/N) / (P_bk + K/N + 1e-7))] / B.
+
+    scores: (B, K + 1), positive in column 0 -> scalar."""
+    b, k = scores.shape[0], scores.shape[1] - 1
+    noise = k / n_data
+    pos, neg = scores[:, 0], scores[:, 1:]
+    log_d1 = torch.log(pos / (pos + noise + 1e-7))
+    log_d0 = torch.log(noise / (neg + noise + 1e-7))
+    return -(log_d1.sum() + log_d0.sum()) / b
+
+
+def nce_softmax_loss(logits):
+    """CMC's --softmax loss: cross-entropy over each row, the positive in column 0; mean over the batch.
+
+    logits: (B, K + 1) (the scores v . m / t before exp) -> scalar."""
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def memory_update(rows, features, momentum):
+    """CMC's bank update: normalise(momentum * row + (1 - momentum) * feature), row by row.
+
+    rows, features: (B, D) -> (B, D) unit rows."""
+    return F.normalize(momentum * rows + (1 - momentum) * features, dim=1)

@@ -6,7 +6,8 @@ The interface the training loop uses (train.py never asks which method it runs):
     forward(views, dist)      network outputs for a tuple of views (B, 3, S, S); out["logits"] holds the online
                               classifiers' (mlp, linear) logits on detached features of k views, (k*B, n_classes),
                               rows in view order, so the labels are the batch's repeated k times
-    loss_terms(out, dist)     named scalar loss terms (the loop runs this in float32 and sums them)
+    loss_terms(out, dist)     named scalar loss terms (the loop runs this in float32 and sums them); out["index"]
+                              holds the batch's dataset indices (B,) on the device (CMC's memory bank needs them)
     after_step(out, dist)     state updates after each optimizer step (momentum update, queue push)
     features(x)               (B, n_features) frozen features for the classifiers and kNN
     classify(x)               (mlp, linear) logits of the evaluation classifiers
@@ -22,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import costs
+from augment import normalize_lab, rgb_to_lab
 from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, projection_head
 
 
@@ -94,11 +96,12 @@ class AMDIM(Method):
         return self.encoder(x)[0].flatten(1)
 
 
-def make_backbone(hp):
-    """The backbone of a non-AMDIM method: image (B, 3, S, S) -> (B, width) features; .width gives width."""
+def make_backbone(hp, in_channels=3):
+    """The backbone of a non-AMDIM method: image (B, in_channels, S, S) -> (B, width) features; .width gives
+    width."""
     if hp["arch"] == "amdim":
-        return GlobalEncoder(hp["ndf"], hp["n_rkhs"], hp["n_depth"], hp["encoder_size"], hp["use_bn"])
-    return ResNetTrunk(hp["arch"], hp["encoder_size"])
+        return GlobalEncoder(hp["ndf"], hp["n_rkhs"], hp["n_depth"], hp["encoder_size"], hp["use_bn"], in_channels)
+    return ResNetTrunk(hp["arch"], hp["encoder_size"], in_channels)
 
 
 class MoCo(Method):
@@ -184,7 +187,120 @@ class MoCo(Method):
         return ["queue", "queue_ptr"]
 
 
-METHOD_CLASSES = {"amdim": AMDIM, "moco": MoCo}
+class CMC(Method):
+    """Contrastive Multiview Coding (Tian, Krishnan & Isola 2019), the seed's (HobbitLong/CMC) memory-bank NCE
+    between the L and ab channels of an image in Lab colour.
+
+    One backbone per view (1 and 2 input channels), each followed by a linear map to feat_dim and L2
+    normalisation. Each view has a memory bank, n_data x feat_dim, one row per training image (rows start uniform
+    in +-1/sqrt(feat_dim/3)): the L features are scored against the ab bank's rows and the ab features against
+    the L bank's, the sample's own row the positive and nce_k rows drawn uniformly (with replacement) the
+    negatives. After the optimizer step each sample's rows move towards its features (costs.memory_update). The
+    banks and the NCE normalisation constants z_l, z_ab (set at the first update) are buffers, so checkpoints
+    and exact resume carry them; every process applies the same gathered update to its whole bank.
+
+    The evaluation classifiers and kNN read cat(L backbone, ab backbone) pooled features of RGB images, which
+    features() converts to Lab: x arrives normalised by the training data's rgb_mean/rgb_std (hyperparams).
+    """
+    view_kind = "cmc"
+
+    def __init__(self, hp):
+        super().__init__(hp)
+        if hp.get("n_data", 0) < 1:
+            raise ValueError("CMC needs n_data, the training split's size (one memory bank row per image)")
+        self.backbone_l = make_backbone(hp, in_channels=1)
+        self.backbone_ab = make_backbone(hp, in_channels=2)
+        self.head_l = nn.Linear(self.backbone_l.width, hp["feat_dim"])
+        self.head_ab = nn.Linear(self.backbone_ab.width, hp["feat_dim"])
+        self.n_features = self.backbone_l.width + self.backbone_ab.width
+        bound = 1.0 / (hp["feat_dim"] / 3) ** 0.5
+        for name in ("memory_l", "memory_ab"):
+            self.register_buffer(name, torch.rand(hp["n_data"], hp["feat_dim"]).mul_(2 * bound).sub_(bound))
+        # NCE's normalisation constants; -1 until the first update sets them (the softmax loss never does).
+        self.register_buffer("z_l", torch.full((), -1.0))
+        self.register_buffer("z_ab", torch.full((), -1.0))
+        self.register_buffer("rgb_mean", torch.tensor(hp["rgb_mean"], dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("rgb_std", torch.tensor(hp["rgb_std"], dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+        self._z_known = None        # whether z_l / z_ab are set, read from the buffers once per process
+
+    def forward(self, views, dist=None):
+        """views: (L (B, 1, S, S), ab (B, 2, S, S)) -> {"l", "ab": (B, feat_dim) unit rows, "logits": classifier
+        logits on cat(L, ab) backbone features (B, n_classes)}."""
+        x_l, x_ab = views
+        h_l, h_ab = self.backbone_l(x_l), self.backbone_ab(x_ab)
+        return {"l": F.normalize(self.head_l(h_l), dim=1), "ab": F.normalize(self.head_ab(h_ab), dim=1),
+                "logits": self.evaluator(torch.cat([h_l, h_ab], dim=1))}
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._z_known = None        # loaded constants: read them again before the next update
+
+    def draw_indices(self, index):
+        """index: (B,) the batch's dataset indices -> (B, nce_k + 1) bank rows to score, column 0 the sample's
+        own (the positive), the rest drawn uniformly with replacement from torch's generator (which training
+        reseeds at every update, so a resumed run draws the same). One draw serves both directions."""
+        idx = torch.randint(0, self.hyperparams["n_data"], (index.shape[0], self.hyperparams["nce_k"] + 1),
+                            device=index.device)
+        idx[:, 0] = index
+        return idx
+
+    def loss_terms(self, out, dist):
+        """The L side (L features against the ab bank) and the ab side (ab features against the L bank), NCE or,
+        with softmax, cross-entropy. out["index"]: the batch's dataset indices (B,), which the loop adds."""
+        hp = self.hyperparams
+        idx = self.draw_indices(out["index"])
+        rows_ab, rows_l = self.memory_ab[idx].detach(), self.memory_l[idx].detach()     # (B, K + 1, feat_dim)
+        if hp["softmax"]:
+            logits_l = torch.einsum("bkd,bd->bk", rows_ab, out["l"]) / hp["nce_t"]
+            logits_ab = torch.einsum("bkd,bd->bk", rows_l, out["ab"]) / hp["nce_t"]
+            return {"cmc_l": costs.nce_softmax_loss(logits_l), "cmc_ab": costs.nce_softmax_loss(logits_ab)}
+        scores_l = costs.cmc_scores(out["l"], rows_ab, hp["nce_t"])
+        scores_ab = costs.cmc_scores(out["ab"], rows_l, hp["nce_t"])
+        self.set_normalisers(scores_l, scores_ab, dist)
+        return {"cmc_l": costs.cmc_nce_loss(scores_l / self.z_l, hp["n_data"]),
+                "cmc_ab": costs.cmc_nce_loss(scores_ab / self.z_ab, hp["n_data"])}
+
+    @torch.no_grad()
+    def set_normalisers(self, scores_l, scores_ab, dist):
+        """At the first update of the run only: Z = mean exp-score (all B x (K + 1), over every process) x N,
+        a constant from then on (the seed's NCEAverage)."""
+        if self._z_known is None:
+            self._z_known = bool(self.z_l > 0)          # one host sync per process, also after a resume
+        if self._z_known:
+            return
+        for z, scores in ((self.z_l, scores_l), (self.z_ab, scores_ab)):
+            mean = scores.float().mean().view(1)
+            mean = dist.all_gather(mean).mean() if dist is not None else mean[0]
+            z.copy_(mean * self.hyperparams["n_data"])
+        self._z_known = True
+
+    @torch.no_grad()
+    def after_step(self, out, dist):
+        """Move every process's samples' bank rows towards their features (before this step's optimizer step):
+        L bank <- L features, ab bank <- ab features."""
+        index, f_l, f_ab = out["index"], out["l"].detach(), out["ab"].detach()
+        if dist is not None:
+            index, f_l, f_ab = dist.all_gather(index), dist.all_gather(f_l), dist.all_gather(f_ab)
+        m = self.hyperparams["nce_m"]
+        for bank, feats in ((self.memory_l, f_l), (self.memory_ab, f_ab)):
+            bank[index] = costs.memory_update(bank[index], feats.to(bank.dtype), m)
+
+    def features(self, x):
+        """x: RGB (B, 3, S, S) normalised by rgb_mean/rgb_std -> cat(L, ab backbone features) (B, n_features)."""
+        rgb = (x.float() * self.rgb_std + self.rgb_mean).clamp(0, 1)
+        lab = normalize_lab(rgb_to_lab(rgb)).to(x.dtype)
+        return torch.cat([self.backbone_l(lab[:, :1]), self.backbone_ab(lab[:, 1:])], dim=1)
+
+    def ddp_ignored_state(self):
+        # Every process applies the same gathered update, so banks and constants stay identical without DDP's
+        # per-step broadcast of rank 0's buffers (2 x N x feat_dim floats).
+        return ["memory_l", "memory_ab", "z_l", "z_ab"]
+
+
+METHOD_CLASSES = {"amdim": AMDIM, "moco": MoCo, "cmc": CMC}
 
 
 def build(hp):
@@ -196,4 +312,6 @@ def view_kind(hp):
     """The augmentation a method's training views come from, without building the model (augment.make_views)."""
     if hp["method"] == "moco":
         return "moco_v2" if hp["aug_plus"] else "moco_v1"
+    if hp["method"] == "cmc":
+        return "cmc"
     return "amdim"

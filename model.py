@@ -123,21 +123,22 @@ def fixup_init(first, second, init_scale):
     nn.init.zeros_(second.weight)
 
 
-def _trunk(ndf, n_rkhs, n_depth, encoder_size, use_bn):
-    """The encoder's layer list for a given input size, and the index of its 7x7 tap (the BN? layer)."""
+def _trunk(ndf, n_rkhs, n_depth, encoder_size, use_bn, in_channels=3):
+    """The encoder's layer list for a given input size (in_channels image channels), and the index of its 7x7
+    tap (the BN? layer)."""
     def block(n_in, n_out, width, stride):
         return ConvResBlock(n_in, n_out, width, stride, 0, n_depth, use_bn)
 
     if encoder_size == 32:
         w = 4 * ndf
-        stem = [Conv3x3(3, ndf, 3, 1, 0), ConvResNxN(ndf, ndf, 1, 1, 0, use_bn),
+        stem = [Conv3x3(in_channels, ndf, 3, 1, 0), ConvResNxN(ndf, ndf, 1, 1, 0, use_bn),
                 block(ndf, 2 * ndf, 4, 2), block(2 * ndf, w, 2, 2)]
     elif encoder_size in (64, 128):
         w = 8 * ndf
         if encoder_size == 64:
-            stem = [Conv3x3(3, ndf, 3, 1, 0)]
+            stem = [Conv3x3(in_channels, ndf, 3, 1, 0)]
         else:  # a strided 5x5 conv takes 128 px to 64 px; the rest is the 64 px encoder
-            stem = [Conv3x3(3, ndf, 5, 2, 2, pad_mode="reflect"), Conv3x3(ndf, ndf, 3, 1, 0)]
+            stem = [Conv3x3(in_channels, ndf, 5, 2, 2, pad_mode="reflect"), Conv3x3(ndf, ndf, 3, 1, 0)]
         stem += [block(ndf, 2 * ndf, 4, 2), block(2 * ndf, 4 * ndf, 4, 2), block(4 * ndf, w, 2, 2)]
     else:
         raise ValueError(f"encoder_size must be one of {ENCODER_SIZES}, got {encoder_size}")
@@ -155,14 +156,15 @@ def last_width(ndf, encoder_size):
 
 
 class Encoder(nn.Module):
-    """Multiscale convolutional encoder: image -> (r1, r5, r7) embeddings."""
+    """Multiscale convolutional encoder: image (in_channels channels, 3 but for CMC's Lab views) -> (r1, r5, r7)
+    embeddings."""
 
-    def __init__(self, ndf=128, n_rkhs=1024, n_depth=3, encoder_size=32, use_bn=False):
+    def __init__(self, ndf=128, n_rkhs=1024, n_depth=3, encoder_size=32, use_bn=False, in_channels=3):
         super().__init__()
         if n_rkhs < last_width(ndf, encoder_size):
             raise ValueError(f"n_rkhs ({n_rkhs}) must be >= the last block's width "
                              f"({last_width(ndf, encoder_size)})")
-        layers, self.tap7 = _trunk(ndf, n_rkhs, n_depth, encoder_size, use_bn)
+        layers, self.tap7 = _trunk(ndf, n_rkhs, n_depth, encoder_size, use_bn, in_channels)
         self.tap5 = self.tap7 + 1
         self.layer_list = nn.ModuleList(layers)
         w = last_width(ndf, encoder_size)
@@ -175,7 +177,7 @@ class Encoder(nn.Module):
                 m.init_weights(init_scale)
 
     def forward(self, x):
-        """x: (B, 3, S, S) with S the encoder size -> r1 (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5),
+        """x: (B, in_channels, S, S) with S the encoder size -> r1 (B, n_rkhs, 1, 1), r5 (B, n_rkhs, 5, 5),
         r7 (B, n_rkhs, 7, 7)."""
         for i, layer in enumerate(self.layer_list):
             x = layer(x)
@@ -230,16 +232,16 @@ RESNETS = ("resnet18", "resnet50")
 
 
 class GlobalEncoder(nn.Module):
-    """AMDIM's encoder used as a plain backbone: image (B, 3, S, S) -> r1 flattened, (B, n_rkhs)."""
+    """AMDIM's encoder used as a plain backbone: image (B, in_channels, S, S) -> r1 flattened, (B, n_rkhs)."""
 
-    def __init__(self, ndf, n_rkhs, n_depth, encoder_size, use_bn):
+    def __init__(self, ndf, n_rkhs, n_depth, encoder_size, use_bn, in_channels=3):
         super().__init__()
-        self.encoder = Encoder(ndf, n_rkhs, n_depth, encoder_size, use_bn)
+        self.encoder = Encoder(ndf, n_rkhs, n_depth, encoder_size, use_bn, in_channels)
         self.encoder.init_weights()
         self.width = n_rkhs
 
     def forward(self, x):
-        """x: (B, 3, S, S) -> (B, n_rkhs)."""
+        """x: (B, in_channels, S, S) -> (B, n_rkhs)."""
         return self.encoder(x)[0].flatten(1)
 
 
@@ -249,23 +251,25 @@ class ResNetTrunk(nn.Module):
 
     For images of 64 px and less the stem is the usual small-image one (a 3x3 stride-1 first convolution and
     no max-pool), as CIFAR-sized ResNets use: the ImageNet stem would shrink a 32 px image to 8 px before the
-    first block.
+    first block. in_channels: the image's channels (3; CMC's L and ab views have 1 and 2).
     """
 
-    def __init__(self, arch, image_size):
+    def __init__(self, arch, image_size, in_channels=3):
         super().__init__()
         if arch not in RESNETS:
             raise ValueError(f"arch must be one of {RESNETS}, got {arch!r}")
         net = getattr(torchvision.models, arch)(weights=None)
         if image_size <= 64:
-            net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
+            net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 7, 2, 3, bias=False)
         self.width = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
 
     def forward(self, x):
-        """x: (B, 3, S, S) -> (B, width)."""
+        """x: (B, in_channels, S, S) -> (B, width)."""
         return self.net(x)
 
 

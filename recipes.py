@@ -5,6 +5,9 @@ method shares so that their evaluations compare.
            each milestone (the original code; one optimiser over encoder and online classifiers alike)
     moco   SGD momentum 0.9, weight decay 1e-4, lr 0.03 per 128 images of batch, x0.1 at epochs 120 and 160 of
            200, or --cos; the online classifiers train in a second parameter group (lr 0.1, no weight decay)
+    cmc    SGD momentum 0.9, weight decay 1e-4, lr 0.03 (not scaled with the batch, as the seed), x0.1 at epochs
+           250, 300 and 350 of 400 (the seed's commit; later versions: 120, 160, 200 of 240); the online
+           classifiers in their own group (lr 0.1, no weight decay)
     --classifiers (every method): AMDIM's Adam over the classifiers alone, no warm-up, x0.2 at each milestone
 
 The learning rate is a pure function of the training cursor (epoch, update), so a resumed run continues the
@@ -32,6 +35,7 @@ class Recipe:
 RECIPES = {
     "amdim": Recipe("adam", 2e-4, decay=0.2, warmup_updates=500, weight_decay=1e-5),
     "moco": Recipe("sgd", 0.03, lr_batch=128, decay=0.1, weight_decay=1e-4, classifier_lr=0.1),
+    "cmc": Recipe("sgd", 0.03, decay=0.1, weight_decay=1e-4, classifier_lr=0.1),
 }
 CLASSIFIER_RECIPE = Recipe("adam", 2e-4, decay=0.2, weight_decay=1e-5)
 
@@ -46,6 +50,8 @@ def default_schedule(phase, method, dataset):
         return {"IN128": (30, (15, 25)), "PLACES205": (15, (7, 12))}.get(dataset, (120, (80, 110)))
     if method == "moco":
         return 200, (120, 160)
+    if method == "cmc":
+        return 400, (250, 300, 350)
     return (50, (30, 45)) if dataset in ("IN128", "PLACES205") else (300, (250, 280))
 
 

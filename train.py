@@ -272,6 +272,13 @@ def build_model(args, ckpt, how, hp, splits, log):
             log.print(f"note: --moco-k {hp['moco_k']} is larger than the {len(splits.train)}-image training split; "
                       f"the queue is capped at {len(splits.train)} keys")
             hp["moco_k"] = len(splits.train)
+        if hp["method"] == "cmc":
+            # One memory bank row per training image; features() de-normalises RGB by the data's statistics.
+            mean, std = splits.mean_std
+            hp.update(n_data=len(splits.train), rgb_mean=[float(v) for v in mean], rgb_std=[float(v) for v in std])
+            if hp["nce_k"] >= hp["n_data"]:
+                log.print(f"warning: --nce_k {hp['nce_k']} is at least the {hp['n_data']}-image training split: "
+                          f"each sample's negatives repeat bank rows (and include its own)")
         return checkpoint.build_model(hp)
     model = checkpoint.model_from(ckpt)
     fresh_classifiers = how == "init" and args.phase == CLASSIFIERS
@@ -348,7 +355,7 @@ def setup(dist, args):
     hp = resolve_hyperparams(args, ckpt, encoder_size)
     # Classifiers train on the evaluation protocol's views (AMDIM's recipe) whichever method made the encoder.
     view_kind = methods.view_kind(hp) if args.phase == SELF_SUPERVISED else "amdim"
-    splits = load_data(args, dist, view_kind)
+    splits = load_data(args, dist, view_kind, hp.get("crop_low"))
     if len(splits.train) < args.batch_size:
         raise UserError(f"the {args.dataset} training split has {len(splits.train)} images, fewer than "
                         f"--batch_size {args.batch_size}; lower --batch_size")
@@ -377,14 +384,15 @@ def setup(dist, args):
     return run, epoch_so_far
 
 
-def load_data(args, dist, view_kind):
+def load_data(args, dist, view_kind, crop_low=None):
     """The splits, once every rank has them. The first use of a torchvision dataset downloads it, once per node
     (datasets.download_lock), for as long as it takes: the ranks wait for each other through the job's store,
     which has no timeout, not in a collective, which would give up after --dist_timeout."""
     try:
         splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
                                        aug=args.aug, skip_bad_images=args.skip_bad_images,
-                                       batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset)
+                                       batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset,
+                                       crop_low=crop_low)
     except UserError as e:
         if not dist.active:
             raise
@@ -416,11 +424,12 @@ def loss_terms(run, batch):
     Returns (terms, (logits, labels), out): the classifiers' logits with their rows' labels, and the method's
     outputs for its after-step hook (None in the classifier phase)."""
     args, dist, model = run.args, run.dist, run.model
-    views, y, _ = engine.training_views(batch, run.splits.batch_augment, dist.device, run.n_views,
-                                        args.memory_format)
+    views, y, index = engine.training_views(batch, run.splits.batch_augment, dist.device, run.n_views,
+                                            args.memory_format)
     if args.phase == SELF_SUPERVISED:
         with mp.autocast(dist.device, run.amp):
             out = run.step_model(views, dist)
+        out["index"] = index.to(dist.device, non_blocking=True)     # dataset indices, for methods with a bank
         with mp.float32(dist.device):
             out32 = mp.to_float32(out)
             terms = model.loss_terms(out32, dist)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+import augment
 import config
 import datasets
 import engine
@@ -37,16 +38,20 @@ def training_views(splits, indices, n_views, device):
 
 
 def grid(splits, n_images, n_views, device=torch.device("cpu"), seed=0):
-    """One row per image: the source image, then its n_views views, de-normalised to [0, 1] and centred on a
-    canvas of the largest size. Returns a float (3, H, W) image. Draws its randomness from a forked RNG, so the
-    training run's random stream is untouched."""
+    """One row per image: the source image, then its n_views views, de-normalised to [0, 1] (CMC's L view as grey
+    levels, its ab view as colour at constant lightness) and centred on a canvas of the largest size. Returns a
+    float (3, H, W) image. Draws its randomness from a forked RNG, so the training run's random stream is
+    untouched."""
     indices = list(range(min(n_images, len(splits.train))))
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         views = training_views(splits, indices, n_views, device)
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in splits.mean_std)
-    views = [(v * std + mean).clamp(0, 1) for v in views]
+    if [v.shape[1] for v in views] == [1, 2]:         # CMC: Lab's L and ab channels
+        views = list(augment.cmc_views_to_rgb(*views))
+    else:
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in splits.mean_std)
+        views = [(v * std + mean).clamp(0, 1) for v in views]
     size = max(max(v.shape[-1] for v in views), 1)
     sources = [F.interpolate(img[None].float() / 255, size=(size, size), mode="bilinear", antialias=True,
                              align_corners=False)[0] for img in originals(splits.train, indices)]

@@ -5,7 +5,7 @@ randomly initialised encoder (the baseline), all with the same small AMDIM encod
 so the methods compare on one backbone. Prints one row per seed, the mean/spread, and test.py --knn of each
 self-supervised encoder.
 
-    .venv/bin/python bench/digits_learning.py [--methods amdim moco] [--seeds 1 2 3 4 5] [--ss_epochs 30]
+    .venv/bin/python bench/digits_learning.py [--methods amdim moco cmc] [--seeds 1 2 3 4 5] [--ss_epochs 30]
 """
 import argparse
 import json
@@ -19,7 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--dataset", "DIGITS", "--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1",
          "--batch_size", "100", "--num_workers", "2", "--log_every", "100000", "--resume", "never"]
 # Each method's self-supervised flags beyond its defaults.
-METHOD_FLAGS = {"amdim": ["--warmup_updates", "50"], "moco": ["--method", "moco"]}
+# CMC: nce_k below DIGITS' 1500 training images. DIGITS is greyscale, so CMC's ab view is constant there: its
+# encoder can only learn what the L view alone lets the NCE tell apart (see the README).
+METHOD_FLAGS = {"amdim": ["--warmup_updates", "50"], "moco": ["--method", "moco"],
+                "cmc": ["--method", "cmc", "--nce_k", "1024"]}
 
 
 def last_record(run_dir):

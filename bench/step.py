@@ -29,6 +29,9 @@ CONFIGS = {
     "moco-amdim-small": ("moco", 32, 64, ["--arch", "amdim", "--ndf", "32", "--n_rkhs", "256", "--n_depth", "1"]),
     "moco-resnet18": ("moco", 32, 64, ["--arch", "resnet18"]),
     "moco-resnet50": ("moco", 128, 32, ["--arch", "resnet50", "--mlp"]),
+    "cmc-amdim-small": ("cmc", 32, 64, ["--arch", "amdim", "--ndf", "32", "--n_rkhs", "256", "--n_depth", "1"]),
+    "cmc-resnet18": ("cmc", 32, 64, ["--arch", "resnet18"]),
+    "cmc-resnet50": ("cmc", 128, 32, ["--arch", "resnet50"]),
 }
 VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
 DATASET_OF_SIZE = {32: "C10", 64: "STL10", 128: "IN128"}
@@ -69,12 +72,15 @@ def measure(config_name, variant, steps, warmup):
     hp = config.from_flags(args, size, n_classes=10)
     if method == "moco":
         hp["moco_k"] = 4096           # a queue of a CIFAR-sized run's order of magnitude
+    if method == "cmc":               # banks of a CIFAR-sized training split; nce_k stays the seed's 4096
+        hp.update(n_data=50000, rgb_mean=[0.5, 0.5, 0.5], rgb_std=[0.25, 0.25, 0.25])
     model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist)
     optimizer = recipes.make_optimizer(model, args)
     run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=2, amp=None,
                           splits=SimpleNamespace(batch_augment=None))
     g = torch.Generator().manual_seed(1)
-    batch_data = ((torch.randn(batch, 3, size, size, generator=g), torch.randn(batch, 3, size, size, generator=g)),
+    channels = (1, 2) if method == "cmc" else (3, 3)           # CMC's views: Lab's L and ab
+    batch_data = (tuple(torch.randn(batch, c, size, size, generator=g) for c in channels),
                   torch.randint(0, 10, (batch,), generator=g), torch.arange(batch))
 
     def step():

@@ -14,6 +14,7 @@ import augment
 from utils import UserError
 
 N = 1500
+RGB_KINDS = tuple(k for k in augment.VIEW_KINDS if k != "cmc")     # CMC's views are Lab channels (test_cmc_*)
 
 
 def _images(n, size, seed=0):
@@ -153,7 +154,7 @@ def test_every_path_normalises_with_the_original_constants(recipe):
     # is -mean / std, per image and batched, for every method's views.
     black = (0 - mean) / std
     torch.manual_seed(12)
-    for kind in augment.VIEW_KINDS:
+    for kind in RGB_KINDS:
         views = augment.make_views(kind, recipe)(Image.new("RGB", (size, size)))
         views += augment.make_views(kind, recipe, batched=True)(torch.zeros(4, 3, size, size, dtype=torch.uint8))
         for v in views:
@@ -329,7 +330,7 @@ def test_blur_sigma_is_drawn_per_sample_and_applied_with_p():
     assert abs(blurred.float().mean() - 0.5) < 0.06
 
 
-@pytest.mark.parametrize("kind", augment.VIEW_KINDS)
+@pytest.mark.parametrize("kind", RGB_KINDS)
 def test_make_views_returns_the_documented_callables(kind):
     torch.manual_seed(10)
     img = Image.fromarray(_images(1, 96)[0].permute(1, 2, 0).numpy())
@@ -364,3 +365,91 @@ def test_policy_file_skips_comments_and_names_its_problems(tmp_path):
         augment.fast_autoaugment_policy(str(bad))
     with pytest.raises(UserError, match="missing"):
         augment.fast_autoaugment_policy(str(tmp_path / "absent.txt"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CMC: Lab views.
+
+def _f(t):
+    delta = 6 / 29
+    return t ** (1 / 3) if t > delta ** 3 else t / (3 * delta ** 2) + 4 / 29
+
+
+def _naive_lab(r, g, b):
+    """One sRGB pixel (floats in [0, 1]) -> (L, a, b) under D65, written out term by term."""
+    linear = [((c + 0.055) / 1.055) ** 2.4 if c > 0.04045 else c / 12.92 for c in (r, g, b)]
+    m = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+    x, y, z = (sum(m[i][j] * linear[j] for j in range(3)) for i in range(3))
+    fx, fy, fz = _f(x / 0.95047), _f(y / 1.0), _f(z / 1.08883)
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+def _lab_test_pixels():
+    """uint8 (1, 3, 8, 8) random pixels plus black, white, the primaries and a dark grey in the linear segment."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (1, 3, 8, 8), generator=g, dtype=torch.uint8)
+    special = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [2, 2, 2]],
+                           dtype=torch.uint8)
+    x[0, :, 0, :6] = special.T
+    return x
+
+
+def test_rgb_to_lab_matches_the_naive_formula():
+    x = _lab_test_pixels()
+    got = augment.rgb_to_lab(x)
+    assert got.shape == (1, 3, 8, 8) and got.dtype == torch.float32
+    for i in range(8):
+        for j in range(8):
+            ref = _naive_lab(*(x[0, c, i, j].item() / 255 for c in range(3)))
+            assert got[0, :, i, j].tolist() == pytest.approx(ref, abs=1e-3), (i, j)
+    # Float input in [0, 1] is the same image.
+    assert torch.allclose(augment.rgb_to_lab(x.float() / 255), got)
+    assert got[0, :, 0, 0].tolist() == pytest.approx([0, 0, 0], abs=1e-3)
+    assert got[0, :, 0, 1].tolist() == pytest.approx([100, 0, 0], abs=1e-2)
+
+
+def test_rgb_to_lab_matches_scikit_image():
+    color = pytest.importorskip("skimage.color")
+    x = _lab_test_pixels()
+    ref = color.rgb2lab(x[0].permute(1, 2, 0).numpy())          # uint8 HWC, as the seed calls it
+    got = augment.rgb_to_lab(x)[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - ref).max() < 1e-3
+
+
+def test_cmc_views_are_normalised_lab_channels_of_one_shared_crop():
+    """Per image and batched: (L (1, S, S), ab (2, S, S)); a constant image gives its normalised Lab everywhere
+    whatever the crop and flip; L and ab come from one crop (a left-right split image stays split alike)."""
+    torch.manual_seed(4)
+    colour = torch.tensor([200, 30, 90], dtype=torch.uint8)
+    lab = augment.normalize_lab(augment.rgb_to_lab(colour.view(1, 3, 1, 1)))[0]
+    views = augment.make_views("cmc", "stl")(Image.new("RGB", (96, 80), tuple(colour.tolist())))
+    assert [v.shape for v in views] == [(1, 64, 64), (2, 64, 64)]
+    batched = augment.make_views("cmc", "stl", batched=True)(colour.view(1, 3, 1, 1).expand(5, 3, 96, 80))
+    assert [v.shape for v in batched] == [(5, 1, 64, 64), (5, 2, 64, 64)]
+    for v in (torch.cat(views)[None], torch.cat(batched, 1)):
+        assert torch.allclose(v, lab.view(1, 3, 1, 1).expand_as(v), atol=1e-4)
+    assert len(augment.make_views("cmc", "cifar", batched=True)(_images(2, 32), n_views=1)) == 1
+    # Left half white, right half black: L and a/b must agree on which side each output pixel came from.
+    img = torch.zeros(400, 3, 48, 48, dtype=torch.uint8)
+    img[:, 0, :, :24] = 255          # red left (L > 0, a > 0), black right
+    big_l, ab = augment.make_views("cmc", "cifar", batched=True, crop_low=0.3)(img)
+    red_by_l = big_l[:, 0] > augment.normalize_lab(torch.zeros(1, 3, 1, 1))[0, 0] + 0.5
+    red_by_a = ab[:, 0] > 0.5
+    # Pixels resampled across the edge mix both colours, and L and a cross their thresholds at different mixes.
+    assert (red_by_l == red_by_a).float().mean() > 0.97
+    left = red_by_l[:, :, :4].float().mean(dim=(1, 2)) > red_by_l[:, :, -4:].float().mean(dim=(1, 2))
+    assert 0.4 < left.float().mean().item() < 0.6            # flipped half the time
+
+
+def test_lab_normalisation_constants_are_the_seeds():
+    assert augment.LAB_MEAN == pytest.approx((50, 6.025, -6.6895))
+    assert augment.LAB_STD == pytest.approx((50, 92.208, 101.1675))
+
+
+def test_lab_to_rgb_inverts_rgb_to_lab_and_view_pictures_have_three_channels():
+    x = torch.rand(2, 3, 6, 6)
+    assert torch.allclose(augment.lab_to_rgb(augment.rgb_to_lab(x)), x, atol=1e-4)
+    views = augment.make_views("cmc", "cifar", batched=True)(_images(3, 40))
+    grey, colour = augment.cmc_views_to_rgb(*views)
+    assert grey.shape == colour.shape == (3, 3, 32, 32)
+    assert 0 <= grey.min() and grey.max() <= 1 and 0 <= colour.min() and colour.max() <= 1

@@ -130,3 +130,72 @@ def test_classifier_loss_without_labels_is_finite_penalty_only():
     assert loss.item() == pytest.approx(1e-3 * logits.pow(2).mean().item(), rel=1e-6)
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CMC
+
+def naive_cmc_nce(scores, n_data):
+    """Loop over every row and column: the seed's NCECriterion written out."""
+    b, width = scores.shape
+    k = width - 1
+    pn = 1.0 / n_data
+    total = 0.0
+    for i in range(b):
+        pos = scores[i, 0]
+        total = total + torch.log(pos / (pos + k * pn + 1e-7))
+        for j in range(1, width):
+            total = total + torch.log((k * pn) / (scores[i, j] + k * pn + 1e-7))
+    return -total / b
+
+
+def test_cmc_nce_loss_matches_naive_loops_values_and_gradients():
+    g = torch.Generator().manual_seed(5)
+    scores = torch.rand(4, 7, generator=g, dtype=torch.float64).mul(3).add(0.01).requires_grad_()
+    for n_data in (10, 1000):
+        got, ref = costs.cmc_nce_loss(scores, n_data), naive_cmc_nce(scores, n_data)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+        grad, = torch.autograd.grad(got, scores)
+        grad_ref, = torch.autograd.grad(ref, scores)
+        assert torch.allclose(grad, grad_ref, rtol=1e-10)
+
+
+def test_nce_softmax_loss_matches_naive_loops_values_and_gradients():
+    g = torch.Generator().manual_seed(6)
+    logits = (5 * torch.randn(3, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    ref = sum(torch.log(sum(torch.exp(logits[i, j]) for j in range(6))) - logits[i, 0] for i in range(3)) / 3
+    got = costs.nce_softmax_loss(logits)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(torch.autograd.grad(got, logits)[0], torch.autograd.grad(ref, logits)[0], rtol=1e-10)
+
+
+def test_cmc_scores_are_exp_dot_over_t_per_row():
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    rows = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    got = costs.cmc_scores(features, rows, 0.07)
+    for i in range(3):
+        for j in range(4):
+            dot = sum(features[i, d] * rows[i, j, d] for d in range(5))
+            assert got[i, j].item() == pytest.approx(math.exp(dot.item() / 0.07), rel=1e-12)
+
+
+def test_memory_update_matches_naive_loops_and_writes_unit_rows():
+    g = torch.Generator().manual_seed(8)
+    rows = torch.nn.functional.normalize(torch.randn(4, 6, generator=g, dtype=torch.float64), dim=1)
+    features = torch.nn.functional.normalize(torch.randn(4, 6, generator=g, dtype=torch.float64), dim=1)
+    features.requires_grad_()
+    got = costs.memory_update(rows, features, 0.5)
+    for i in range(4):
+        mixed = [0.5 * rows[i, d] + 0.5 * features[i, d] for d in range(6)]
+        norm = math.sqrt(sum(v.item() ** 2 for v in mixed))
+        assert got[i].tolist() == pytest.approx([v.item() / norm for v in mixed], rel=1e-12)
+    assert torch.allclose(got.norm(dim=1), torch.ones(4, dtype=torch.float64))
+    # Momentum 0 writes the (normalised) feature; momentum 1 keeps the row.
+    assert torch.allclose(costs.memory_update(rows, features, 0.0), features)
+    assert torch.allclose(costs.memory_update(rows, features, 1.0), rows)
+    # Gradients flow like the naive expression's (the method calls it on detached features).
+    ref = torch.nn.functional.normalize(0.5 * rows + 0.5 * features, dim=1)
+    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    assert torch.allclose(torch.autograd.grad((got * w).sum(), features)[0],
+                          torch.autograd.grad((ref * w).sum(), features)[0])

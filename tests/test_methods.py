@@ -19,6 +19,7 @@ AMDIM_ENCODER = ["--arch", "amdim", "--ndf", "8", "--n_rkhs", "32", "--n_depth",
 TINY_FLAGS = {
     "amdim": AMDIM_ENCODER + ["--warmup_updates", "5"],
     "moco": AMDIM_ENCODER + ["--method", "moco", "--moco-k", "300", "--moco-dim", "16", "--moco-contr-w", "1"],
+    "cmc": AMDIM_ENCODER + ["--method", "cmc", "--nce_k", "64", "--feat_dim", "16"],
 }
 ORIGINAL = os.path.join(ROOT, "tests", "fixtures", "amdim_original_c10_tiny.pth")
 

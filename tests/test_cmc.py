@@ -1,0 +1,239 @@
+"""CMC: the method's memory banks, negatives and NCE constants against direct computations with costs.py, the
+state a checkpoint carries, the config and recipe, and two gloo processes whose banks stay identical."""
+import os
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+import checkpoint
+import config
+import costs
+import methods
+import recipes
+import utils
+
+N_DATA, FEAT, K = 20, 8, 6
+
+
+def _hp(**over):
+    hp = dict(method="cmc", arch="amdim", encoder_size=32, n_classes=3, ndf=8, n_rkhs=32, n_depth=1, use_bn=False,
+              feat_dim=FEAT, nce_k=K, nce_t=0.07, nce_m=0.5, softmax=False, crop_low=0.2, n_data=N_DATA,
+              rgb_mean=[0.5, 0.4, 0.3], rgb_std=[0.2, 0.25, 0.3])
+    hp.update(over)
+    return hp
+
+
+def _views(b, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 1, 32, 32, generator=g), torch.randn(b, 2, 32, 32, generator=g)
+
+
+def _out(feats_l, feats_ab, index):
+    return {"l": feats_l, "ab": feats_ab, "index": index}
+
+
+def _unit(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def test_banks_start_uniform_within_the_seeds_bound_and_the_constants_unset():
+    torch.manual_seed(0)
+    cmc = methods.CMC(_hp(n_data=5000))
+    bound = 1 / (FEAT / 3) ** 0.5
+    for bank in (cmc.memory_l, cmc.memory_ab):
+        assert bank.shape == (5000, FEAT)
+        assert bank.abs().max() <= bound and bank.abs().max() > 0.99 * bound
+        assert abs(bank.mean().item()) < 0.01 and bank.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.02)
+    assert not torch.equal(cmc.memory_l, cmc.memory_ab)
+    assert cmc.z_l.item() < 0 and cmc.z_ab.item() < 0
+
+
+def test_column_0_is_always_the_positive_and_negatives_cover_the_bank():
+    torch.manual_seed(1)
+    cmc = methods.CMC(_hp())
+    index = torch.tensor([3, 0, 19, 7])
+    seen = set()
+    for _ in range(50):
+        idx = cmc.draw_indices(index)
+        assert idx.shape == (4, K + 1) and torch.equal(idx[:, 0], index)
+        assert idx.min() >= 0 and idx.max() < N_DATA
+        seen |= set(idx[:, 1:].flatten().tolist())
+    assert seen == set(range(N_DATA))
+
+
+def test_nce_terms_score_each_view_against_the_other_bank_and_fix_z_at_the_first_update():
+    torch.manual_seed(2)
+    cmc = methods.CMC(_hp())
+    f_l, f_ab, index = _unit(4, FEAT, 3), _unit(4, FEAT, 4), torch.tensor([1, 5, 9, 2])
+    torch.manual_seed(10)
+    terms = cmc.loss_terms(_out(f_l, f_ab, index), utils.Dist())
+    torch.manual_seed(10)
+    idx = cmc.draw_indices(index)
+    s_l = costs.cmc_scores(f_l, cmc.memory_ab[idx], 0.07)           # L features against the ab bank
+    s_ab = costs.cmc_scores(f_ab, cmc.memory_l[idx], 0.07)
+    z_l, z_ab = s_l.mean().item() * N_DATA, s_ab.mean().item() * N_DATA
+    assert cmc.z_l.item() == pytest.approx(z_l, rel=1e-6) and cmc.z_ab.item() == pytest.approx(z_ab, rel=1e-6)
+    assert terms["cmc_l"].item() == pytest.approx(costs.cmc_nce_loss(s_l / z_l, N_DATA).item(), rel=1e-5)
+    assert terms["cmc_ab"].item() == pytest.approx(costs.cmc_nce_loss(s_ab / z_ab, N_DATA).item(), rel=1e-5)
+    # Later updates keep the constants, also in a model rebuilt from a checkpoint's state.
+    cmc.loss_terms(_out(_unit(4, FEAT, 5), _unit(4, FEAT, 6), index), utils.Dist())
+    assert cmc.z_l.item() == pytest.approx(z_l, rel=1e-6)
+    resumed = checkpoint.model_from({"model": cmc.state_dict(), "hyperparams": cmc.hyperparams})
+    assert resumed.z_l.item() == cmc.z_l.item() and resumed.z_ab.item() == cmc.z_ab.item()
+    resumed.loss_terms(_out(_unit(4, FEAT, 7), _unit(4, FEAT, 8), index), utils.Dist())
+    assert resumed.z_l.item() == cmc.z_l.item() and resumed.z_ab.item() == cmc.z_ab.item()
+    # A model that has set its constants and then loads a state without them sets them again at its next update.
+    cmc.load_state_dict(methods.CMC(_hp()).state_dict())
+    assert cmc.z_l.item() < 0
+    terms = cmc.loss_terms(_out(f_l, f_ab, index), utils.Dist())
+    assert cmc.z_l.item() > 0 and cmc.z_ab.item() > 0 and all(torch.isfinite(v) for v in terms.values())
+
+
+def test_softmax_terms_are_cross_entropy_over_positive_and_negatives():
+    torch.manual_seed(3)
+    cmc = methods.CMC(_hp(softmax=True))
+    f_l, f_ab, index = _unit(3, FEAT, 9), _unit(3, FEAT, 10), torch.tensor([4, 8, 0])
+    torch.manual_seed(11)
+    terms = cmc.loss_terms(_out(f_l, f_ab, index), utils.Dist())
+    torch.manual_seed(11)
+    idx = cmc.draw_indices(index)
+    logits_l = torch.log(costs.cmc_scores(f_l, cmc.memory_ab[idx], 0.07))
+    assert terms["cmc_l"].item() == pytest.approx(costs.nce_softmax_loss(logits_l).item(), rel=1e-5)
+    assert cmc.z_l.item() < 0                                       # the softmax loss has no constant
+
+
+def test_bank_update_writes_the_batchs_rows_only_and_keeps_them_unit():
+    torch.manual_seed(4)
+    cmc = methods.CMC(_hp())
+    f_l, f_ab, index = _unit(3, FEAT, 12), _unit(3, FEAT, 13), torch.tensor([2, 11, 17])
+    before_l, before_ab = cmc.memory_l.clone(), cmc.memory_ab.clone()
+    cmc.after_step(_out(f_l, f_ab, index), utils.Dist())
+    assert torch.allclose(cmc.memory_l[index], costs.memory_update(before_l[index], f_l, 0.5))
+    assert torch.allclose(cmc.memory_ab[index], costs.memory_update(before_ab[index], f_ab, 0.5))
+    assert torch.allclose(cmc.memory_l[index].norm(dim=1), torch.ones(3))
+    others = torch.ones(N_DATA, dtype=torch.bool)
+    others[index] = False
+    assert torch.equal(cmc.memory_l[others], before_l[others]) and torch.equal(cmc.memory_ab[others],
+                                                                              before_ab[others])
+
+
+def test_forward_gives_unit_embeddings_and_features_read_both_backbones():
+    torch.manual_seed(5)
+    cmc = methods.CMC(_hp())
+    out = cmc(_views(4, 14), utils.Dist())
+    assert out["l"].shape == (4, FEAT) and torch.allclose(out["l"].norm(dim=1), torch.ones(4))
+    assert out["ab"].shape == (4, FEAT) and torch.allclose(out["ab"].norm(dim=1), torch.ones(4))
+    assert out["logits"][0].shape == (4, 3)
+    assert cmc.backbone_l.encoder.layer_list[0].conv.in_channels == 1
+    assert cmc.backbone_ab.encoder.layer_list[0].conv.in_channels == 2
+    assert cmc.features(torch.randn(4, 3, 32, 32)).shape == (4, cmc.n_features) and cmc.n_features == 64
+
+
+def test_config_recipe_and_schedule():
+    import train
+    args = train.parse_args(["--dataset", "C10", "--method", "cmc", "--nce_k", "16384", "--softmax",
+                             "--crop_low", "0.08"])
+    hp = config.from_flags(args, 32, 10)
+    assert hp["arch"] == "resnet18" and hp["nce_k"] == 16384 and hp["softmax"] is True and hp["crop_low"] == 0.08
+    assert hp["feat_dim"] == 128 and hp["nce_t"] == 0.07 and hp["nce_m"] == 0.5
+    with pytest.raises(SystemExit):
+        train.parse_args(["--method", "cmc", "--nce_m", "1"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--method", "cmc", "--crop_low", "0"])
+    assert methods.view_kind(hp) == "cmc"
+    args.phase = recipes.SELF_SUPERVISED
+    assert recipes.schedule(args, "cmc") == (400, (250, 300, 350))
+    args.epochs = 240
+    assert recipes.schedule(args, "cmc") == (240, (150, 180, 210))
+    assert recipes.base_lr(args, "cmc") == 0.03
+    stored = config.normalise(_hp())
+    assert stored["n_data"] == N_DATA and stored["rgb_std"] == [0.2, 0.25, 0.3]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two gloo processes.
+
+WORLD, N_LOCAL, STEPS = 2, 3, 4
+
+
+def _batch(step):
+    """The global batch of one update: features (WORLD * N_LOCAL, FEAT) of both views and distinct indices."""
+    index = torch.randperm(N_DATA, generator=torch.Generator().manual_seed(step))[:WORLD * N_LOCAL]
+    return _unit(WORLD * N_LOCAL, FEAT, 100 + step), _unit(WORLD * N_LOCAL, FEAT, 200 + step), index
+
+
+def _rank(rank, port, result_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    torch.manual_seed(0)
+    cmc = methods.CMC(_hp())
+    mine = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+    for step in range(STEPS):
+        f_l, f_ab, index = _batch(step)
+        torch.manual_seed(1000 * step + rank)           # each rank draws its own negatives, as training does
+        out = _out(f_l[mine], f_ab[mine], index[mine])
+        cmc.loss_terms(out, dist)
+        cmc.after_step(out, dist)
+    torch.save({"memory_l": cmc.memory_l, "memory_ab": cmc.memory_ab, "z_l": cmc.z_l, "z_ab": cmc.z_ab},
+               os.path.join(result_dir, f"rank{rank}.pt"))
+    tdist.destroy_process_group()
+
+
+def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
+    mp.spawn(_rank, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
+        assert torch.equal(results[0][key], results[1][key]), key
+    assert results[0]["z_l"].item() > 0
+    torch.manual_seed(0)
+    single = methods.CMC(_hp())
+    for step in range(STEPS):
+        f_l, f_ab, index = _batch(step)
+        single.after_step(_out(f_l, f_ab, index), utils.Dist())
+    assert torch.allclose(results[0]["memory_l"], single.memory_l, atol=1e-6)
+    assert torch.allclose(results[0]["memory_ab"], single.memory_ab, atol=1e-6)
+
+
+def _rank_training(rank, port, result_dir):
+    """Three real train.update calls of a tiny CMC run under DDP (gloo), on the loader's batches.
+
+    On resnet18, not the AMDIM encoder: as a backbone that one leaves its 5x5 and 7x7 heads without gradients,
+    which DistributedDataParallel refuses from the second update on (so do MoCo --arch amdim runs)."""
+    import train
+    from test_methods import BASE
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
+    args = train.parse_args(BASE + ["--method", "cmc", "--arch", "resnet18", "--nce_k", "64", "--feat_dim", "16",
+                                    "--batch_size", "16", "--output_dir", result_dir, "--run_name", "ddp"])
+    utils.seed_everything(args.seed)
+    run, _ = train.setup(dist, args)
+    start = {k: getattr(run.model, k).clone() for k in ("memory_l", "memory_ab")}
+    seen = []
+    for _, batch in zip(range(3), train.make_loaders(run)):
+        values, stop = train.update(run, batch, epoch=0)
+        assert values is not None and not stop
+        seen.append(batch[2])
+    torch.save({"start": start, "seen": torch.cat(seen), "memory_l": run.model.memory_l,
+                "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab},
+               os.path.join(result_dir, f"train{rank}.pt"))
+    run.log.close()
+    tdist.destroy_process_group()
+
+
+def test_two_process_training_keeps_both_banks_identical(tmp_path):
+    mp.spawn(_rank_training, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    a, b = (torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(WORLD))
+    for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["z_l"].item() > 0 and a["z_ab"].item() > 0
+    # Every row either process's batches touched moved (to unit length); the others kept their initial values.
+    touched = torch.zeros(a["memory_l"].shape[0], dtype=torch.bool)
+    touched[torch.cat([a["seen"], b["seen"]])] = True
+    for key in ("memory_l", "memory_ab"):
+        assert torch.allclose(a[key][touched].norm(dim=1), torch.ones(int(touched.sum())), atol=1e-5)
+        assert torch.equal(a[key][~touched], a["start"][key][~touched])
+        assert not torch.equal(a[key][touched], a["start"][key][touched])
