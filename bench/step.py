@@ -20,6 +20,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import host     # bench/host.py: the CPU model and matmul rate every table prints
+
 # name: (method, image size, batch, model flags). The three AMDIM configs are the 32 px ones quoted in issue 5
 # (0.353, 1.59 and 7.1 GFLOP per image pair); "default" is the original's model defaults.
 CONFIGS = {
@@ -35,19 +37,6 @@ CONFIGS = {
 }
 VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
 DATASET_OF_SIZE = {32: "C10", 64: "STL10", 128: "IN128"}
-
-
-def matmul_gflops(n=4096, repeats=5):
-    """This machine's float32 matrix-multiply rate (median of repeats), GFLOP/s."""
-    import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def measure(config_name, variant, steps, warmup):
@@ -121,10 +110,8 @@ def main():
     if args.one:
         print(json.dumps(measure(*args.one, args.steps, args.warmup)))
         return
-    import torch
-    rate = matmul_gflops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul (4096^3): "
-          f"{rate:.1f} GFLOP/s")
+    line, rate = host.header()
+    print(line)
     print(f"{'config (method, px, batch, flags)':<38} {'variant':<22} {'img/s median':>12} {'min-max':>13} "
           f"{'GFLOP/pair':>10} {'GFLOP/s':>8} {'% of mm':>7} {'peak RSS':>9}")
     for config in args.configs:
