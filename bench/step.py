@@ -55,7 +55,7 @@ def measure(config_name, variant, steps, warmup):
     method, size, batch, flags = CONFIGS[config_name]
     args = train.parse_args(["--dataset", DATASET_OF_SIZE[size], "--method", method, "--batch_size", str(batch),
                              "--memory_format", "channels_last" if "channels_last" in variant else "contiguous",
-                             *flags] + (["--compile"] if variant.startswith("compile") else []))
+                             *flags])
     dist = utils.Dist()
     torch.manual_seed(0)
     hp = config.from_flags(args, size, n_classes=10)
@@ -63,7 +63,8 @@ def measure(config_name, variant, steps, warmup):
         hp["moco_k"] = 4096           # a queue of a CIFAR-sized run's order of magnitude
     if method == "cmc":               # banks of a CIFAR-sized training split; nce_k stays the seed's 4096
         hp.update(n_data=50000, rgb_mean=[0.5, 0.5, 0.5], rgb_std=[0.25, 0.25, 0.25])
-    model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist)
+    model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist,
+                                            compile_step=variant.startswith("compile"))
     optimizer = recipes.make_optimizer(model, args)
     run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=2, amp=None,
                           splits=SimpleNamespace(batch_augment=None))
@@ -73,7 +74,7 @@ def measure(config_name, variant, steps, warmup):
                   torch.randint(0, 10, (batch,), generator=g), torch.arange(batch))
 
     def step():
-        terms, _, out = train.loss_terms(run, batch_data)
+        terms, _, out = train.loss_terms(run, batch_data, shared_seed=0)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,7 +91,7 @@ def measure(config_name, variant, steps, warmup):
         times.append(time.perf_counter() - t0)
     run.step_model = model                          # eager model: the counter sees every op
     with FlopCounterMode(display=False) as counter:
-        terms, _, _ = train.loss_terms(run, batch_data)
+        terms, _, _ = train.loss_terms(run, batch_data, shared_seed=0)
         sum(terms.values()).backward()
     flops_per_pair = counter.get_total_flops() / batch
     rates = [batch / t for t in times]
