@@ -301,6 +301,8 @@ def _rank_sinkhorn(rank, port, result_dir):
     my_queue = queue[rank * QUEUE_LOCAL:(rank + 1) * QUEUE_LOCAL]
     out = {"batch": costs.sinkhorn(mine, EPSILON, ITERS, dist),
            "queue": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, ITERS, dist),
+           # No iteration: Q / total * N, where N counts every process's rows (with more it cancels out).
+           "no_iteration": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, 0, dist),
            "sum": dist.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]))}
     torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
     tdist.destroy_process_group()
@@ -315,11 +317,14 @@ def test_two_processes_give_the_codes_of_one_process_on_the_whole_batch(tmp_path
     rows = [torch.cat([queue[r * QUEUE_LOCAL:(r + 1) * QUEUE_LOCAL], batch[r * N_LOCAL:(r + 1) * N_LOCAL]])
             for r in range(WORLD)]
     whole_with_queue = costs.sinkhorn(torch.cat(rows), EPSILON, ITERS)
+    whole_no_iteration = costs.sinkhorn(torch.cat(rows), EPSILON, 0)
     per_rank = QUEUE_LOCAL + N_LOCAL
     for r, result in enumerate(results):
         assert torch.equal(result["sum"], torch.tensor([3.0, 10.0]))
         assert torch.allclose(result["batch"], whole[r * N_LOCAL:(r + 1) * N_LOCAL], atol=1e-6), r
         assert torch.allclose(result["queue"], whole_with_queue[r * per_rank:(r + 1) * per_rank], atol=1e-6), r
+        assert torch.allclose(result["no_iteration"], whole_no_iteration[r * per_rank:(r + 1) * per_rank],
+                              rtol=1e-5), r
         # The sums over processes matter: this rank's rows alone give other codes.
         alone = costs.sinkhorn(batch[r * N_LOCAL:(r + 1) * N_LOCAL], EPSILON, ITERS)
         assert (result["batch"] - alone).abs().max() > 1e-3, r
