@@ -232,6 +232,21 @@ def test_larc_matches_its_formula_over_steps():
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.05, 0.2]
 
 
+def test_larc_scales_float32_and_float64_parameters_of_one_group_each_by_its_own_norms():
+    ws = [torch.nn.Parameter(_uniform((3, 3), 20, dtype=torch.float32)), torch.nn.Parameter(_uniform((4,), 21))]
+    gs = [_uniform((3, 3), 22, dtype=torch.float32), _uniform((4,), 23)]
+    before = [w.detach().clone() for w in ws]
+    optimizer = larc.LARC(ws, lr=0.5, weight_decay=0.1, trust_coefficient=0.05)
+    for w, g in zip(ws, gs):
+        w.grad = g.clone()
+    optimizer.step()
+    for w, w0, g in zip(ws, before, gs):
+        a = 0.05 * _norm(w0) / (_norm(g) + 0.1 * _norm(w0) + 1e-8)
+        expected = w0.double() - 0.5 * a * (g.double() + 0.1 * w0.double())
+        assert w.dtype == w0.dtype
+        assert torch.allclose(w.detach().double(), expected, rtol=1e-6 if w.dtype == torch.float32 else 1e-12)
+
+
 def test_larc_default_trust_coefficient_is_the_seeds():
     w = torch.nn.Parameter(_uniform((4, 4), 1))
     optimizer = larc.LARC([w], lr=0.3, weight_decay=1e-6)
