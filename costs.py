@@ -1,9 +1,11 @@
 """The training costs: the AMDIM objective (NCE infomax costs between global and local embeddings), MoCo's
-alignment, uniformity and contrastive losses, CMC's memory-bank NCE, and the classifiers' loss.
+alignment, uniformity and contrastive losses, CMC's memory-bank NCE, SwAV's Sinkhorn codes and swapped
+prediction loss, and the classifiers' loss.
 
-Pure functions of their inputs. Callers decide precision (the trainer runs these in float32) and, for
-multi-process training, pass target maps gathered from every process together with the offset of their own
-samples in that global batch.
+Pure functions of their inputs. Callers decide precision (the trainer runs these in float32; sinkhorn alone
+computes in float32 whatever it is given) and, for multi-process training, pass target maps gathered from every
+process together with the offset of their own samples in that global batch, or (sinkhorn) the utils.Dist whose
+collectives take its sums over every process.
 """
 import math
 
@@ -185,3 +187,85 @@ def memory_update(rows, features, momentum):
 
     rows, features: (B, D) -> (B, D) unit rows."""
     return F.normalize(momentum * rows + (1 - momentum) * features, dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SwAV (Caron et al. 2020). Prototype scores: dot products of each crop's L2-normalised embedding with K unit
+# prototype vectors, (B, K) per crop. Codes: soft assignments of samples to prototypes that spread the batch
+# evenly over the prototypes (an entropic optimal transport solved by Sinkhorn-Knopp), computed on some crops
+# ("assigned") and predicted from every other crop of the same image ("swapped prediction").
+
+# Below this, float32's exp is denormal or 0, and on CPU 10-30x slower than elsewhere: such terms are taken as 0.
+EXP_FLOOR = -87.0
+
+
+def _exp(x):
+    """exp(x), 0 wherever x < EXP_FLOOR (e^-87 = 1.6e-38, about float32's smallest normal number)."""
+    return x.clamp(min=EXP_FLOOR).exp_().masked_fill_(x < EXP_FLOOR, 0.0)
+
+
+def _logsumexp(x, dim, dist=None):
+    """log sum exp of x over dim; with dist, the sum also runs over every process's rows (dim then includes 0).
+
+    x: (N, K), N free to differ between processes -> (1, K), (N, 1) or (1, 1) for dim 0, 1 or (0, 1). Shifted by
+    the maximum (over every process: dist.all_gather), so each exp is <= 1 and their sum >= 1: nothing
+    overflows, and the log never sees 0.
+    """
+    shift = x.amax(dim, keepdim=True)
+    if dist is not None:
+        shift = dist.all_gather(shift).amax(0, keepdim=True)
+    # Terms below e^-87 (nothing next to the largest, 1) count as e^-87: no denormal exp (see EXP_FLOOR).
+    total = (x - shift).clamp_(min=EXP_FLOOR).exp_().sum(dim, keepdim=True)
+    if dist is not None:
+        total = dist.all_reduce(total)
+    return shift + total.log_()
+
+
+def sinkhorn(scores, epsilon, n_iters, dist=None):
+    """SwAV's codes: Sinkhorn-Knopp iterations on exp(scores / epsilon); no gradient.
+
+    scores: (B, K) this process's prototype scores, any queue rows first and the batch's last (the caller keeps
+    the last rows of the codes) -> codes (B, K), float32 (float64 stays float64), every row summing to 1 once
+    n_iters >= 1. dist: a utils.Dist whose collectives take the sums over every process (None: one process).
+
+    The seed's order (main_swav.py, distributed_sinkhorn), with Q = exp(scores / epsilon) over the N rows of all
+    processes together (queues included): Q /= its total; then n_iters times, every prototype's sum (a column
+    here) is scaled to 1 / K, then every sample's (a row) to 1 / N; finally Q *= N. So each process's rows get
+    the codes one process would give them within every process's rows at once. (N cancels out once n_iters >=
+    1: each scaling by 1 / N is undone by the next normalisation or the last step.)
+
+    Stability: the seed's exp overflows float32 once scores / epsilon > 88 (fp16 scores: > 11), and its sums
+    can be 0 where every exp of a prototype or sample underflows. Here every step runs in the log domain on
+    log Q = scores / epsilon: a normalisation subtracts a log-sum-exp (shifted by its maximum over every
+    process, see _logsumexp) and one exp at the end returns Q. Same result as the seed wherever the seed's
+    float32 neither overflows nor underflows (codes below 1.6e-38 come out 0), finite wherever the scores are.
+    """
+    with torch.no_grad():
+        log_q = scores.detach().to(torch.promote_types(scores.dtype, torch.float32)) / epsilon
+        n_rows = log_q.new_full((), float(log_q.shape[0]))         # a fill on the device, no copy from the host
+        log_n = (dist.all_reduce(n_rows) if dist is not None else n_rows).log()
+        log_k = math.log(log_q.shape[1])
+        log_q -= _logsumexp(log_q, (0, 1), dist)
+        for _ in range(n_iters):
+            log_q -= _logsumexp(log_q, 0, dist) + log_k         # each prototype's total: 1 / K
+            log_q -= _logsumexp(log_q, 1) + log_n               # each sample's total: 1 / N
+        return _exp(log_q + log_n)
+
+
+def swav_loss(scores_per_crop, codes, temperature, crops_for_assign):
+    """SwAV's swapped prediction loss: every crop other than an assigned one predicts that crop's codes.
+
+    scores_per_crop: list of (B, K) prototype scores, one per crop in crop order. codes: list of (B, K) codes
+    (rows summing to 1), one per entry of crops_for_assign, in its order; no gradient flows into them.
+    crops_for_assign: indices into scores_per_crop.
+
+    Returns the mean over assigned crops a of the mean over crops v != a of
+    -mean over the batch of sum_k codes_a * log softmax(scores_v / temperature) (the seed's averaging).
+    """
+    log_p = [F.log_softmax(s / temperature, dim=1) for s in scores_per_crop]
+    total = 0.0
+    for assigned, q in zip(crops_for_assign, codes):
+        q = q.detach()
+        cross = [-(q * log_p[v]).sum(1).mean() for v in range(len(log_p)) if v != assigned]
+        total = total + sum(cross) / len(cross)
+    return total / len(crops_for_assign)

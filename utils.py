@@ -87,6 +87,13 @@ class Dist:
         tdist.all_gather_into_tensor(out, tensor.contiguous())
         return out
 
+    def all_reduce(self, tensor):
+        """The element-wise sum of tensor over every rank, written into tensor on each and returned; no
+        gradient. One process: tensor as it is."""
+        if self.active:
+            tdist.all_reduce(tensor)
+        return tensor
+
     def all_gather_autograd(self, tensor):
         """all_gather whose gradient flows back to the rank that produced each slice."""
         return all_gather_autograd(tensor) if self.active else tensor
