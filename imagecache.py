@@ -15,9 +15,10 @@ split folder is not writable (its permission bits are respected, also by root). 
 checksum of the format version, the decode size, the classes and the file list (relative path, label, size and
 modification time of every file), so a file added, changed or removed makes it stale. It is written under a
 temporary name and renamed (never half written), by one process at a time (an flock beside it, so the
-processes of a job that share the folder decode once and the others read the result), read with
-weights_only=True and memory-mapped, so processes of one machine share its pages. A stale or unreadable cache
-is rebuilt with a one-line note.
+processes of a job that share the folder decode once and the others read the result), and read with
+weights_only=True into each process's memory (not memory-mapped: a file truncated or replaced under a mapping,
+by hand or on a network filesystem, would kill the run with SIGBUS). A stale or unreadable cache is rebuilt with
+a one-line note.
 """
 import contextlib
 import fcntl
@@ -99,7 +100,7 @@ def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BY
                 if decoded is None:
                     decoded = decode_all(root, samples, size, (height, width), loader, processes, report)
                     if save(decoded, path, key):
-                        decoded = read(path, key) or decoded    # memory-mapped: shared by this machine's ranks
+                        decoded.path = path
                 elif report:
                     print(f"images of {root}: read {path} ({n:,} images, {_gib(nbytes)})", flush=True)
                 return decoded
@@ -245,7 +246,7 @@ def read(path, key):
     if not os.path.exists(path):
         return None
     try:
-        saved = torch.load(path, weights_only=True, mmap=True)
+        saved = torch.load(path, weights_only=True)
         images, labels, bad = saved["images"], saved["labels"], saved["bad"]
         if saved.get("format") != FORMAT or saved.get("key") != key:
             print(f"note: the image cache {path} does not match the folder's files (added, changed or removed "

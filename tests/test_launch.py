@@ -171,7 +171,7 @@ def _folder_with_one_corrupt_training_image(root):
 def test_a_loader_worker_error_in_a_spawned_rank_ends_the_job_within_seconds(tmp_path):
     _folder_with_one_corrupt_training_image(tmp_path / "data")
     flags = ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "data"), "--batch_size",
-             "12", "--output_dir", str(tmp_path), *TINY, "--num_workers", "1"]
+             "12", "--output_dir", str(tmp_path), *TINY, "--num_workers", "1", "--cache_images", "off"]
     r, seconds = spawn_train("_plain_worker", flags, timeout=60)
     assert r.returncode == 2, r.stderr[-3000:]
     (line,) = error_lines(r.stderr)
