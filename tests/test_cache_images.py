@@ -319,3 +319,17 @@ def test_training_on_a_cached_folder_resumes_bit_for_bit_after_a_kill(tmp_path):
     ta, tb = tensors({"model": a["model"], "optimizer": a["optimizer"]["state"]}), \
         tensors({"model": b["model"], "optimizer": b["optimizer"]["state"]})
     assert ta.keys() == tb.keys() and [k for k in ta if not torch.equal(ta[k], tb[k])] == []
+
+
+def test_two_ranks_share_one_decode_and_count_a_skipped_file_once(tmp_path):
+    from test_launch import TINY, _folder_with_one_corrupt_training_image, spawn_train
+    _folder_with_one_corrupt_training_image(tmp_path / "data")
+    flags = ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "data"), "--batch_size",
+             "12", "--output_dir", str(tmp_path), *TINY, "--cache_images", "on", "--skip_bad_images"]
+    r, _ = spawn_train("_plain_worker", flags, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 unreadable images skipped" in r.stdout                  # summed over the ranks: counted once
+    assert r.stderr.count("skipping unreadable image") == 1
+    assert len(cache_files(tmp_path / "data" / "train")) == 1
+    # Rank 0 reports: it decoded, or it waited for rank 1's decode and read the file.
+    assert "decoding 12" in r.stdout or "read " in r.stdout
