@@ -63,8 +63,7 @@ class MixedSizes(Exception):
     """The split's images come in more than one size, and its recipe needs them as they are (no `size`)."""
 
 
-def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BYTES, processes=None, report=True,
-                 cache_dirs=None):
+def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BYTES, processes=None, report=True):
     """The images of one image folder split (samples: (path, label) in the folder's order; classes: its class
     names) decoded by `loader` (path -> PIL RGB image; raises UserError for an unreadable file), resized and
     centre-cropped to `size` px when size is given; see the module's docstring.
@@ -73,8 +72,8 @@ def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BY
     `budget` bytes or AUTO_RAM_FRACTION of the available memory, or come in several sizes without `size`) or
     "on" (a UserError where auto would give None, except that only ON_RAM_FRACTION of the available memory
     bounds it). processes: decoding processes (default: this process's CPUs). report: print progress (rank 0
-    of a job). cache_dirs: where the cache file may go, in order of preference (default: the split folder, then
-    the user's cache folder; [] keeps it in memory only).
+    of a job). The cache file goes in the first of cache_places that can be used; where none can, the images
+    stay in memory only.
 
     Returns Decoded, or None for the per-image path."""
     if mode == "off":
@@ -88,7 +87,7 @@ def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BY
                                          f"{what_limit}")
     key = checksum(root, samples, classes, size)
     name = cache_name(classes, size)
-    places = cache_places(root, name) if cache_dirs is None else [(d, name) for d in cache_dirs]
+    places = cache_places(root, name)
     try:
         for folder, filename in places:
             with _locked(folder, report) as locked:
@@ -106,7 +105,7 @@ def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BY
                 return decoded
         if report:
             print(f"note: no writable folder for the image cache of {root} (tried "
-                  f"{', '.join(d for d, _ in places) or 'none'}): decoding into memory only", flush=True)
+                  f"{', '.join(d for d, _ in places)}): decoding into memory only", flush=True)
         return decode_all(root, samples, size, (height, width), loader, processes, report)
     except MixedSizes as e:
         return _not_cached(mode, report, str(e))
@@ -135,18 +134,24 @@ def memory_limit(mode, budget):
 
 
 def available_memory():
-    """Bytes of memory available to new allocations (Linux's MemAvailable; elsewhere the free pages)."""
+    """Bytes of memory available to new allocations: Linux's MemAvailable, or less where this process's cgroup
+    (a container's limit, cgroup v2) leaves less; elsewhere the free pages."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return float("inf")
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
+        with open("/sys/fs/cgroup/memory.max") as f_max, open("/sys/fs/cgroup/memory.current") as f_current:
+            limit = f_max.read().strip()
+            if limit != "max":
+                available = min(available, int(limit) - int(f_current.read()))
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def _first_size(samples, loader):

@@ -130,6 +130,18 @@ def test_64px_recipe_caches_one_size_and_leaves_mixed_sizes_per_image(tmp_path, 
         datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=64, cache_images="on")
 
 
+@pytest.mark.parametrize("views", ["moco_v2", "cmc"])
+def test_views_that_crop_from_the_whole_image_cache_it_as_it_is(tmp_path, views):
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            _write_uniform(tmp_path / split / c, 2, size=(40, 48))
+    s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32, views=views,
+                              cache_images="on")
+    assert s.train.images.shape == (4, 3, 40, 48)          # their per-image recipe crops from the 40x48 image
+    assert [tuple(v.shape[-2:]) for v in s.batch_augment(s.train.images)] == [(32, 32), (32, 32)]
+    assert s.test[0][0].shape == (3, 32, 32)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The cache file.
 
@@ -195,19 +207,24 @@ def test_cache_is_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
     assert [f for f in os.listdir(train) if f.startswith(".amdim_cache_")] == []
 
 
-def test_a_folder_nobody_may_write_gets_its_cache_in_the_user_cache_folder(tmp_path, monkeypatch):
+def test_a_folder_nobody_may_write_gets_its_cache_in_the_user_cache_folder(tmp_path, monkeypatch, capsys):
     train = tmp_path / "data" / "train"
     _write_uniform(train / "a", 2)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     os.chmod(train, 0o555)             # as the shared datasets are: root could write, but must not
+    (tmp_path / "not_a_folder").write_text("")
     try:
         decode(train)
         again, _ = decode(train)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not_a_folder"))
+        nowhere, _ = decode(train)
     finally:
         os.chmod(train, 0o755)
     assert os.listdir(train) == ["a"]
     (name,) = [f for f in os.listdir(tmp_path / "xdg" / "amdim") if f.endswith(".pt")]
     assert again.path == str(tmp_path / "xdg" / "amdim" / name)
+    assert "no writable folder for the image cache" in capsys.readouterr().out
+    assert nowhere.path is None and torch.equal(nowhere.images, again.images)
 
 
 def test_processes_sharing_a_folder_decode_it_once(tmp_path):
