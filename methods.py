@@ -7,7 +7,8 @@ The interface the training loop uses (train.py never asks which method it runs):
                               classifiers' (mlp, linear) logits on detached features of k views, (k*B, n_classes),
                               rows in view order, so the labels are the batch's repeated k times
     loss_terms(out, dist)     named scalar loss terms (the loop runs this in float32 and sums them); out["index"]
-                              holds the batch's dataset indices (B,) on the device (CMC's memory bank needs them)
+                              holds the batch's dataset indices (B,) on the device (CMC's memory bank needs them),
+                              out["shared_seed"] an int that every process gets alike at this update
     after_step(out, dist)     state updates after each optimizer step (momentum update, queue push)
     features(x)               (B, n_features) frozen features for the classifiers and kNN
     classify(x)               (mlp, linear) logits of the evaluation classifiers
@@ -238,12 +239,19 @@ class CMC(Method):
         super()._load_from_state_dict(*args, **kwargs)
         self._z_known = None        # loaded constants: read them again before the next update
 
-    def draw_indices(self, index):
-        """index: (B,) the batch's dataset indices -> (B, nce_k + 1) bank rows to score, column 0 the sample's
-        own (the positive), the rest drawn uniformly with replacement from torch's generator (which training
-        reseeds at every update, so a resumed run draws the same). One draw serves both directions."""
-        idx = torch.randint(0, self.hyperparams["n_data"], (index.shape[0], self.hyperparams["nce_k"] + 1),
-                            device=index.device)
+    def draw_indices(self, index, seed, dist=None):
+        """index: (B,) this process's dataset indices -> (B, nce_k + 1) bank rows to score, column 0 the sample's
+        own (the positive), the rest drawn uniformly with replacement. One draw serves both directions.
+
+        The draw comes from a generator seeded with `seed`, which every process gets alike at an update (and a
+        resumed run again): each process draws the global batch's (world x B, K + 1) matrix and keeps its own
+        rows, rank, rank + world, ... as the sampler deals images, so W processes score what one process would
+        on the whole batch."""
+        world, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
+        g = torch.Generator(device=index.device).manual_seed(seed)
+        idx = torch.randint(0, self.hyperparams["n_data"], (world * index.shape[0], self.hyperparams["nce_k"] + 1),
+                            generator=g, device=index.device)
+        idx = idx[rank::world].contiguous()
         idx[:, 0] = index
         return idx
 
@@ -251,7 +259,7 @@ class CMC(Method):
         """The L side (L features against the ab bank) and the ab side (ab features against the L bank), NCE or,
         with softmax, cross-entropy. out["index"]: the batch's dataset indices (B,), which the loop adds."""
         hp = self.hyperparams
-        idx = self.draw_indices(out["index"])
+        idx = self.draw_indices(out["index"], out["shared_seed"], dist)
         rows_ab, rows_l = self.memory_ab[idx].detach(), self.memory_l[idx].detach()     # (B, K + 1, feat_dim)
         if hp["softmax"]:
             logits_l = torch.einsum("bkd,bd->bk", rows_ab, out["l"]) / hp["nce_t"]

@@ -20,6 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import checkpoint
+import compiling
 import config
 import costs
 import datasets
@@ -101,7 +102,10 @@ def parse_args(argv=None):
     p.add_argument("--memory_format", choices=("channels_last", "contiguous"), default="channels_last",
                    help="layout of images and convolution weights; channels_last measured 1.2-1.5x faster on "
                         "CPU (bench/step.py)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step's model")
+    p.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the training step's model; auto: for self-supervised runs with at least "
+                        f"{compiling.AUTO_MIN_UPDATES} updates to go, where a compiler toolchain is found "
+                        "(compiling takes a minute or more at start-up); --compile alone means on")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="skip unreadable image files (counted) instead of stopping with an error")
     p.add_argument("--nan_policy", choices=("stop", "skip"), default="stop",
@@ -150,6 +154,7 @@ class Run:
     splits: datasets.Splits
     model: methods.Method                # the plain module: checkpoints, BN refresh, evaluation
     step_model: torch.nn.Module          # what the training step calls (DDP/compiled method, or classifiers)
+    compiled: str                        # whether the step is compiled, and why (compiling.decide)
     optimizer: torch.optim.Optimizer
     amp: object                          # the autocast dtype (mixed_precision.resolve), None for float32
     scaler: torch.amp.GradScaler
@@ -295,8 +300,9 @@ def build_model(args, ckpt, how, hp, splits, log):
     return model
 
 
-def prepare_model(model, args, dist):
-    """Place the model for training: memory format, SyncBatchNorm, DistributedDataParallel, torch.compile.
+def prepare_model(model, args, dist, compile_step=False, warn=print):
+    """Place the model for training: memory format, SyncBatchNorm, DistributedDataParallel, torch.compile (with
+    eager execution and a warning where compilation fails).
 
     Returns (model, step_model): the plain module and the wrapper the training step calls, which is the whole
     method in the self-supervised phase and only the classifiers in the classifier phase (the frozen encoder
@@ -317,8 +323,9 @@ def prepare_model(model, args, dist):
                                              dist.device.type == "cuda" else None,
                                              find_unused_parameters=step_model is model and
                                              model.has_unused_parameters())
-    if args.compile:
-        step_model = torch.compile(step_model)
+    if compile_step:
+        compiling.cache_dir()
+        step_model = compiling.EagerFallback(step_model, warn)
     return model, step_model
 
 
@@ -372,16 +379,19 @@ def setup(dist, args):
     if args.phase == CLASSIFIERS:
         model.requires_grad_(False)
         model.evaluator.requires_grad_(True)
-    model, step_model = prepare_model(model, args, dist)
-
     cursor = checkpoint.cursor(ckpt if ckpt is not None else {})
     if how == "init" and args.phase == CLASSIFIERS:
         cursor.update(classifier_epoch=0, classifier_step=0)
     epochs, milestones = recipes.schedule(args, model.hyperparams["method"])
+    epoch_key = "info_epoch" if args.phase == SELF_SUPERVISED else "classifier_epoch"
+    updates_left = max(0, epochs - cursor[epoch_key]) * (len(splits.train) // args.batch_size)
+    compile_step, compiled = compiling.decide(args.compile, args.phase == SELF_SUPERVISED, updates_left,
+                                              dist.device)
+    model, step_model = prepare_model(model, args, dist, compile_step, warn=log.print)
     # The data order follows the seed the run started with, also if a resumed run is given another --seed.
     data_seed = int(ckpt.get("data_seed", args.seed)) if how == "resume" else args.seed
     run = Run(args=args, dist=dist, cpt_path=cpt_path, log=log, stop=utils.StopRequest(), splits=splits,
-              model=model, step_model=step_model, optimizer=recipes.make_optimizer(model, args),
+              model=model, step_model=step_model, compiled=compiled, optimizer=recipes.make_optimizer(model, args),
               amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
               milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
               n_views=2 if args.phase == SELF_SUPERVISED else 1)
@@ -426,8 +436,9 @@ def make_loaders(run):
 # ----------------------------------------------------------------------------------------------------------
 # One update of either phase.
 
-def loss_terms(run, batch):
-    """Forward pass and every loss term (a dict of scalars) for one batch of the current phase.
+def loss_terms(run, batch, shared_seed):
+    """Forward pass and every loss term (a dict of scalars) for one batch of the current phase. shared_seed: a
+    seed that every rank gets alike at this update (for draws the ranks must agree on, e.g. CMC's negatives).
 
     Returns (terms, (logits, labels), out): the classifiers' logits with their rows' labels, and the method's
     outputs for its after-step hook (None in the classifier phase)."""
@@ -438,6 +449,7 @@ def loss_terms(run, batch):
         with mp.autocast(dist.device, run.amp):
             out = run.step_model(views, dist)
         out["index"] = index.to(dist.device, non_blocking=True)     # dataset indices, for methods with a bank
+        out["shared_seed"] = shared_seed
         with mp.float32(dist.device):
             out32 = mp.to_float32(out)
             terms = model.loss_terms(out32, dist)
@@ -469,7 +481,7 @@ def update(run, batch, epoch):
     factor = recipes.lr_factor(args, run.model.hyperparams["method"], epoch, cur[run.step_key], run.epochs,
                                run.milestones)
     lr = recipes.set_learning_rates(run.optimizer, factor)
-    terms, (logits, labels), out = loss_terms(run, batch)
+    terms, (logits, labels), out = loss_terms(run, batch, shared_seed_at(run, cur[run.step_key]))
     loss = sum(terms.values())
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -587,6 +599,11 @@ def reseed(run, *where):
                  run.dist.device)
 
 
+def shared_seed_at(run, *where):
+    """The same seed on every rank at `where` in training (reseed's streams differ per rank)."""
+    return utils.stream_seed(run.data_seed, SHARED_STREAM, run.args.phase == CLASSIFIERS, *where)
+
+
 def train_accuracy(logits, labels):
     """Tensors (no sync): labelled rows, and how many of them each classifier gets right."""
     labelled = labels >= 0
@@ -598,6 +615,7 @@ def train_accuracy(logits, labels):
 # ----------------------------------------------------------------------------------------------------------
 # Each epoch's test.
 
+SHARED_STREAM = 2 ** 40    # shared_seed_at's key: never a rank number
 TEST_STREAM = 1      # reseed key that keeps the test's random stream (BN-refresh views) apart from the updates'
 
 def test_accuracy(run, epoch):
@@ -682,6 +700,7 @@ def announce(run, ckpt_from, how, encoder_size):
         log.print(f"{'resuming' if how == 'resume' else 'starting'} from {ckpt_from} at {run.cursor}")
     elif args.phase == CLASSIFIERS:
         log.print("no --checkpoint_path: training classifiers on a randomly initialised encoder (baseline)")
+    log.print(f"torch.compile {run.compiled}")
     log.print(f"writing {run.cpt_path}, TensorBoard events and metrics.jsonl in {os.path.dirname(run.cpt_path)}")
     env = info["environment"]
     log.print(f"python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']} on {env['host']}; "
@@ -708,7 +727,7 @@ def resolved_config(run, encoder_size):
     cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),
                learning_rate=lrs[0], learning_rates=lrs, optimizer=type(run.optimizer).__name__,
                warmup_updates=recipes.warmup_updates(args, hp["method"]), world_size=run.dist.world_size,
-               amp_dtype=mp.dtype_name(run.amp), per_process_batch=run.per_rank, data_seed=run.data_seed,
+               amp_dtype=mp.dtype_name(run.amp), compiled=run.compiled.startswith("on"), per_process_batch=run.per_rank, data_seed=run.data_seed,
                train_images=len(run.splits.train), test_images=len(run.splits.test))
     return cfg
 

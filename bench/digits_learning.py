@@ -6,6 +6,10 @@ so the methods compare on one backbone. Prints one row per seed, the mean/spread
 self-supervised encoder.
 
     .venv/bin/python bench/digits_learning.py [--methods amdim moco cmc] [--seeds 1 2 3 4 5] [--ss_epochs 30]
+    .venv/bin/python bench/digits_learning.py --folder ../shared/data/cifar10-mini --methods cmc   # colour images
+
+--folder runs the same check on an ImageFolder of 32 px images ({train,val}/<class>/*) instead: DIGITS is
+greyscale, where CMC's ab view is constant and its objective has nothing to learn from.
 """
 import argparse
 import json
@@ -16,7 +20,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = ["--dataset", "DIGITS", "--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1",
+MODEL = ["--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1",
          "--batch_size", "100", "--num_workers", "2", "--log_every", "100000", "--resume", "never"]
 # Each method's self-supervised flags beyond its defaults.
 # CMC: nce_k below DIGITS' 1500 training images. DIGITS is greyscale, so CMC's ab view is constant there: its
@@ -30,15 +34,20 @@ def last_record(run_dir):
         return json.loads(f.readlines()[-1])
 
 
-def train(out, run_name, *extra):
-    subprocess.run([sys.executable, "train.py", *MODEL, "--output_dir", out, "--run_name", run_name, *extra],
+def data_flags(folder):
+    return ["--dataset", "DIGITS"] if folder is None else \
+        ["--dataset", "FOLDER", "--input_dir", os.path.abspath(folder), "--image_size", "32"]
+
+
+def train(data, out, run_name, *extra):
+    subprocess.run([sys.executable, "train.py", *data, *MODEL, "--output_dir", out, "--run_name", run_name, *extra],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return last_record(os.path.join(out, run_name))
 
 
-def knn(cpt):
-    out = subprocess.run([sys.executable, "test.py", cpt, "--dataset", "DIGITS", "--knn", "--json", "--num_workers",
-                          "0"], cwd=ROOT, check=True, capture_output=True, text=True)
+def knn(data, cpt):
+    out = subprocess.run([sys.executable, "test.py", cpt, *data, "--knn", "--json", "--num_workers", "0"],
+                         cwd=ROOT, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["top1_knn"]
 
 
@@ -48,9 +57,11 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--ss_epochs", type=int, default=30)
     p.add_argument("--cls_epochs", type=int, default=10)
+    p.add_argument("--folder", help="an ImageFolder of 32 px images to use instead of DIGITS")
     args = p.parse_args()
-    print(f"config: {' '.join(MODEL)}; self-supervised {args.ss_epochs} epochs, classifiers {args.cls_epochs} "
-          f"epochs; top-1 % on the 297 DIGITS test images")
+    data = data_flags(args.folder)
+    print(f"config: {' '.join(data + MODEL)}; self-supervised {args.ss_epochs} epochs, classifiers "
+          f"{args.cls_epochs} epochs; top-1 % on the test split")
     names = ["online lin", "online mlp", "SS enc lin", "SS enc mlp", "SS enc kNN", "rand lin", "rand mlp"]
     with tempfile.TemporaryDirectory() as out:
         for method in args.methods:
@@ -60,12 +71,12 @@ def main():
             for seed in args.seeds:
                 s = ["--seed", str(seed)]
                 run = f"{method}{seed}"
-                ss = train(out, f"ss_{run}", *s, *METHOD_FLAGS[method], "--epochs", str(args.ss_epochs))
+                ss = train(data, out, f"ss_{run}", *s, *METHOD_FLAGS[method], "--epochs", str(args.ss_epochs))
                 cpt = os.path.join(out, f"ss_{run}", "amdim_cpt.pth")
-                cls = train(out, f"cls_{run}", *s, "--classifiers", "--checkpoint_path", cpt,
+                cls = train(data, out, f"cls_{run}", *s, "--classifiers", "--checkpoint_path", cpt,
                             "--epochs", str(args.cls_epochs))
-                rnd = train(out, f"rand_{run}", *s, "--classifiers", "--epochs", str(args.cls_epochs))
-                row = [ss["top1_linear"], ss["top1_mlp"], cls["top1_linear"], cls["top1_mlp"], knn(cpt),
+                rnd = train(data, out, f"rand_{run}", *s, "--classifiers", "--epochs", str(args.cls_epochs))
+                row = [ss["top1_linear"], ss["top1_mlp"], cls["top1_linear"], cls["top1_mlp"], knn(data, cpt),
                        rnd["top1_linear"], rnd["top1_mlp"]]
                 rows.append(row)
                 print(f"{seed:>4} | " + " ".join(f"{v:10.2f}" for v in row), flush=True)

@@ -3,7 +3,7 @@ image folder, through train.py itself, image by image (--cache_images off) and d
 (--cache_images on), next to the training step alone (bench/step.py's measure of the same model and batch).
 
     .venv/bin/python bench/epoch.py [--input_dir ../shared/data/cifar10-mini] [--runs 3] [--variants off on step]
-                                    [--step_variant channels_last] [-- extra train.py flags]
+                                    [--step_variant auto] [-- extra train.py flags]
 
 Prints one table, after bench/host.py's line: per variant the median training img/s over the runs (train.py's
 own figure for the epoch's updates) with min-max, that as a percentage of the step's rate, the median wall time
@@ -65,10 +65,12 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--variants", nargs="+", default=["off", "on", "step"], choices=["off", "on", "auto", "step"],
-                   help="train.py's --cache_images values, and step: the training step alone (bench/step.py)")
-    p.add_argument("--step_variant", default="channels_last",
-                   help="bench/step.py's variant for the step row: the one that matches train.py's flags "
-                        "(channels_last is train.py's default)")
+                   help="train.py's --cache_images values, and step: the training step alone (bench/step.py); "
+                        "step comes last so that its variant can follow train.py's")
+    p.add_argument("--step_variant", default="auto",
+                   help="bench/step.py's variant for the step row; auto: the one train.py ran, read from its "
+                        "start-up lines (default where it compiled the step, else channels_last: train.py's "
+                        "defaults for a run too short to repay compiling)")
     p.add_argument("--step_steps", type=int, default=20, help="timed steps of each step measure")
     p.add_argument("extra", nargs="*", help="more train.py flags (after --)")
     args = p.parse_args()
@@ -79,14 +81,17 @@ def main():
     print(line)
     print(f"train.py {' '.join(flags)} --cache_images <variant>", flush=True)
     results = {v: {"rate": [], "wall": [], "rss": []} for v in args.variants}
-    builds = []
+    builds, step_variant = [], args.step_variant
+    stdout = ""
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, XDG_CACHE_HOME=os.path.join(out, "cache"))
         for run in range(args.runs):
             for variant in args.variants:
                 r = results[variant]
                 if variant == "step":
-                    m = step_rate(args.step_variant, args.step_steps)
+                    if step_variant == "auto":
+                        step_variant = "default" if "torch.compile on" in stdout else "channels_last"
+                    m = step_rate(step_variant, args.step_steps)
                     r["rate"].append(m["median"])
                     r["rss"].append(m["peak_rss_mb"])
                     continue
@@ -100,7 +105,7 @@ def main():
     print(f"{'variant':<48} {'img/s median':>12} {'min-max':>15} {'% of step':>9} {'run wall (s)':>12} "
           f"{'peak RSS':>9}")
     for variant, r in results.items():
-        label = f"step alone (bench/step.py {STEP_CONFIG} {args.step_variant})" if variant == "step" else \
+        label = f"step alone (bench/step.py {STEP_CONFIG} {step_variant})" if variant == "step" else \
             f"epoch, --cache_images {variant}"
         rate = statistics.median(r["rate"])
         share = f"{100 * rate / step:8.0f}%" if step else f"{'-':>9}"

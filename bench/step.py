@@ -5,8 +5,12 @@ Each (config, variant) runs in its own process so peak RSS is its own. Prints on
 timed steps after warm-up, min-max, peak RSS, achieved GFLOP/s (torch's flop counter, per image pair) next to
 this machine's measured float32 matrix-multiply rate.
 
-    .venv/bin/python bench/step.py                                  # every config, eager and channels_last
-    .venv/bin/python bench/step.py --configs small --variants eager channels_last compile --steps 7
+    .venv/bin/python bench/step.py                  # every config: the previous default against today's
+    .venv/bin/python bench/step.py --configs small --variants eager channels_last default --steps 7
+
+Variants (memory format, torch.compile, fused optimizer step): eager (contiguous, no, no: the original's path),
+channels_last_unfused (the default before compile-by-default), channels_last (no compile), compile (contiguous),
+default (channels_last, compiled, fused: what train.py runs once a run is long enough to compile).
 """
 import argparse
 import json
@@ -35,7 +39,12 @@ CONFIGS = {
     "cmc-resnet18": ("cmc", 32, 64, ["--arch", "resnet18"]),
     "cmc-resnet50": ("cmc", 128, 32, ["--arch", "resnet50"]),
 }
-VARIANTS = ("eager", "channels_last", "compile", "compile_channels_last")
+# variant: (memory format, torch.compile, fused optimizer step). "default" is what train.py runs for a run long
+# enough to compile (compiling.AUTO_MIN_UPDATES); "channels_last_unfused" was the default before fused steps
+# and compile-by-default; "eager" is the original code's path.
+VARIANTS = {"eager": ("contiguous", False, False), "channels_last_unfused": ("channels_last", False, False),
+            "channels_last": ("channels_last", False, True), "compile": ("contiguous", True, True),
+            "default": ("channels_last", True, True)}
 DATASET_OF_SIZE = {32: "C10", 64: "STL10", 128: "IN128"}
 
 
@@ -53,9 +62,9 @@ def measure(config_name, variant, steps, warmup):
     import train
     import utils
     method, size, batch, flags = CONFIGS[config_name]
+    memory_format, compile_step, fused = VARIANTS[variant]
     args = train.parse_args(["--dataset", DATASET_OF_SIZE[size], "--method", method, "--batch_size", str(batch),
-                             "--memory_format", "channels_last" if "channels_last" in variant else "contiguous",
-                             *flags] + (["--compile"] if variant.startswith("compile") else []))
+                             "--memory_format", memory_format, *flags])
     dist = utils.Dist()
     torch.manual_seed(0)
     hp = config.from_flags(args, size, n_classes=10)
@@ -63,8 +72,10 @@ def measure(config_name, variant, steps, warmup):
         hp["moco_k"] = 4096           # a queue of a CIFAR-sized run's order of magnitude
     if method == "cmc":               # banks of a CIFAR-sized training split; nce_k stays the seed's 4096
         hp.update(n_data=50000, rgb_mean=[0.5, 0.5, 0.5], rgb_std=[0.25, 0.25, 0.25])
-    model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist)
+    model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist, compile_step)
     optimizer = recipes.make_optimizer(model, args)
+    for group in optimizer.param_groups:
+        group["fused"] = fused
     run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=2, amp=None,
                           splits=SimpleNamespace(batch_augment=None))
     g = torch.Generator().manual_seed(1)
@@ -73,7 +84,7 @@ def measure(config_name, variant, steps, warmup):
                   torch.randint(0, 10, (batch,), generator=g), torch.arange(batch))
 
     def step():
-        terms, _, out = train.loss_terms(run, batch_data)
+        terms, _, out = train.loss_terms(run, batch_data, shared_seed=0)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,7 +101,7 @@ def measure(config_name, variant, steps, warmup):
         times.append(time.perf_counter() - t0)
     run.step_model = model                          # eager model: the counter sees every op
     with FlopCounterMode(display=False) as counter:
-        terms, _, _ = train.loss_terms(run, batch_data)
+        terms, _, _ = train.loss_terms(run, batch_data, shared_seed=0)
         sum(terms.values()).backward()
     flops_per_pair = counter.get_total_flops() / batch
     rates = [batch / t for t in times]
@@ -102,7 +113,7 @@ def measure(config_name, variant, steps, warmup):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--variants", nargs="+", default=["eager", "channels_last"], choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=["channels_last_unfused", "default"], choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=5, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--one", nargs=2, metavar=("CONFIG", "VARIANT"), help=argparse.SUPPRESS)

@@ -31,8 +31,8 @@ def _views(b, seed):
     return torch.randn(b, 1, 32, 32, generator=g), torch.randn(b, 2, 32, 32, generator=g)
 
 
-def _out(feats_l, feats_ab, index):
-    return {"l": feats_l, "ab": feats_ab, "index": index}
+def _out(feats_l, feats_ab, index, seed=0):
+    return {"l": feats_l, "ab": feats_ab, "index": index, "shared_seed": seed}
 
 
 def _unit(n, d, seed):
@@ -57,22 +57,23 @@ def test_column_0_is_always_the_positive_and_negatives_cover_the_bank():
     cmc = methods.CMC(_hp())
     index = torch.tensor([3, 0, 19, 7])
     seen = set()
-    for _ in range(50):
-        idx = cmc.draw_indices(index)
+    for seed in range(50):
+        idx = cmc.draw_indices(index, seed)
         assert idx.shape == (4, K + 1) and torch.equal(idx[:, 0], index)
         assert idx.min() >= 0 and idx.max() < N_DATA
         seen |= set(idx[:, 1:].flatten().tolist())
     assert seen == set(range(N_DATA))
+    torch.manual_seed(2)            # the draw depends on the seed alone, not on torch's global generator
+    assert torch.equal(cmc.draw_indices(index, 7), cmc.draw_indices(index, 7))
+    assert not torch.equal(cmc.draw_indices(index, 7), cmc.draw_indices(index, 8))
 
 
 def test_nce_terms_score_each_view_against_the_other_bank_and_fix_z_at_the_first_update():
     torch.manual_seed(2)
     cmc = methods.CMC(_hp())
     f_l, f_ab, index = _unit(4, FEAT, 3), _unit(4, FEAT, 4), torch.tensor([1, 5, 9, 2])
-    torch.manual_seed(10)
-    terms = cmc.loss_terms(_out(f_l, f_ab, index), utils.Dist())
-    torch.manual_seed(10)
-    idx = cmc.draw_indices(index)
+    terms = cmc.loss_terms(_out(f_l, f_ab, index, seed=10), utils.Dist())
+    idx = cmc.draw_indices(index, 10)
     s_l = costs.cmc_scores(f_l, cmc.memory_ab[idx], 0.07)           # L features against the ab bank
     s_ab = costs.cmc_scores(f_ab, cmc.memory_l[idx], 0.07)
     z_l, z_ab = s_l.mean().item() * N_DATA, s_ab.mean().item() * N_DATA
@@ -97,10 +98,8 @@ def test_softmax_terms_are_cross_entropy_over_positive_and_negatives():
     torch.manual_seed(3)
     cmc = methods.CMC(_hp(softmax=True))
     f_l, f_ab, index = _unit(3, FEAT, 9), _unit(3, FEAT, 10), torch.tensor([4, 8, 0])
-    torch.manual_seed(11)
-    terms = cmc.loss_terms(_out(f_l, f_ab, index), utils.Dist())
-    torch.manual_seed(11)
-    idx = cmc.draw_indices(index)
+    terms = cmc.loss_terms(_out(f_l, f_ab, index, seed=11), utils.Dist())
+    idx = cmc.draw_indices(index, 11)
     logits_l = torch.log(costs.cmc_scores(f_l, cmc.memory_ab[idx], 0.07))
     assert terms["cmc_l"].item() == pytest.approx(costs.nce_softmax_loss(logits_l).item(), rel=1e-5)
     assert cmc.z_l.item() < 0                                       # the softmax loss has no constant
@@ -171,15 +170,17 @@ def _rank(rank, port, result_dir):
     dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     torch.manual_seed(0)
     cmc = methods.CMC(_hp())
-    mine = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
+    mine = slice(rank, None, WORLD)                     # the sampler deals the global batch round-robin
+    losses = []
     for step in range(STEPS):
         f_l, f_ab, index = _batch(step)
-        torch.manual_seed(1000 * step + rank)           # each rank draws its own negatives, as training does
-        out = _out(f_l[mine], f_ab[mine], index[mine])
-        cmc.loss_terms(out, dist)
+        torch.manual_seed(1000 * step + rank)           # each rank's global generator differs, as in training
+        out = _out(f_l[mine], f_ab[mine], index[mine], seed=step)
+        terms = cmc.loss_terms(out, dist)
+        losses.append(torch.stack([terms["cmc_l"], terms["cmc_ab"]]))
         cmc.after_step(out, dist)
-    torch.save({"memory_l": cmc.memory_l, "memory_ab": cmc.memory_ab, "z_l": cmc.z_l, "z_ab": cmc.z_ab},
-               os.path.join(result_dir, f"rank{rank}.pt"))
+    torch.save({"memory_l": cmc.memory_l, "memory_ab": cmc.memory_ab, "z_l": cmc.z_l, "z_ab": cmc.z_ab,
+                "losses": torch.stack(losses)}, os.path.join(result_dir, f"rank{rank}.pt"))
     tdist.destroy_process_group()
 
 
@@ -189,11 +190,19 @@ def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
     for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
         assert torch.equal(results[0][key], results[1][key]), key
     assert results[0]["z_l"].item() > 0
+    # One process on the whole batch: the same negatives, constants, banks, and losses equal to the mean of the
+    # ranks' (each rank's is the mean over its rows, which DDP's gradient average then averages).
     torch.manual_seed(0)
     single = methods.CMC(_hp())
     for step in range(STEPS):
         f_l, f_ab, index = _batch(step)
-        single.after_step(_out(f_l, f_ab, index), utils.Dist())
+        out = _out(f_l, f_ab, index, seed=step)
+        terms = single.loss_terms(out, utils.Dist())
+        mean_of_ranks = (results[0]["losses"][step] + results[1]["losses"][step]) / 2
+        assert torch.allclose(mean_of_ranks, torch.stack([terms["cmc_l"], terms["cmc_ab"]]), rtol=1e-5), step
+        single.after_step(out, utils.Dist())
+    for key in ("z_l", "z_ab"):
+        assert results[0][key].item() == pytest.approx(single.state_dict()[key].item(), rel=1e-6)
     assert torch.allclose(results[0]["memory_l"], single.memory_l, atol=1e-6)
     assert torch.allclose(results[0]["memory_ab"], single.memory_ab, atol=1e-6)
 

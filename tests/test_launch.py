@@ -44,13 +44,13 @@ TINY = ["--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--num_workers", "0", 
 DIST_TIMEOUT_S = 60
 
 
-def spawn_train(worker, flags, timeout=60):
+def spawn_train(worker, flags, timeout=60, dist_timeout=DIST_TIMEOUT_S):
     """Run train.py's worker through utils.spawn with 2 gloo ranks, each calling tests.test_launch.<worker>(dist,
     flags) (a test hook that ends in train_worker), in a fresh session: (CompletedProcess, seconds). On a timeout every process
     of the job is killed (a hung rank ignores the launcher's SIGINT) and the test fails."""
     code = ("import os, utils, tests.test_launch as t\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(utils.free_port()))\n"
-            f"utils.spawn(t.{worker}, 2, 'cpu', {flags!r}, timeout_s={DIST_TIMEOUT_S})\n")
+            f"utils.spawn(t.{worker}, 2, 'cpu', {flags!r}, timeout_s={dist_timeout})\n")
     start = time.monotonic()
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -168,17 +168,18 @@ def _folder_with_one_corrupt_training_image(root):
     (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
 
 
-def test_a_loader_worker_error_in_a_spawned_rank_ends_the_job_within_seconds(tmp_path):
+def test_a_loader_worker_error_in_a_spawned_rank_ends_the_job_without_waiting_for_a_timeout(tmp_path):
+    """The job ends within the subprocess timeout, which is shorter than the collectives' timeout: so the other
+    rank learnt of the failure, rather than timing out in a collective (no bound on seconds: hosts differ)."""
     _folder_with_one_corrupt_training_image(tmp_path / "data")
     flags = ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "data"), "--batch_size",
              "12", "--output_dir", str(tmp_path), *TINY, "--num_workers", "1", "--cache_images", "off"]
-    r, seconds = spawn_train("_plain_worker", flags, timeout=60)
+    r, _ = spawn_train("_plain_worker", flags, timeout=240, dist_timeout=900)
     assert r.returncode == 2, r.stderr[-3000:]
     (line,) = error_lines(r.stderr)
     assert "cannot read image" in line and "broken.png" in line
     assert "failed (its error is above)" in r.stderr           # the other rank names the rank that failed
     assert "saving a checkpoint" not in r.stderr and "Traceback" not in r.stderr
-    assert seconds < 30
 
 
 def _plain_worker(dist, flags):

@@ -70,6 +70,11 @@ else [ $rc -eq 2 ] && printed "has no native bfloat16"; check "bfloat16 refused 
 fi
 run $py test.py $d/amp/amdim_cpt.pth --dataset DIGITS --device cuda --json; check "test.py on CUDA" $?
 
+# torch.compile on CUDA (inductor + Triton), fp16 + GradScaler: it must compile, not fall back to eager.
+CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 2 --amp --amp_dtype float16 --compile on \
+  --output_dir $d --run_name compiled; check "--compile on trains on CUDA" $?
+printed "torch.compile on" && ! printed "torch.compile failed"; check "compiled without falling back to eager" $?
+
 # Resume on CUDA: 2 epochs straight vs 1 + 1.
 CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 2 --seed 5 --output_dir $d --run_name straight
 check "2 epochs straight" $?

@@ -1,0 +1,91 @@
+"""--compile auto|on|off: when a run compiles, the fallback to eager when compilation fails, and a real
+inductor-compiled training run through train.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import compiling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = torch.device("cpu")
+
+
+def test_auto_compiles_only_long_self_supervised_runs_with_a_toolchain(monkeypatch):
+    long = compiling.AUTO_MIN_UPDATES
+    assert compiling.decide("auto", True, long, CPU)[0]
+    assert not compiling.decide("auto", True, long - 1, CPU)[0]
+    assert not compiling.decide("auto", False, 10 * long, CPU)[0]           # classifier phase
+    assert compiling.decide("on", False, 1, CPU)[0] and not compiling.decide("off", True, 10 * long, CPU)[0]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    compile_step, why = compiling.decide("auto", True, long, CPU)
+    assert not compile_step and "no C++ compiler" in why
+    assert compiling.decide("on", True, long, CPU)[0]                      # on tries anyway
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("compiler exploded\nsecond line of a long report")
+
+
+def test_a_failed_compilation_warns_once_and_runs_eager_with_gradients():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    warnings = []
+    step = compiling.EagerFallback(net, warnings.append, backend=_failing_backend)
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        out = step(x)
+        assert torch.equal(out, net(x))
+    assert len(warnings) == 1 and "compiler exploded" in warnings[0] and "second line" not in warnings[0]
+    assert "\n" not in warnings[0]
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    # The wrapper holds the module's parameters once.
+    assert list(step.state_dict()) == [f"module.{k}" for k in net.state_dict()]
+
+
+def test_an_error_of_the_model_itself_is_raised_not_hidden():
+    step = compiling.EagerFallback(nn.Linear(4, 2), lambda line: None, backend=_failing_backend)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        step(torch.randn(3, 5))
+
+
+def test_a_compiled_module_matches_eager():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    step = compiling.EagerFallback(net, pytest.fail, backend="eager")      # dynamo's tracing, no code generation
+    x = torch.randn(5, 4)
+    assert torch.allclose(step(x), net(x)) and not step.failed
+
+
+def _train(tmp_path, name, *flags):
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    cmd = [sys.executable, "train.py", "--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1",
+           "--batch_size", "100", "--epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path),
+           "--run_name", name, *flags]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(tmp_path / name / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    return out.stdout, records
+
+
+def test_train_py_compiles_with_inductor_and_learns_like_eager(tmp_path):
+    """The classifier phase with --compile on: inductor really compiles the classifiers' step (C++ on the CPU,
+    cached under TORCHINDUCTOR_CACHE_DIR) and the epoch's losses match the eager run's."""
+    stdout, records = _train(tmp_path, "eager", "--classifiers")
+    assert "torch.compile off (auto: the classifier phase" in stdout
+    assert records[0]["config"]["compiled"] is False
+    stdout, compiled = _train(tmp_path, "compiled", "--classifiers", "--compile")
+    assert "torch.compile on (--compile on)" in stdout and "warning" not in stdout
+    assert compiled[0]["config"]["compiled"] is True
+    assert os.listdir(tmp_path / "inductor")
+    eager_epoch, compiled_epoch = records[-1], compiled[-1]
+    assert compiled_epoch["class_lin"] == pytest.approx(eager_epoch["class_lin"], rel=1e-3)
+    # The MLP's dropout draws from inductor's own generator in the compiled step: the same loss, other masks.
+    assert compiled_epoch["class_mlp"] == pytest.approx(eager_epoch["class_mlp"], rel=0.05)
