@@ -4,7 +4,8 @@ Every training item is (views, y, index): the augmented views of one image (augm
 with a shared flip, or MoCo's independent pair), its label (-1 for unlabelled images, STL10's unlabeled split)
 and its position in the split. Test items are (x, y), or None for an unreadable image with --skip_bad_images.
 In-memory datasets can instead keep uint8 images, items (image, y, index), and augment whole batches on the
-training device (Splits.batch_augment). Image folders skip hidden entries and refuse folder symlinks that loop
+training device (Splits.batch_augment); so can image folders, once decoded into memory (--cache_images,
+imagecache.py; ImageCache, DecodedSplit). Image folders skip hidden entries and refuse folder symlinks that loop
 or lead out of their class folder (ImageFolder).
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
@@ -23,6 +24,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from augment import AUGMENTATIONS, NORMALIZATION, RECIPE_OF_SIZE, _to_normalized_tensor, make_views, test_transform
+import imagecache
 import subset as subsets
 from utils import UserError
 
@@ -378,7 +380,10 @@ def _check_folder_link(path, real, chain, class_dir):
                         f"or remove the link")
 
 
-def _image_folders(name, root, image_size, views, skip_bad_images=False, subset=None):
+def _image_folders(name, root, image_size, make, kind, skip_bad_images=False, subset=None, cache=None):
+    """The splits of an image folder dataset: (train, test, n_classes, skippers, memory factory, batched
+    augmentation or None). make(recipe, resize_first, batched) makes the training views; kind is their view
+    kind; cache: the ImageCache settings (None: read image by image)."""
     if not os.path.isdir(root):
         raise UserError(f"--input_dir {root} does not exist: point it at the folder that holds train/ and val/")
     names = _FOLDER_NAMES[name]
@@ -407,20 +412,109 @@ def _image_folders(name, root, image_size, views, skip_bad_images=False, subset=
         raise UserError(f"{found[0]}/ and {found[1]}/ under {root} have different class folders; give both "
                         f"the same set of classes")
     n_classes = len(train.classes)
-    memory = train
-    skippers = {}
-    if skip_bad_images:
-        # Training batches get a stand-in for an unreadable image; scoring (test split, kNN memory) leaves it out.
-        train, test = SkipBadImages(train), SkipBadImages(test, substitute=False)
-        memory = SkipBadImages(train.base, substitute=False, flags=train.bad)
-        skippers = {"train": train, "test": test}
     test_tf = test_transform(recipe, resize_first)
-    return (Transformed(train, views(recipe, resize_first)), Transformed(test, test_tf), n_classes, skippers,
-            lambda: Transformed(memory, test_tf))
+    cache = cache or ImageCache("off")
+    # Cached training images go through the first, deterministic ops of the per-image recipe when it resizes
+    # first (AMDIM's 32 px views); the other recipes crop from the image as it is. Test images keep what the
+    # test transform, applied to them here as on files, needs.
+    decoded_train = cache.decode(train, 32 if resize_first and kind == "amdim" else None, skip_bad_images)
+    decoded_test = cache.decode(test, 32 if resize_first else None, skip_bad_images, per_image_ok=True)
+    skippers, augment = {}, None
+    if decoded_train is not None:
+        train, memory, augment = decoded_train.training_images(), DecodedImages(decoded_train), make(recipe, False,
+                                                                                                   True)
+        skippers["train"] = decoded_train
+    elif skip_bad_images:
+        # Training batches get a stand-in for an unreadable image; the kNN memory leaves it out.
+        train = SkipBadImages(train)
+        memory, skippers["train"] = SkipBadImages(train.base, substitute=False, flags=train.bad), train
+        train = Transformed(train, make(recipe, resize_first, False))
+    else:
+        train, memory = Transformed(train, make(recipe, resize_first, False)), train
+    if decoded_test is not None:
+        test = skippers["test"] = DecodedImages(decoded_test)
+    elif skip_bad_images:
+        test = skippers["test"] = SkipBadImages(test, substitute=False)      # scoring leaves it out
+    return train, Transformed(test, test_tf), n_classes, skippers, lambda: Transformed(memory, test_tf), augment
+
+
+@dataclass
+class ImageCache:
+    """--cache_images for image folders: mode "auto", "on" or "off" (imagecache.decode_split); report: this
+    process prints progress and counts the unreadable images it finds (rank 0 of a job: the job's sums then
+    count each file once); budget: auto's limit in bytes per split."""
+    mode: str = "auto"
+    report: bool = True
+    budget: int = imagecache.BUDGET_BYTES
+    batched: bool = True           # the training split can take the batched augmentation
+
+    def decode(self, folder, size, skip_bad_images, per_image_ok=False):
+        """A DecodedSplit of an ImageFolder split, or None for the per-image path. per_image_ok: the split
+        serves per-image items either way (the test split), so only auto's and on's size rules apply."""
+        if self.mode == "off":
+            return None
+        if not (self.batched or per_image_ok):
+            if self.mode == "on":
+                raise UserError("--cache_images on needs the batched augmentation: drop --per_image_aug and any "
+                                "--aug other than default, or pass --cache_images off")
+            return None
+        decoded = imagecache.decode_split(folder.root, folder.samples, folder.classes, size, self.mode,
+                                          loader=load_rgb, budget=self.budget, report=self.report)
+        return None if decoded is None else DecodedSplit(decoded, folder.samples, skip_bad_images, self.report)
+
+
+class DecodedSplit:
+    """A split decoded by imagecache, with --skip_bad_images' rules for its unreadable files: without the flag
+    the first one is an error (load_rgb's, naming the file); with it each is warned about once (on the reporting
+    rank) and counted (n_skipped, like SkipBadImages), the training split serves the next readable image in
+    its place and scoring leaves it out (DecodedImages gives None)."""
+
+    def __init__(self, decoded, samples, skip_bad_images, report):
+        self.images, self.labels, self.bad = decoded.images, decoded.labels, set(decoded.bad)
+        if self.bad and not skip_bad_images:
+            first = samples[min(self.bad)][0]
+            load_rgb(first)         # raises its BadImageError
+            raise UserError(f"{first} was unreadable when {decoded.path} was made; delete that cache file")
+        for i in sorted(self.bad) if report else ():
+            print(f"warning: skipping unreadable image {samples[i][0]}", file=sys.stderr, flush=True)
+        self.n_skipped = len(self.bad) if report else 0
+
+    def training_images(self):
+        """UInt8Images of the split, each unreadable image replaced by the next readable one (SkipBadImages'
+        substitute rule)."""
+        images, labels = self.images, self.labels
+        if self.bad:
+            images, labels = images.clone(), labels.clone()
+            n = len(labels)
+            for i in sorted(self.bad):
+                j = next((k % n for k in range(i, i + min(n, 100)) if k % n not in self.bad), None)
+                if j is None:
+                    raise UserError(f"100 images in a row from item {i} on are unreadable; check the dataset's "
+                                    f"files")
+                images[i], labels[i] = images[j], labels[j]
+        return UInt8Images(images, labels)
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """(PIL RGB image, label) items of a DecodedSplit, what the ImageFolder gives without reading its files;
+    None for an unreadable file (as SkipBadImages without substitute)."""
+
+    def __init__(self, split):
+        self.images, self.labels, self.bad = split.images, split.labels, split.bad
+        self.n_skipped = split.n_skipped
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            return None
+        return Image.fromarray(self.images[i].permute(1, 2, 0).numpy()), int(self.labels[i])
 
 
 def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False,
-                 batch_augment=True, views="amdim", subset=None, crop_low=None):
+                 batch_augment=True, views="amdim", subset=None, crop_low=None, cache_images="off", report=True,
+                 cache_budget=imagecache.BUDGET_BYTES):
     """Training and test splits of a dataset; see Splits. phase: "self_supervised" or "classifiers" (only STL10
     differs: its unlabeled images join the self-supervised training split). views: the training views'
     augmentation kind (augment.make_views). skip_bad_images: instead of failing on an unreadable file (image
@@ -429,10 +523,15 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     default augmentation keep uint8 images and augment whole batches on the training device
     (Splits.batch_augment); False keeps the per-image pipeline everywhere. subset: a class-list file that
     restricts image folders to those classes. crop_low: the "cmc" views' smallest crop area fraction (None: its
-    default)."""
+    default). cache_images: "auto", "on" or "off" (the default here; train.py's is auto): decode image folder
+    splits into memory (imagecache.py), so that their training split takes the batched path too; report: this
+    process prints that work's progress and counts unreadable images (rank 0); cache_budget: auto's limit, in
+    bytes per split."""
     size = encoder_size(name, image_size)
     if aug not in AUGMENTATIONS:
         raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    if cache_images not in imagecache.MODES:
+        raise UserError(f"unknown --cache_images {cache_images!r}: choose one of {', '.join(imagecache.MODES)}")
     batched = batch_augment and aug == "default"
     if name == "DIGITS":
         make = lambda mean_std: make_views(views, "cifar", aug=aug, mean_std=mean_std, batched=batched,
@@ -444,11 +543,12 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
         train, test, n_classes, augment, memory = _cifar_or_stl(name, input_dir, phase, make, download, batched)
         mean_std = NORMALIZATION["cifar" if name in ("C10", "C100") else "stl"]
     else:
-        make = lambda recipe, resize_first: make_views(views, recipe, aug=aug, resize_first=resize_first,
-                                                       crop_low=crop_low)
-        train, test, n_classes, skippers, memory = _image_folders(name, input_dir, size, make, skip_bad_images,
-                                                                  subset)
+        make = lambda recipe, resize_first, batched_: make_views(views, recipe, aug=aug, resize_first=resize_first,
+                                                                 batched=batched_, crop_low=crop_low)
+        cache = ImageCache(cache_images, report, cache_budget, batched)
+        train, test, n_classes, skippers, memory, augment = _image_folders(name, input_dir, size, make, views,
+                                                                           skip_bad_images, subset, cache)
         return Splits(train=train, test=test, n_classes=n_classes, image_size=size, skippers=skippers,
-                      memory_factory=memory, mean_std=NORMALIZATION[RECIPE_OF_SIZE[size]])
+                      batch_augment=augment, memory_factory=memory, mean_std=NORMALIZATION[RECIPE_OF_SIZE[size]])
     return Splits(train=train, test=test, n_classes=n_classes, image_size=size, batch_augment=augment,
                   memory_factory=memory, mean_std=mean_std)

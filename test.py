@@ -19,6 +19,7 @@ import sys
 import checkpoint
 import datasets
 import engine
+import imagecache
 from recipes import CLASSIFIERS, SELF_SUPERVISED
 from utils import Dist, UserError, pick_device, reap_children_at_exit, run_main, seed_everything
 
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable image files out (counted)")
+    p.add_argument("--cache_images", choices=imagecache.MODES, default="auto",
+                   help="image folders: decode each split once into memory, as train.py does (reads the cache "
+                        "file a training run left)")
     p.add_argument("--knn", type=int, nargs="?", const=200, metavar="K",
                    help="also report weighted kNN top-1 with K neighbours (default K 200)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -73,7 +77,7 @@ def main(argv=None):
     hp = model.hyperparams
     image_size = image_size_of(args, hp)
     splits = datasets.build_splits(args.dataset, args.input_dir, "classifiers", image_size=image_size,
-                                   skip_bad_images=args.skip_bad_images)
+                                   skip_bad_images=args.skip_bad_images, cache_images=args.cache_images)
     check_fit(args, hp, splits, image_size)
 
     # Seeded here, after the model is built, so the refresh's data order, augmentation and dropout follow

@@ -25,6 +25,7 @@ import config
 import costs
 import datasets
 import engine
+import imagecache
 import methods
 import mixed_precision as mp
 import recipes
@@ -53,6 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--per_image_aug", action="store_true",
                    help="augment image by image in the loader workers even where batched on-device "
                         "augmentation applies (C10, C100, STL10, DIGITS with --aug default)")
+    p.add_argument("--cache_images", choices=imagecache.MODES, default="auto",
+                   help="image folders: decode each split once into memory (cached on disk beside it) so that "
+                        "training augments whole batches on the device, as for the in-memory datasets; auto does "
+                        "where the decoded images take at most 2 GiB and half the available memory")
     p.add_argument("--batch_size", default=200, help="global batch (two views of each image)",
                    type=config.number(int, config.Range(minimum=2, why="train-mode BatchNorm needs 2 images")))
     # 0 is allowed: it freezes every weight, a sanity check the tests use.
@@ -120,6 +125,9 @@ def parse_args(argv=None):
     if args.amp_dtype and not args.amp:
         p.error(f"--amp_dtype {args.amp_dtype} applies to mixed precision: add --amp")
     args.amp_dtype = args.amp_dtype or "auto"
+    if args.cache_images == "on" and (args.per_image_aug or args.aug != "default"):
+        p.error("--cache_images on needs the batched augmentation: drop --per_image_aug and any --aug other than "
+                "default, or pass --cache_images off")
     if args.subset and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
         p.error("--subset applies to image folders (IN128, PLACES205, FOLDER)")
     try:
@@ -402,7 +410,7 @@ def load_data(args, dist, view_kind, crop_low=None):
         splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
                                        aug=args.aug, skip_bad_images=args.skip_bad_images,
                                        batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset,
-                                       crop_low=crop_low)
+                                       crop_low=crop_low, cache_images=args.cache_images, report=dist.is_main)
     except UserError as e:
         if not dist.active:
             raise

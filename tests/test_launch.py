@@ -173,7 +173,7 @@ def test_a_loader_worker_error_in_a_spawned_rank_ends_the_job_without_waiting_fo
     rank learnt of the failure, rather than timing out in a collective (no bound on seconds: hosts differ)."""
     _folder_with_one_corrupt_training_image(tmp_path / "data")
     flags = ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "data"), "--batch_size",
-             "12", "--output_dir", str(tmp_path), *TINY, "--num_workers", "1"]
+             "12", "--output_dir", str(tmp_path), *TINY, "--num_workers", "1", "--cache_images", "off"]
     r, _ = spawn_train("_plain_worker", flags, timeout=240, dist_timeout=900)
     assert r.returncode == 2, r.stderr[-3000:]
     (line,) = error_lines(r.stderr)
