@@ -481,7 +481,8 @@ def _pixel_scale(images):
 
 def _dense(line, in_size, transpose=False):
     """Compact weights (index, weight), each (n, S, K) -> the dense matrix (n, S, in_size), or its transpose
-    (n, in_size, S)."""
+    (n, in_size, S). Deterministic on a GPU too: an output's taps are distinct pixels, except clamped ones,
+    whose weight is 0 (adding exact zeros in any order changes nothing)."""
     index, weight = line
     n, size, _ = index.shape
     if transpose:
