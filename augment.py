@@ -306,9 +306,18 @@ def _parse_sub_policy(line):
 
 # ----------------------------------------------------------------------------------------------------------
 # Batched augmentation: the same recipes on whole uint8 batches, on the training device, with random
-# parameters drawn per sample (and per view, except the shared flip).
+# parameters drawn per sample (and per view, except AMDIM's shared flip).
+#
+# How a view is made: first every random parameter of the whole batch is drawn, as tensors on the device, in a
+# fixed order (deterministic per seed); no tensor's shape depends on a draw, so the host never waits for a GPU.
+# Then the images go through the view's passes chunk by chunk (_chunks), each pass in place: on the CPU a chunk
+# is small enough to stay in the cache for the thirty-odd passes of a view, which would otherwise each stream
+# the whole batch from memory (and allocate it anew); on a GPU the chunk is the whole batch. The geometry (crop
+# and resize, translation, flip, the scaling of 8-bit values to [0, 1]) is linear in the pixels, separable, and
+# one pair of small matrices per sample: two batched matmuls (_resample).
 
 _GRAY = (0.299, 0.587, 0.114)      # ITU-R 601-2 luma, as PIL's convert("L") and torchvision use
+CPU_CHUNK_BYTES = 1 << 20          # float32 output bytes per chunk on the CPU: a chunk's passes stay in L2/L3
 
 
 class _BatchViews:
@@ -319,19 +328,22 @@ class _BatchViews:
         self.size = RECIPE_SIZE[recipe]
         self._mean, self._std = (tuple(map(float, v)) for v in (mean_std or NORMALIZATION[recipe]))
         self.mean, self.std = _channels(self._mean, "cpu"), _channels(self._std, "cpu")    # (1, 3, 1, 1)
+        # x -> x / std - mean / std: one pass.
+        self._scale = tuple(1 / s for s in self._std)
+        self._shift = tuple(-m / s for m, s in zip(self._mean, self._std))
 
-    def normalize(self, x):
-        """x: float (B, 3, S, S) in [0, 1] -> (x - mean) / std per channel."""
-        return (x - _channels(self._mean, x.device)) / _channels(self._std, x.device)
+    def normalize_(self, x):
+        """x: float (B, 3, S, S) in [0, 1] -> (x - mean) / std per channel, in place."""
+        return torch.addcmul(_channels(self._shift, x.device), x, _channels(self._scale, x.device), out=x)
 
 
 class BatchTwoViews(_BatchViews):
     """Two augmented views of a batch of uint8 images (B, 3, H, W): the per-image recipe of
     train_view_transform (default augmentation), vectorised. Returns (x1, x2), float (B, 3, S, S), normalised.
 
-    Differences from the per-image path, all within what the distribution test checks: colour operations run
-    in float without rounding to 8 bits after each one, and RandomResizedCrop resamples with bicubic
-    grid_sample (no antialiasing when it shrinks).
+    Differences from the per-image path, all within what the distribution test checks: no rounding to 8 bits
+    after the resize and after each colour operation. RandomResizedCrop resamples as PIL does (bicubic,
+    antialiased when it shrinks), in float.
     """
 
     def __init__(self, recipe, mean_std=None):
@@ -340,18 +352,33 @@ class BatchTwoViews(_BatchViews):
 
     def __call__(self, images, n_views=2):
         """images: (B, 3, H, W) uint8 -> a tuple of n_views augmented views (the classifier phase needs one)."""
-        x = random_hflip(images.float() / 255, p=0.5)          # shared by both views
-        return tuple(self.view(x) for _ in range(n_views))
+        flip = _coin(images.shape[0], 0.5, images.device)          # shared by both views
+        return tuple(self.view(images, flip) for _ in range(n_views))
 
-    def view(self, x):
-        """One view of float images x (B, 3, H, W) in [0, 1] -> normalised float (B, 3, S, S)."""
+    def view(self, images, flip=None):
+        """One view of images (B, 3, H, W), uint8 or float in [0, 1], mirrored first where flip (bool (B,))
+        -> normalised float (B, 3, S, S)."""
+        b, _, height, width = images.shape
+        device = images.device
         if self.recipe == "cifar":
-            x = random_translate(x, 4, p=0.8)
+            rows, cols = translate_weights(b, height, width, 4, 0.8, device)
+            size = (height, width)
         else:
-            x = random_resized_crop(x, self.size, scale=(0.3, 1.0), ratio=(0.7, 1.4))
-        x = color_jitter(x, 0.4, 0.4, 0.4, self.hue, p=0.8)
-        x = random_grayscale(x, p=0.25)
-        return self.normalize(x)
+            boxes = sample_crop_boxes(b, height, width, (0.3, 1.0), (0.7, 1.4), device)
+            rows, cols = crop_weights(boxes, height, width, self.size, "bicubic")
+            size = (self.size, self.size)
+        jitter = jitter_params(b, 0.4, 0.4, 0.4, self.hue, 0.8, device)
+        gray = _coin(b, 0.25, device)
+        if flip is not None:
+            cols = _mirror_input(cols, flip, width)
+        rows = _scaled(rows, _pixel_scale(images))
+        out = torch.empty(b, 3, *size, device=device)
+        for s in _chunks(out):
+            x = _resample(images[s], _take(rows, s), _take(cols, s), out=out[s]).clamp_(0, 1)
+            _color_jitter_(x, *_take(jitter, s))
+            _grayscale_(x, gray[s])
+            self.normalize_(x)
+        return out
 
 
 class BatchMoCoViews(_BatchViews):
@@ -359,9 +386,10 @@ class BatchMoCoViews(_BatchViews):
     moco_view_transform, vectorised, every view independent. Returns a tuple of n_views float (B, 3, S, S),
     normalised.
 
-    Differences from the per-image path: colour operations run in float without rounding to 8 bits after
-    each one; RandomResizedCrop resamples with bilinear grid_sample (no antialiasing when it shrinks); the blur
-    is an exact Gaussian truncated at 3 sigma (6 px) where PIL's is three box blurs of the same variance.
+    Differences from the per-image path: no rounding to 8 bits after the resize and after each colour
+    operation; RandomResizedCrop resamples as PIL does (bilinear, antialiased when it shrinks), in float; the
+    blur is an exact Gaussian truncated at 3 sigma (6 px) where PIL's is three box blurs of the same variance;
+    the flip, drawn last as in the recipe, mirrors the crop (every later operation commutes with it).
     """
 
     def __init__(self, recipe, version, mean_std=None):
@@ -372,99 +400,185 @@ class BatchMoCoViews(_BatchViews):
 
     def __call__(self, images, n_views=2):
         """images: (B, 3, H, W) uint8 -> a tuple of n_views independently augmented views."""
-        x = images.float() / 255
-        return tuple(self.view(x) for _ in range(n_views))
+        return tuple(self.view(images) for _ in range(n_views))
 
-    def view(self, x):
-        """One view of float images x (B, 3, H, W) in [0, 1] -> normalised float (B, 3, S, S)."""
-        x = random_resized_crop(x, self.size, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), mode="bilinear")
+    def view(self, images):
+        """One view of images (B, 3, H, W), uint8 or float in [0, 1] -> normalised float (B, 3, S, S)."""
+        b, _, height, width = images.shape
+        device = images.device
+        boxes = sample_crop_boxes(b, height, width, (0.2, 1.0), (3 / 4, 4 / 3), device)
         if self.version == 1:
-            x = random_grayscale(x, p=0.2)
-            x = color_jitter(x, 0.4, 0.4, 0.4, 0.4, p=1.0)
+            gray = _coin(b, 0.2, device)
+            jitter = jitter_params(b, 0.4, 0.4, 0.4, 0.4, 1.0, device)
         else:
-            x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8)
-            x = random_grayscale(x, p=0.2)
-            x = random_gaussian_blur(x, (0.1, 2.0), p=0.5)
-        return self.normalize(random_hflip(x, p=0.5))
+            jitter = jitter_params(b, 0.4, 0.4, 0.4, 0.1, 0.8, device)
+            gray = _coin(b, 0.2, device)
+            blur = blur_kernels(b, (0.1, 2.0), 0.5, device)
+        rows, cols = crop_weights(boxes, height, width, self.size, "bilinear")
+        cols = _mirror_output(cols, _coin(b, 0.5, device))
+        rows = _scaled(rows, _pixel_scale(images))
+        out = torch.empty(b, 3, self.size, self.size, device=device)
+        for s in _chunks(out):
+            x = _resample(images[s], _take(rows, s), _take(cols, s), out=out[s]).clamp_(0, 1)
+            if self.version == 1:
+                _grayscale_(x, gray[s])
+                _color_jitter_(x, *_take(jitter, s))
+            else:
+                _color_jitter_(x, *_take(jitter, s))
+                _grayscale_(x, gray[s])
+                _blur_(x, blur[s])
+            self.normalize_(x)
+        return out
 
 
 class BatchCMCViews:
     """CMC's views of a batch of uint8 images (B, 3, H, W) of any size: CMCViews vectorised (the crop resampled
-    by bilinear grid_sample in float, without rounding to 8 bits or antialiasing), Lab on the device. Returns
-    (L (B, 1, S, S), ab (B, 2, S, S)), normalised; n_views=1 (the classifier phase) gives (L,) alone."""
+    as PIL does, bilinear, antialiased when it shrinks, in float without rounding to 8 bits), Lab on the device.
+    Returns (L (B, 1, S, S), ab (B, 2, S, S)), normalised; n_views=1 (the classifier phase) gives (L,) alone."""
 
     def __init__(self, recipe, crop_low=CMC_CROP_LOW):
         self.recipe, self.size, self.crop_low = recipe, RECIPE_SIZE[recipe], crop_low
 
     def __call__(self, images, n_views=2):
-        x = random_resized_crop(images.float() / 255, self.size, scale=(self.crop_low, 1.0), ratio=(3 / 4, 4 / 3),
-                                mode="bilinear")
-        lab = normalize_lab(rgb_to_lab(random_hflip(x, p=0.5)))
+        b, _, height, width = images.shape
+        boxes = sample_crop_boxes(b, height, width, (self.crop_low, 1.0), (3 / 4, 4 / 3), images.device)
+        rows, cols = crop_weights(boxes, height, width, self.size, "bilinear")
+        cols = _mirror_output(cols, _coin(b, 0.5, images.device))
+        rows = _scaled(rows, _pixel_scale(images))
+        lab = torch.empty(b, 3, self.size, self.size, device=images.device)
+        for s in _chunks(lab):
+            x = _resample(images[s], _take(rows, s), _take(cols, s), out=lab[s]).clamp_(0, 1)
+            _lab_(x, _LAB_SCALE, _LAB_SHIFT)
         return (lab[:, :1], lab[:, 1:])[:n_views]
 
 
-# sRGB (linear) -> CIE XYZ and the D65 white point, as scikit-image's rgb2lab.
-_XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
-                 (0.212671, 0.715160, 0.072169),
-                 (0.019334, 0.119193, 0.950227))
-_D65_WHITE = (0.95047, 1.0, 1.08883)
+_LAB_SCALE = tuple(1 / s for s in LAB_STD)                     # normalize_lab, folded into _lab_
+_LAB_SHIFT = tuple(-m / s for m, s in zip(LAB_MEAN, LAB_STD))
 
 
-def rgb_to_lab(x):
-    """sRGB images x (B, 3, H, W), uint8 in 0..255 or float in [0, 1], -> float32 CIE Lab (B, 3, H, W) under
-    D65 (L in 0..100): gamma expansion, the XYZ matrix, f(t) = cube root above (6/29)^3 and its linear segment
-    below. Any device; agrees with skimage.color.rgb2lab."""
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055).clamp(min=0) ** 2.4, x / 12.92)
-    matrix = torch.tensor(_XYZ_FROM_RGB, dtype=torch.float32, device=x.device)
-    white = torch.tensor(_D65_WHITE, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear) / white
-    delta = 6 / 29
-    f = torch.where(xyz > delta ** 3, xyz.clamp(min=delta ** 3) ** (1 / 3), xyz / (3 * delta ** 2) + 4 / 29)
-    fx, fy, fz = f.unbind(1)
-    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+def _chunks(out):
+    """Slices of out's first dimension (B, ...) to work through in turn: on the CPU about CPU_CHUNK_BYTES of
+    float32 each (at least one sample), elsewhere (a GPU) the whole batch."""
+    n = out.shape[0]
+    if out.device.type != "cpu":
+        return [slice(0, n)]
+    step = max(1, CPU_CHUNK_BYTES // max(1, out[:1].numel() * 4))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def lab_to_rgb(lab):
-    """CIE Lab (B, 3, H, W) under D65 -> sRGB float (B, 3, H, W) clamped to [0, 1]: rgb_to_lab's inverse (for
-    pictures of CMC's views; training never needs it)."""
-    l, a, b = lab.float().unbind(1)
-    fy = (l + 16) / 116
-    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
-    delta = 6 / 29
-    white = torch.tensor(_D65_WHITE, dtype=torch.float32, device=lab.device).view(1, 3, 1, 1)
-    xyz = torch.where(f > delta, f ** 3, 3 * delta ** 2 * (f - 4 / 29)) * white
-    inverse = torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64)).float().to(lab.device)
-    linear = torch.einsum("ij,bjhw->bihw", inverse, xyz).clamp(0, 1)
-    return torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear).clamp(0, 1)
+def _take(tensors, s):
+    """The slice s of the first dimension of each of a tuple of tensors."""
+    return tuple(t[s] for t in tensors)
 
 
-def cmc_views_to_rgb(l, ab, lightness=60.0):
-    """CMC's normalised views -> pictures (B, 3, S, S) in [0, 1]: L (B, 1, S, S) as grey levels, ab (B, 2, S, S)
-    as colour at a constant lightness."""
-    mean, std = _channels(LAB_MEAN, l.device), _channels(LAB_STD, l.device)
-    grey = (l.float() * std[:, :1] + mean[:, :1]).clamp(0, 100) / 100
-    chroma = ab.float() * std[:, 1:] + mean[:, 1:]
-    flat = torch.full_like(chroma[:, :1], lightness)
-    return grey.expand(-1, 3, -1, -1), lab_to_rgb(torch.cat([flat, chroma], dim=1))
+def _pixel_scale(images):
+    """What the resampling weights are multiplied by to bring images' values into [0, 1]: 1/255 for uint8."""
+    return 1 / 255 if images.dtype == torch.uint8 else 1.0
 
 
-def normalize_lab(lab):
-    """Raw Lab (B, 3, H, W) -> (lab - LAB_MEAN) / LAB_STD per channel."""
-    return (lab - _channels(LAB_MEAN, lab.device)) / _channels(LAB_STD, lab.device)
+# Resampling along one axis, per sample, in compact form: a pair (index, weight) of tensors (B, S, K), output
+# pixel i of sample b the sum over k of weight[b, i, k] times input pixel index[b, i, k] (K taps at most).
+
+def _dense(line, in_size, transpose=False):
+    """Compact weights (index, weight), each (n, S, K) -> the dense matrix (n, S, in_size), or its transpose
+    (n, in_size, S). Deterministic on a GPU too: an output's taps are distinct pixels, except clamped ones,
+    whose weight is 0 (adding exact zeros in any order changes nothing)."""
+    index, weight = line
+    n, size, _ = index.shape
+    if transpose:
+        dense = torch.zeros(n, in_size, size, device=weight.device)
+        return dense.scatter_add_(1, index.transpose(1, 2), weight.transpose(1, 2))
+    return torch.zeros(n, size, in_size, device=weight.device).scatter_add_(2, index, weight)
 
 
-@functools.lru_cache(maxsize=None)
-def _channels(values, device):
-    """float32 (1, 3, 1, 1) tensor of three per-channel constants on `device`, made once per device: built
-    from Python data or copied from the CPU at every call, it would be a blocking host-to-GPU copy. Callers
-    must not modify it."""
-    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+def _resample(x, rows, cols, out):
+    """Separable linear resampling: x (n, C, H, W), uint8 or float; rows and cols compact weights ((n, S, K)
+    into H; (n, T, L) into W) -> out (n, C, S, T) = rows @ x @ cols^T per sample and channel, as two batched
+    matmuls (written into out and returned)."""
+    n, c, h, w = x.shape
+    y = torch.matmul(x.reshape(n, c * h, w).float(), _dense(cols, w, transpose=True))   # (n, C H, T)
+    return torch.matmul(_dense(rows, h).unsqueeze(1), y.view(n, c, h, -1), out=out)
 
 
-def _coin(n, p, device):
-    """n independent draws of a p-coin: bool (n,) on `device`."""
-    return torch.rand(n, device=device) < p
+def _scaled(line, factor):
+    """Compact weights with every weight multiplied by factor."""
+    index, weight = line
+    return index, weight * factor
+
+
+def _mirror_input(line, flip, in_size):
+    """Compact weights that read the input mirrored (index i -> in_size - 1 - i) where flip (bool (B,))."""
+    index, weight = line
+    return torch.where(flip.view(-1, 1, 1), in_size - 1 - index, index), weight
+
+
+def _mirror_output(line, flip):
+    """Compact weights whose output is mirrored (pixel i <- S - 1 - i) where flip (bool (B,))."""
+    flip = flip.view(-1, 1, 1)
+    return tuple(torch.where(flip, t.flip(1), t) for t in line)
+
+
+def _bicubic(t):
+    """PIL's bicubic kernel (a = -0.5; support 2) at offsets t, in pixels of the kernel's scale."""
+    a, t = -0.5, t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return torch.where(t < 1, near, torch.where(t < 2, far, 0.0))
+
+
+def _triangle(t):
+    """The bilinear kernel (support 1) at offsets t."""
+    return (1 - t.abs()).clamp(min=0)
+
+
+_KERNELS = {"bicubic": (_bicubic, 2.0), "bilinear": (_triangle, 1.0)}
+
+
+def resize_weights(start, length, in_size, out_size, mode):
+    """Compact resampling weights (index, weight), each (B, out_size, K): those of output pixel i when
+    pixels start..start+length-1 (int tensors (B,)) of a line of in_size pixels are resized to out_size, as
+    PIL's resize (and torchvision's antialiased tensor resize) does to the cropped line: the kernel
+    ("bicubic" or "bilinear") centred on the output pixel's centre, widened by the scale when it shrinks
+    (antialiasing), limited to the crop and normalised to sum 1.
+
+    K = ceil(2 support max(in_size / out_size, 1)) + 1 taps cover the widest kernel; a tap outside the crop (or
+    the kernel) has weight 0 (and its index clamped into the line)."""
+    kernel, support = _KERNELS[mode]
+    device = start.device
+    start, length = start.float()[:, None, None], length.float()[:, None, None]      # (B, 1, 1)
+    scale = length / out_size                                   # input pixels per output pixel
+    stretch = scale.clamp(min=1.0)                              # the kernel widens only to shrink
+    centre = start + (torch.arange(out_size, device=device, dtype=torch.float32)[:, None] + 0.5) * scale
+    n_taps = math.ceil(2 * support * max(in_size / out_size, 1.0)) + 1
+    first = torch.floor(centre - support * stretch + 0.5)                             # (B, out, 1)
+    taps = first + torch.arange(n_taps, device=device, dtype=torch.float32)           # (B, out, taps)
+    w = kernel((taps + 0.5 - centre) / stretch) * ((taps >= start) & (taps < start + length))
+    return taps.long().clamp_(0, in_size - 1), w / w.sum(-1, keepdim=True)
+
+
+def crop_weights(boxes, height, width, size, mode):
+    """Compact weights (rows, cols) that resize each box (top, left, h, w) of an image height x width to
+    size x size (resize_weights along each axis)."""
+    top, left, h, w = boxes
+    return resize_weights(top, h, height, size, mode), resize_weights(left, w, width, size, mode)
+
+
+def translate_weights(b, height, width, pad, p, device):
+    """RandomCrop(padding=pad, "reflect") applied with probability p per sample, as resampling matrices: a
+    shift by up to +-pad px in y and x (uniform), filling with reflection. Returns compact weights (rows, cols)
+    of one tap each, weight 1."""
+    apply = _coin(b, p, device)
+    dy = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=device), pad)
+    dx = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=device), pad)
+    return _shift_weights(dy - pad, height), _shift_weights(dx - pad, width)
+
+
+def _shift_weights(offset, size):
+    """offset: int (B,) -> compact weights: output pixel i is input pixel i + offset, reflected at the borders
+    (the offset is at most size - 1)."""
+    src = torch.arange(size, device=offset.device) + offset[:, None]                 # (B, size)
+    src = torch.where(src < 0, -src, torch.where(src > size - 1, 2 * (size - 1) - src, src))
+    return src[:, :, None], torch.ones(*src.shape, 1, device=offset.device)
 
 
 def random_translate(x, pad, p):
@@ -472,14 +586,11 @@ def random_translate(x, pad, p):
     y (uniform), filling with reflection: a crop of the reflect-padded image at a random offset, as
     RandomCrop(padding, "reflect")."""
     b, _, h, w = x.shape
-    padded = F.pad(x, (pad,) * 4, mode="reflect")
-    apply = _coin(b, p, x.device)
-    dy = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
-    dx = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=x.device), pad)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]     # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]     # (B, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)               # advanced dims first: (B, H, W, 3)
+    rows, cols = translate_weights(b, h, w, pad, p, x.device)
+    out = torch.empty_like(x, dtype=torch.float32)
+    for s in _chunks(out):
+        _resample(x[s], _take(rows, s), _take(cols, s), out=out[s])
+    return out
 
 
 def sample_crop_boxes(n, height, width, scale, ratio, device=None, attempts=10):
@@ -515,38 +626,34 @@ def sample_crop_boxes(n, height, width, scale, ratio, device=None, attempts=10):
 
 def random_resized_crop(x, size, scale, ratio, mode="bicubic"):
     """x: float (B, C, H, W) in [0, 1] -> (B, C, size, size) in [0, 1]. Crop a random box per sample
-    (sample_crop_boxes with scale and ratio ranges as RandomResizedCrop's) and resize it to size x size by
-    grid_sample with `mode` ("bicubic" or "bilinear"), without antialiasing."""
-    b, _, height, width = x.shape
-    top, left, h, w = (t.float() for t in sample_crop_boxes(b, height, width, scale, ratio, x.device))
-    # Affine map from output coordinates in [-1, 1] to the box, in grid_sample's align_corners=False units.
-    theta = torch.zeros(b, 2, 3, device=x.device)
-    theta[:, 0, 0] = w / width
-    theta[:, 0, 2] = (2 * left + w) / width - 1
-    theta[:, 1, 1] = h / height
-    theta[:, 1, 2] = (2 * top + h) / height - 1
-    grid = F.affine_grid(theta, (b, 3, size, size), align_corners=False)
-    out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    return out.clamp(0, 1)
+    (sample_crop_boxes with scale and ratio ranges as RandomResizedCrop's) and resize it to size x size as PIL
+    does (resize_weights; mode "bicubic" or "bilinear")."""
+    b, c, height, width = x.shape
+    rows, cols = crop_weights(sample_crop_boxes(b, height, width, scale, ratio, x.device), height, width, size,
+                              mode)
+    out = torch.empty(b, c, size, size, device=x.device)
+    for s in _chunks(out):
+        _resample(x[s], _take(rows, s), _take(cols, s), out=out[s]).clamp_(0, 1)
+    return out
 
 
-def _gray(x):
-    """RGB x (B, 3, H, W) -> luma (B, 1, H, W)."""
-    r, g, b = x.unbind(1)
-    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+def _luma(x):
+    """RGB x (B, 3, H, W) -> luma (B, 1, H, W) (a matmul: one pass over x, faster than three)."""
+    b, _, h, w = x.shape
+    return torch.matmul(_channels(_GRAY, x.device).view(1, 3), x.reshape(b, 3, h * w)).view(b, 1, h, w)
 
 
-def color_jitter(x, brightness, contrast, saturation, hue, p):
-    """x: RGB float (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]. ColorJitter applied with probability p
-    per sample: brightness, contrast, saturation and hue factors drawn per sample, the four operations in a
-    random order per sample (as torchvision draws one per call).
+def jitter_params(b, brightness, contrast, saturation, hue, p, device):
+    """ColorJitter's random parameters for b samples, applied with probability p each: brightness, contrast and
+    saturation factors and a hue shift drawn per sample, and the four operations in a random order per sample
+    (as torchvision draws one per call).
 
-    Without a host-device sync: every operation runs over the whole batch, and a sample that does not take it
-    at that point gets the identity (factor 1; the input back, for the hue shift), so no tensor's shape depends
-    on the draws. The hue shift, the costly one, runs once: the other three run in each sample's order, first
-    those placed before its hue shift, then those placed after it."""
-    b = x.shape[0]
-    device = x.device
+    Returns (coeffs (B, 6, 3), shift (B,), apply (B,) bool) for _color_jitter_, which runs the hue shift, the
+    costly operation, once for every sample: brightness, contrast and saturation run at six passes, each sample
+    taking its operations placed before its hue shift at the first three (in its order) and those after it at
+    the last three. Pass k maps x -> a x + c mean(luma) + d luma with (a, c, d) = coeffs[:, k]: brightness is
+    (f, 0, 0), contrast (f, 1 - f, 0), saturation (f, 0, 1 - f), and the identity, exactly, (1, 0, 0). shift is
+    the hue shift in sixths of the circle; samples that do not take the jitter keep their hue (apply False)."""
     apply = _coin(b, p, device)
     factors = [torch.empty(b, device=device).uniform_(1 - brightness, 1 + brightness),
                torch.empty(b, device=device).uniform_(1 - contrast, 1 + contrast),
@@ -555,80 +662,91 @@ def color_jitter(x, brightness, contrast, saturation, hue, p):
     order = torch.argsort(torch.rand(b, 4, device=device), dim=1)
     place = torch.argsort(order, dim=1)              # place[:, k]: where operation k comes in the sample's order
     before_hue = place[:, :3] < place[:, 3:]         # (B, 3): brightness, contrast, saturation before the hue
-    x = _scale_ops(x, factors, place, apply[:, None] & before_hue, range(3))
-    x = torch.where(apply.view(-1, 1, 1, 1), _hue(x, factors[3].view(-1, 1, 1, 1)), x)
-    return _scale_ops(x, factors, place, apply[:, None] & ~before_hue, range(1, 4))
+    passes = []
+    for active, places in ((apply[:, None] & before_hue, range(3)), (apply[:, None] & ~before_hue, range(1, 4))):
+        for at in places:
+            takes = active & (place[:, :3] == at)                   # (B, 3): at most one operation a sample
+            f = [torch.where(takes[:, k], factors[k], 1.0) for k in range(3)]
+            passes.append(torch.stack([f[0] * f[1] * f[2], 1 - f[1], 1 - f[2]], dim=1))     # two are 1
+    return torch.stack(passes, dim=1), 6 * factors[3], apply
 
 
-def _scale_ops(x, factors, place, active, places):
-    """Brightness, contrast and saturation (operations 0-2) at each of `places` in turn, over the whole batch:
-    operation k acts on sample b with its factor where active[b, k] and place[b, k] is the current place.
+def color_jitter(x, brightness, contrast, saturation, hue, p):
+    """x: RGB float (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]. ColorJitter applied with probability p
+    per sample (jitter_params, then _color_jitter_ on a copy)."""
+    params = jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, x.device)
+    out = x.float().clone()
+    for s in _chunks(out):
+        _color_jitter_(out[s], *(t[s] for t in params))
+    return out
 
-    Each place is one pass of x -> a x + c mean(gray) + d gray (clamped), which is brightness for (a, c, d) =
-    (f, 0, 0), contrast for (f, 1 - f, 0), saturation for (f, 0, 1 - f) with the same rounding as _brightness,
-    _contrast and _saturation, and the identity, exactly, for (1, 0, 0)."""
-    for at in places:
-        takes = active & (place[:, :3] == at)                       # (B, 3): at most one operation a sample
-        f = [torch.where(takes[:, k], factors[k], 1.0).view(-1, 1, 1, 1) for k in range(3)]
-        gray = _gray(x)
-        # (B, 1, H, W) first: two passes over the three channels instead of four.
-        offset = (1 - f[2]) * gray + (1 - f[1]) * gray.mean(dim=(1, 2, 3), keepdim=True)
-        x = (f[0] * f[1] * f[2] * x + offset).clamp_(0, 1)              # two of the three factors are 1
+
+def _color_jitter_(x, coeffs, shift, apply):
+    """x: RGB float (n, 3, H, W) in [0, 1], jittered in place by jitter_params' (coeffs, shift, apply)."""
+    for k in range(3):
+        _scale_(x, coeffs[:, k])
+    _hue_(x, shift, apply)
+    for k in range(3, 6):
+        _scale_(x, coeffs[:, k])
     return x
 
 
-# The four ColorJitter operations, as torchvision's: x RGB (B, 3, H, W) in [0, 1], f factors (B, 1, 1, 1).
+def _scale_(x, coeffs):
+    """x -> clamp(a x + c mean(luma) + d luma, 0, 1) in place, (a, c, d) = coeffs (n, 3) per sample: brightness,
+    contrast or saturation (see jitter_params), rounding as torchvision's."""
+    a, c, d = (v.view(-1, 1, 1, 1) for v in coeffs.unbind(1))
+    luma = _luma(x)
+    offset = torch.addcmul(c * luma.mean(dim=(2, 3), keepdim=True), luma, d, out=luma)
+    return torch.addcmul(offset, x, a, out=x).clamp_(0, 1)
+
+
+def _hue_(x, shift, apply):
+    """RGB x (n, 3, H, W) in [0, 1], in place: the samples where apply (bool (n,)) get their HSV hue rotated by
+    shift (n,) sixths of the circle, as torchvision's adjust_hue (RGB -> HSV, shift, back) without forming
+    saturation and value: each pixel keeps its largest and smallest channel, and channel n (5 for red, 3 green,
+    1 blue) becomes min + (max - min) clamp(| |k - 5| - 3 | - 1, 0, 1), k = n + hue mod 6 (the hue in sixths):
+    HSV's v - v s clamp(min(k, 4 - k), 0, 1) with the trapezoid written as a distance to its centre."""
+    high, low = x.amax(1), x.amin(1)                 # amax/amin: the index-returning max/min are ~20x slower
+    delta = high - low
+    r, g, b = x.unbind(1)
+    # Hue times delta, in sixths, by the largest channel (red wins ties, then green); 0 for grey pixels. Blends
+    # by 0/1 masks (lerp, exact at 0 and 1) are faster than torch.where on the CPU.
+    hue = torch.lerp(torch.sub(r, g).add_(delta, alpha=4), torch.sub(b, r).add_(delta, alpha=2), _is(g, high))
+    hue = torch.lerp(hue, g - b, _is(r, high))
+    hue.div_(delta.clamp(min=1e-12)).add_(shift.view(-1, 1, 1))
+    hue.sub_(hue.div(6).floor_(), alpha=6)           # mod 6: [0, 6] (6 and 0 are one hue)
+    ramp = torch.add(hue.unsqueeze(1), _channels((0.0, -2.0, -4.0), x.device))        # k - 5, in [-4, 6]
+    ramp.abs_().sub_(3).abs_().clamp_(1, 2)          # the distance to the trapezoid's centre, clamped to 1..2
+    shifted = torch.addcmul((low - delta).unsqueeze(1), delta.unsqueeze(1), ramp, out=ramp)
+    return torch.lerp(x, shifted, apply.to(x.dtype).view(-1, 1, 1, 1), out=x)
+
+
+def _is(a, b):
+    """1.0 where a == b, else 0.0 (float, a's shape)."""
+    return torch.eq(a, b, out=torch.empty_like(a))
+
+
+# The four ColorJitter operations on their own (what _color_jitter_ computes; the tests compare them with
+# torchvision's): x RGB (B, 3, H, W) in [0, 1], f factors (B, 1, 1, 1); hue f in turns.
 
 def _brightness(x, f):
-    return (x * f).clamp(0, 1)
+    f = f.view(-1)
+    return _scale_(x.float().clone(), torch.stack([f, torch.zeros_like(f), torch.zeros_like(f)], 1))
 
 
 def _contrast(x, f):
-    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    return (f * x + (1 - f) * mean).clamp(0, 1)
+    f = f.view(-1)
+    return _scale_(x.float().clone(), torch.stack([f, 1 - f, torch.zeros_like(f)], 1))
 
 
 def _saturation(x, f):
-    return (f * x + (1 - f) * _gray(x)).clamp(0, 1)
+    f = f.view(-1)
+    return _scale_(x.float().clone(), torch.stack([f, torch.zeros_like(f), 1 - f], 1))
 
 
 def _hue(x, f):
-    h, s, v = rgb_to_hsv(x)
-    h = h + f.squeeze(1)
-    return hsv_to_rgb(h - h.floor(), s, v)
-
-
-def rgb_to_hsv(x):
-    """(B, 3, H, W) RGB in [0, 1] -> hue in [0, 1), saturation, value; each (B, H, W)."""
-    # amax/amin rather than max/min(dim): the index-returning reductions are ~20x slower on the CPU.
-    maxc, minc = x.amax(1), x.amin(1)
-    delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp(min=1e-12), torch.zeros_like(maxc))
-    r, g, b = x.unbind(1)
-    d = delta.clamp(min=1e-12)
-    # Hue sector by the largest channel (red wins ties, then green): (g - b) / delta, 2 + (b - r) / delta or
-    # 4 + (r - g) / delta, in sixths of the circle.
-    h6 = torch.where(r == maxc, (g - b) / d, torch.where(g == maxc, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
-    h = h6 / 6.0
-    h = torch.where(delta > 0, h - h.floor(), torch.zeros_like(h))
-    return h, s, maxc
-
-
-def hsv_to_rgb(h, s, v):
-    """Inverse of rgb_to_hsv: (B, H, W) each -> (B, 3, H, W). Channel n (5 for red, 3 green, 1 blue) is
-    v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
-    n = _channels((5.0, 3.0, 1.0), h.device)
-    k = n + 6.0 * h.unsqueeze(1)
-    k = k - 6.0 * torch.floor(k / 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp(0, 1)
-    v, s = v.unsqueeze(1), s.unsqueeze(1)
-    return v - v * s * ramp
-
-
-def random_hflip(x, p):
-    """x: (B, C, H, W) -> (B, C, H, W), each sample mirrored left-right with probability p."""
-    flip = _coin(x.shape[0], p, x.device).view(-1, 1, 1, 1)
-    return torch.where(flip, x.flip(-1), x)
+    f = f.view(-1)
+    return _hue_(x.float().clone(), 6 * f, torch.ones_like(f, dtype=torch.bool))
 
 
 def gaussian_kernels(sigma, radius):
@@ -638,36 +756,148 @@ def gaussian_kernels(sigma, radius):
     return k / k.sum(1, keepdim=True)
 
 
+def blur_kernels(b, sigma, p, device):
+    """Gaussian blurs drawn for b samples, each applied with probability p, its standard deviation uniform in
+    sigma = (low, high) px: kernels (B, 2 radius + 1) truncated at radius = ceil(3 high) px; a sample not
+    blurred gets the identity kernel (a single 1, exactly the input back)."""
+    apply = _coin(b, p, device)
+    sigmas = torch.empty(b, device=device).uniform_(*sigma)
+    radius = math.ceil(3 * sigma[1])
+    identity = (torch.arange(-radius, radius + 1, device=device) == 0).float()
+    return torch.where(apply[:, None], gaussian_kernels(sigmas, radius), identity)
+
+
+def _blur_(x, kernels):
+    """x: float (n, C, H, W) blurred in place, sample b by the separable kernel kernels[b] ((n, 2 r + 1)), edge
+    pixels repeated beyond the border (as PIL's GaussianBlur): a 1 x (2 r + 1) then a (2 r + 1) x 1 depthwise
+    convolution, one kernel per sample and channel, as a grouped conv2d over the batch folded into channels."""
+    n, c, h, w = x.shape
+    if n == 0:
+        return x
+    radius = kernels.shape[1] // 2
+    k = kernels.to(x.dtype).repeat_interleave(c, 0)                                  # (n C, 2 radius + 1)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return x.copy_(y.view(n, c, h, w))
+
+
 def gaussian_blur(x, sigma, radius):
     """x: float (B, C, H, W), sigma: (B,) -> (B, C, H, W), sample b blurred by a Gaussian of standard deviation
-    sigma[b] px, truncated at `radius` px, edge pixels repeated beyond the border (as PIL's GaussianBlur).
-
-    Separable: a 1 x (2 radius + 1) then a (2 radius + 1) x 1 depthwise convolution, one kernel per sample and
-    channel, as a grouped conv2d over the batch folded into channels."""
-    b, c, h, w = x.shape
-    if b == 0:
-        return x
-    k = gaussian_kernels(sigma.to(x.dtype), radius).repeat_interleave(c, 0)          # (B C, 2 radius + 1)
-    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="replicate")
-    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
-    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c)
-    return y.view(b, c, h, w)
+    sigma[b] px, truncated at `radius` px, edge pixels repeated beyond the border (as PIL's GaussianBlur)."""
+    out = x.float().clone()
+    kernels = gaussian_kernels(sigma.float(), radius)
+    for s in _chunks(out):
+        _blur_(out[s], kernels[s])
+    return out
 
 
 def random_gaussian_blur(x, sigma, p):
     """x: float (B, C, H, W) -> (B, C, H, W). With probability p per sample, a Gaussian blur whose standard
     deviation is drawn per sample, uniform in sigma = (low, high) px, truncated at ceil(3 high) px."""
-    b = x.shape[0]
-    apply = _coin(b, p, x.device)
-    sigmas = torch.empty(b, device=x.device).uniform_(*sigma)
-    # The whole batch, then the unblurred samples put back: selecting the chosen ones first would be a sync.
-    blurred = gaussian_blur(x, sigmas, radius=math.ceil(3 * sigma[1]))
-    return torch.where(apply.view(-1, 1, 1, 1), blurred, x)
+    kernels = blur_kernels(x.shape[0], sigma, p, x.device)
+    out = x.float().clone()
+    for s in _chunks(out):
+        _blur_(out[s], kernels[s])
+    return out
+
+
+def _grayscale_(x, gray):
+    """RGB x (n, 3, H, W), in place: the samples where gray (bool (n,)) become their luma in all channels."""
+    return torch.lerp(x, _luma(x).expand_as(x), gray.to(x.dtype).view(-1, 1, 1, 1), out=x)
 
 
 def random_grayscale(x, p):
     """x: RGB float (B, 3, H, W) -> (B, 3, H, W). With probability p per sample, replace the image by its luma
     in all three channels."""
-    gray = _coin(x.shape[0], p, x.device).view(-1, 1, 1, 1)
-    return torch.where(gray, _gray(x).expand_as(x), x)
+    return _grayscale_(x.float().clone(), _coin(x.shape[0], p, x.device))
+
+
+# sRGB (linear) -> CIE XYZ and the D65 white point, as scikit-image's rgb2lab.
+_XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423),
+                 (0.212671, 0.715160, 0.072169),
+                 (0.019334, 0.119193, 0.950227))
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+_XYZ_OVER_WHITE = tuple(tuple(v / white for v in row) for row, white in zip(_XYZ_FROM_RGB, _D65_WHITE))
+# (L, a, b) = _LAB_FROM_F (fx, fy, fz) + _LAB_OFFSET: 116 fy - 16, 500 (fx - fy), 200 (fy - fz).
+_LAB_FROM_F = ((0.0, 116.0, 0.0), (500.0, -500.0, 0.0), (0.0, 200.0, -200.0))
+_LAB_OFFSET = (-16.0, 0.0, 0.0)
+
+
+def rgb_to_lab(x):
+    """sRGB images x (B, 3, H, W), uint8 in 0..255 or float in [0, 1], -> float32 CIE Lab (B, 3, H, W) under
+    D65 (L in 0..100): gamma expansion, the XYZ matrix, f(t) = cube root above (6/29)^3 and its linear segment
+    below. Any device; agrees with skimage.color.rgb2lab."""
+    x = (x.float() / 255 if x.dtype == torch.uint8 else x.float().clone()).contiguous()
+    return _lab_(x, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+
+
+def _lab_(x, scale, shift):
+    """rgb_to_lab in place on float x (B, 3, H, W) in [0, 1], each Lab channel then multiplied by scale and
+    shifted by shift (3 values each; normalize_lab's is (1 / LAB_STD, -LAB_MEAN / LAB_STD)).
+
+    Powers as exp(p log(t)), 2-3x faster than pow on the CPU; the XYZ matrix divided by the white point, and
+    Lab's linear map with the scale and shift, are one per-pixel 3 x 3 matmul each; each branch is chosen by a
+    0/1 blend (lerp: exact at 0 and 1)."""
+    b, _, h, w = x.shape
+    above = torch.gt(x, 0.04045, out=torch.empty_like(x))
+    expanded = torch.mul(x, 1 / 1.055).add_(0.055 / 1.055).log_().mul_(2.4).exp_()
+    linear = torch.lerp(x.div_(12.92), expanded, above, out=expanded).view(b, 3, h * w)
+    delta = 6 / 29
+    xyz = torch.matmul(_constant(_XYZ_OVER_WHITE, x.device), linear)                 # (B, 3, H W)
+    above = torch.gt(xyz, delta ** 3, out=above.view(b, 3, h * w))
+    cube_root = torch.clamp(xyz, min=delta ** 3).log_().mul_(1 / 3).exp_()
+    f = torch.lerp(xyz.mul_(1 / (3 * delta ** 2)).add_(4 / 29), cube_root, above, out=cube_root)
+    lab_map = tuple(tuple(s * v for v in row) for s, row in zip(scale, _LAB_FROM_F))
+    out = torch.matmul(_constant(lab_map, x.device), f, out=x.view(b, 3, h * w))
+    bias = tuple(s * c + t for s, c, t in zip(scale, _LAB_OFFSET, shift))
+    return out.add_(_constant(bias, x.device).view(1, 3, 1)).view(b, 3, h, w)
+
+
+def lab_to_rgb(lab):
+    """CIE Lab (B, 3, H, W) under D65 -> sRGB float (B, 3, H, W) clamped to [0, 1]: rgb_to_lab's inverse (for
+    pictures of CMC's views; training never needs it)."""
+    l, a, b = lab.float().unbind(1)
+    fy = (l + 16) / 116
+    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)
+    delta = 6 / 29
+    white = torch.tensor(_D65_WHITE, dtype=torch.float32, device=lab.device).view(1, 3, 1, 1)
+    xyz = torch.where(f > delta, f ** 3, 3 * delta ** 2 * (f - 4 / 29)) * white
+    inverse = torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64)).float().to(lab.device)
+    linear = torch.einsum("ij,bjhw->bihw", inverse, xyz).clamp(0, 1)
+    return torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear).clamp(0, 1)
+
+
+def cmc_views_to_rgb(l, ab, lightness=60.0):
+    """CMC's normalised views -> pictures (B, 3, S, S) in [0, 1]: L (B, 1, S, S) as grey levels, ab (B, 2, S, S)
+    as colour at a constant lightness."""
+    mean, std = _channels(LAB_MEAN, l.device), _channels(LAB_STD, l.device)
+    grey = (l.float() * std[:, :1] + mean[:, :1]).clamp(0, 100) / 100
+    chroma = ab.float() * std[:, 1:] + mean[:, 1:]
+    flat = torch.full_like(chroma[:, :1], lightness)
+    return grey.expand(-1, 3, -1, -1), lab_to_rgb(torch.cat([flat, chroma], dim=1))
+
+
+def normalize_lab(lab):
+    """Raw Lab (B, 3, H, W) -> (lab - LAB_MEAN) / LAB_STD per channel."""
+    return (lab - _channels(LAB_MEAN, lab.device)) / _channels(LAB_STD, lab.device)
+
+
+
+@functools.lru_cache(maxsize=None)
+def _constant(values, device):
+    """float32 tensor of the constants `values` (nested tuples) on `device`, made once per device: built from
+    Python data or copied from the CPU at every call, it would be a blocking host-to-GPU copy. Callers must not
+    modify it."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _channels(values, device):
+    """float32 (1, 3, 1, 1) tensor of three per-channel constants on `device` (_constant)."""
+    return _constant(values, device).view(1, 3, 1, 1)
+
+
+def _coin(n, p, device):
+    """n independent draws of a p-coin: bool (n,) on `device`."""
+    return torch.rand(n, device=device) < p
 

@@ -1,9 +1,15 @@
 """Two-view augmentation throughput, one process, one thread, on the CPU: for each view recipe
-(augment.make_views kinds "amdim", "moco_v1", "moco_v2"), the per-image PIL/torchvision pipeline (image folders
-and the policy augmentations use it) against the batched one (in-memory datasets).
+(augment.make_views kinds "amdim", "moco_v1", "moco_v2", "cmc") and source size, the per-image PIL/torchvision
+pipeline (image folders and the policy augmentations use it) against the batched one (in-memory datasets; on a
+GPU in training).
 
-Prints a table: kind, recipe, source image size, path, median img/s (image = one two-view pair) over the runs,
-min-max, and the speed-up of the batched path.
+Prints the host line (bench/host.py), then a table: kind, recipe, source image size, median img/s of each path
+(image = one two-view pair) over the runs, min-max, and the batched path's speed-up over the per-image one. The
+paths' runs alternate, so that each sees the same machine load. --compare_ref REV adds the batched path of
+augment.py as of git revision REV (read with git show, imported beside this one), timed in the same
+alternation: its img/s, its speed-up, and ours over it. --device cuda runs the batched paths on that device
+(the per-image one stays on the CPU, as in loader workers). --clock cpu times each run by the thread's CPU time
+instead of the wall clock (steadier on a shared, busy host, for CPU runs; say which in any quote).
 
 --kornia instead times the batched ops against kornia.augmentation's (installed separately; skipped with a
 message when it is not), batch by batch, the two alternating so that both see the same machine load: median
@@ -11,76 +17,120 @@ ms per batch, min-max, and kornia's time over ours; last, the fixed cost per bat
 on 8 px images.
 
     .venv/bin/python bench/augment.py [--images 2000] [--batch 256] [--runs 5] [--kinds amdim moco_v2]
+    .venv/bin/python bench/augment.py --sizes 32 96 160 --compare_ref main --clock cpu
     .venv/bin/python bench/augment.py --kornia [--batch 256] [--runs 7]
 """
 import argparse
+import importlib.util
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # before bench/: `import augment` is the repository's augment.py
 
-KINDS = ("amdim", "moco_v1", "moco_v2")
-# recipe, source size (C10 images are 32 px; STL10 96 px; ImageNet-like 160 px for the 128 px recipe)
-CASES = (("cifar", 32), ("stl", 96), ("imagenet", 160))
+import host     # bench/host.py: the CPU model and matmul rate every table prints
+
+KINDS = ("amdim", "moco_v1", "moco_v2", "cmc")
+# source size -> recipe: C10 images are 32 px; STL10 96 px (64 px views); ImageNet-like 160 px for the 128 px
+# recipe (not trained batched: image folders augment per image)
+RECIPE_OF_SOURCE = {32: "cifar", 96: "stl", 160: "imagenet"}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 # --kornia: (recipe, source size): the encoder input size comes from the recipe.
 KORNIA_CASES = (("cifar", 32), ("stl", 96))
 
 
-def per_image_rate(kind, recipe, size, n_images, runs):
+def per_image_path(kind, recipe, size):
+    """(run(n): augment n images one by one, as a loader worker does)."""
     import numpy as np
-    import torch
     from PIL import Image
 
     import augment
     rng = np.random.RandomState(0)
     images = [Image.fromarray(rng.randint(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(64)]
     two_views = augment.make_views(kind, recipe)
-    torch.manual_seed(0)
-    for img in images[:16]:          # warm-up
-        two_views(img)
-    rates = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        for i in range(n_images):
-            two_views(images[i % len(images)])
-        rates.append(n_images / (time.perf_counter() - t0))
-    return rates
+    return lambda n: [two_views(images[i % len(images)]) for i in range(n)]
 
 
-def batched_rate(kind, recipe, size, n_images, batch, runs):
+def batched_path(module, kind, recipe, size, batch, device):
+    """run(n): augment n images (rounded up to whole batches) with module.make_views(..., batched=True) on
+    device, waiting for it at the end."""
     import torch
-
-    import augment
     g = torch.Generator().manual_seed(0)
-    images = (torch.rand(batch, 3, size, size, generator=g) * 255).to(torch.uint8)
-    aug = augment.make_views(kind, recipe, batched=True)
-    torch.manual_seed(0)
-    aug(images)                      # warm-up
-    rates = []
+    images = (torch.rand(batch, 3, size, size, generator=g) * 255).to(torch.uint8).to(device)
+    views = module.make_views(kind, recipe, batched=True)
+
+    def run(n):
+        for _ in range(-(-n // batch)):
+            views(images)
+        if images.is_cuda:
+            torch.cuda.synchronize(device)
+    return run
+
+
+def reference_module(rev):
+    """augment.py as of git revision rev, imported as the module augment_<rev> (beside ours: it imports the
+    same utils)."""
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:augment.py"], cwd=ROOT, check=True, capture_output=True,
+                                text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"--compare_ref {rev}: cannot read augment.py at that revision ({e}); name a commit or branch "
+                 f"of this repository")
+    path = os.path.join(tempfile.mkdtemp(), "augment_ref.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(f"augment_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def alternate(paths, counts, runs, clock):
+    """Warm each path up, then run each on its count of images in turn, runs times: img/s lists, one per path."""
+    for run in paths:
+        run(16)
+    rates = [[] for _ in paths]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        for _ in range(max(1, n_images // batch)):
-            aug(images)
-        rates.append(max(1, n_images // batch) * batch / (time.perf_counter() - t0))
+        for run, n, r in zip(paths, counts, rates):
+            t0 = clock()
+            run(n)
+            r.append(n / (clock() - t0))
     return rates
 
 
 def throughput_table(args):
-    print(f"two-view augmentation, 1 process, torch threads 1, CPU; {args.images} pairs per run, median of "
-          f"{args.runs} runs; batched path in batches of {args.batch}")
-    print(f"{'kind':<8} {'recipe':<10} {'source px':>9} {'path':<10} {'img/s median':>12} {'min-max':>17} "
-          f"{'speed-up':>8}")
+    import torch
+
+    import augment
+    ref = reference_module(args.compare_ref) if args.compare_ref else None
+    n_batched = -(-args.images // args.batch) * args.batch
+    print(f"two-view augmentation, 1 process, torch threads {torch.get_num_threads()}, per image on the CPU, "
+          f"batched on {args.device}; {args.images} pairs per run per image, {n_batched} batched (batches of "
+          f"{args.batch}); median of {args.runs} alternating runs, {args.clock} clock")
+    head = f"{'kind':<8} {'recipe':<9} {'px':>4} {'per-image':>9} {'batched':>8} {'min-max':>15} {'speed-up':>8}"
+    if ref:
+        head += f" {args.compare_ref + ' batched':>16} {'speed-up':>8} {'ours/ref':>8}"
+    print(head)
     for kind in args.kinds:
-        for recipe, size in CASES:
-            base = statistics.median(per_image_rate(kind, recipe, size, args.images, args.runs))
-            fast = batched_rate(kind, recipe, size, args.images, args.batch, args.runs)
-            print(f"{kind:<8} {recipe:<10} {size:>9} {'per-image':<10} {base:12.1f} {'':>17} {1:8.1f}x")
-            print(f"{kind:<8} {recipe:<10} {size:>9} {'batched':<10} {statistics.median(fast):12.1f} "
-                  f"{min(fast):8.1f}-{max(fast):<8.1f} {statistics.median(fast) / base:8.1f}x", flush=True)
+        for size in args.sizes:
+            recipe = RECIPE_OF_SOURCE[size]
+            paths = [per_image_path(kind, recipe, size),
+                     batched_path(augment, kind, recipe, size, args.batch, args.device)]
+            if ref:
+                paths.append(batched_path(ref, kind, recipe, size, args.batch, args.device))
+            rates = alternate(paths, [args.images] + [n_batched] * (len(paths) - 1), args.runs, CLOCKS[args.clock])
+            base, ours = statistics.median(rates[0]), statistics.median(rates[1])
+            line = (f"{kind:<8} {recipe:<9} {size:>4} {base:9.0f} {ours:8.0f} "
+                    f"{min(rates[1]):7.0f}-{max(rates[1]):<7.0f} {ours / base:7.2f}x")
+            if ref:
+                theirs = statistics.median(rates[2])
+                line += f" {theirs:16.0f} {theirs / base:7.2f}x {ours / theirs:7.2f}x"
+            print(line, flush=True)
 
 
 def kornia_ops(recipe):
@@ -179,13 +229,22 @@ def _row(name, px, ours, theirs, show_ours):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2000, help="image pairs per run")
+    p.add_argument("--sizes", type=int, nargs="+", choices=sorted(RECIPE_OF_SOURCE), default=[32, 96],
+                   help="source image sizes (px): 32 (cifar recipe), 96 (stl), 160 (imagenet)")
+    p.add_argument("--compare_ref", metavar="REV", help="also time the batched path of augment.py at this git "
+                   "revision (e.g. main), alternating with ours")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall clock, or the thread's CPU "
+                   "time (steadier on a busy host)")
     p.add_argument("--batch", type=int, default=256, help="images per batch on the batched path")
+    p.add_argument("--device", default="cpu", help="where the batched path runs (e.g. cuda; the per-image path "
+                   "stays on the CPU, as in loader workers)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS)
     p.add_argument("--kornia", action="store_true", help="time the batched ops against kornia.augmentation's")
     args = p.parse_args()
     import torch
     torch.set_num_threads(1)
+    print(host.header()[0], flush=True)
     if args.kornia:
         kornia_table(args)
     else:

@@ -234,7 +234,8 @@ def count_syncs(fn, *args):
 
 
 @pytest.mark.parametrize("kind,recipe,size", [("amdim", "cifar", 32), ("amdim", "stl", 80),
-                                              ("moco_v1", "cifar", 40), ("moco_v2", "cifar", 40)])
+                                              ("moco_v1", "cifar", 40), ("moco_v2", "cifar", 40),
+                                              ("cmc", "stl", 80)])
 def test_batched_augmentation_makes_no_host_device_sync(kind, recipe, size):
     images = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8)
     views = augment.make_views(kind, recipe, batched=True)

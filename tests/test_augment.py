@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+import torchvision.transforms.v2.functional as TF2
 from PIL import Image, ImageFilter
 
 import augment
@@ -249,6 +250,147 @@ def test_hue_shift_matches_torchvision_on_one_image():
         assert torch.allclose(ours[0], ref, atol=1e-5)
 
 
+def _hue_probe_images(n, size=12, seed=5):
+    """Random float images (n, 3, size, size) whose first row holds the pixels where HSV's hue is decided by a
+    tie or is undefined: black, white, grey, the primaries and secondaries, two channels tied for the largest."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g)
+    special = torch.tensor([[0, 0, 0], [1, 1, 1], [.5, .5, .5], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0],
+                            [0, 1, 1], [1, 0, 1], [.7, .7, .2], [.3, .8, .8], [.6, .1, .6]])
+    x[:, :, 0, :len(special)] = special.T
+    return x
+
+
+def test_hue_shift_matches_torchvision_per_image():
+    """_hue_ (no HSV saturation or value formed) against torchvision's adjust_hue (RGB -> HSV -> RGB) image by
+    image, shifts over the whole range; samples that do not take it come back unchanged, bit for bit."""
+    x = _hue_probe_images(12)
+    shifts = torch.tensor([-0.5, -0.4, -0.2, -0.05, 0.0, 0.01, 0.1, 0.17, 0.25, 0.33, 0.45, 0.5])
+    apply = torch.arange(12) % 4 != 3
+    got = augment._hue_(x.clone(), 6 * shifts, apply)
+    for i in range(12):
+        if apply[i]:
+            ref = T.functional.adjust_hue(x[i], shifts[i].item())
+            assert torch.allclose(got[i], ref, atol=2e-6), (i, (got[i] - ref).abs().max())
+        else:
+            assert torch.equal(got[i], x[i])
+
+
+def test_luma_is_itu_601():
+    x = torch.rand(3, 3, 5, 7)
+    ref = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    assert torch.allclose(augment._luma(x)[:, 0], ref, atol=1e-6)
+
+
+_TV_MODES = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_crop_resampling_matches_torchvisions_antialiased_resized_crop(mode):
+    """crop_weights + _resample (two matmuls) against torchvision's resized_crop(antialias=True) image by image
+    (torchvision's tensor resize with antialiasing is PIL's, in float): boxes from the whole image to a few
+    pixels, shrinking and enlarging, to 16 and 40 px; the uint8 input with the 1/255 in the weights too."""
+    torch.manual_seed(13)
+    n, h, w = 24, 40, 52
+    images = (torch.rand(n, 3, h, w) * 255).round().to(torch.uint8)
+    x = images.float() / 255
+    for size in (16, 40):
+        top, left, bh, bw = augment.sample_crop_boxes(n, h, w, (0.02, 1.0), (0.5, 2.0))
+        top[0], left[0], bh[0], bw[0] = 0, 0, h, w                  # the whole image
+        top[1], left[1], bh[1], bw[1] = 5, 7, 3, 2                  # a tiny box
+        rows, cols = augment.crop_weights((top, left, bh, bw), h, w, size, mode)
+        got = augment._resample(x, rows, cols, out=torch.empty(n, 3, size, size))
+        got8 = augment._resample(images, augment._scaled(rows, 1 / 255), cols, out=torch.empty(n, 3, size, size))
+        for i in range(n):
+            ref = TF2.resized_crop(x[i], top[i].item(), left[i].item(), bh[i].item(), bw[i].item(),
+                                   [size, size], _TV_MODES[mode], antialias=True)
+            assert torch.allclose(got[i], ref, atol=1e-5), (size, i, (got[i] - ref).abs().max())
+            assert torch.allclose(got8[i], ref, atol=1e-5)
+
+
+def test_crop_resampling_is_pils_up_to_its_8_bit_rounding():
+    """The per-image path resizes the crop with PIL (bicubic, in 8 bits: rounded, and clipped to 0..255, after
+    each axis): under half a level apart on average, a few levels at most where PIL clipped its first pass's
+    overshoot, and zero for a box already 64 px square."""
+    torch.manual_seed(14)
+    images = _images(12, 96)
+    top, left, bh, bw = augment.sample_crop_boxes(12, 96, 96, (0.3, 1.0), (0.7, 1.4))
+    top[0], left[0], bh[0], bw[0] = 10, 20, 64, 64
+    rows, cols = augment.crop_weights((top, left, bh, bw), 96, 96, 64, "bicubic")
+    got = augment._resample(images, augment._scaled(rows, 1 / 255), cols, out=torch.empty(12, 3, 64, 64))
+    for i in range(12):
+        box = (left[i].item(), top[i].item(), left[i].item() + bw[i].item(), top[i].item() + bh[i].item())
+        pil = Image.fromarray(images[i].permute(1, 2, 0).numpy()).crop(box).resize((64, 64), Image.BICUBIC)
+        levels = (got[i].clamp(0, 1) * 255 - torch.from_numpy(np.array(pil)).permute(2, 0, 1)).abs()
+        assert levels.mean() < 0.5 and levels.max() < 4 and (levels > 1.01).float().mean() < 0.01, i
+        if i == 0:
+            assert levels.max() < 1e-3
+
+
+def test_folded_flips_mirror_the_source_or_the_view():
+    """AMDIM's flip comes before the crop (the source's columns read mirrored), MoCo's and CMC's after it (the
+    view's columns reversed); both are folded into the column weights."""
+    torch.manual_seed(15)
+    x = torch.rand(6, 3, 30, 36)
+    boxes = augment.sample_crop_boxes(6, 30, 36, (0.3, 1.0), (0.7, 1.4))
+    rows, cols = augment.crop_weights(boxes, 30, 36, 20, "bicubic")
+    flip = torch.tensor([True, False, True, True, False, False])
+
+    def resample(x, cols):
+        return augment._resample(x, rows, cols, out=torch.empty(6, 3, 20, 20))
+    plain = resample(x, cols)
+    source_flipped = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    assert torch.allclose(resample(x, augment._mirror_input(cols, flip, 36)), resample(source_flipped, cols),
+                          atol=1e-6)
+    view_flipped = torch.where(flip.view(-1, 1, 1, 1), plain.flip(-1), plain)
+    assert torch.allclose(resample(x, augment._mirror_output(cols, flip)), view_flipped, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", augment.VIEW_KINDS)
+def test_views_do_not_depend_on_the_cpu_chunk_size(kind, monkeypatch):
+    """Each sample's result is its own: one chunk of a sample or of the whole batch gives the same views."""
+    images = _images(7, 96)
+    outs = []
+    for chunk_bytes in (1, 1 << 30):
+        monkeypatch.setattr(augment, "CPU_CHUNK_BYTES", chunk_bytes)
+        torch.manual_seed(16)
+        outs.append(augment.make_views(kind, "stl", batched=True)(images))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", augment.VIEW_KINDS)
+def test_batched_views_on_cuda_never_sync_and_compute_what_the_cpu_does(kind):
+    """On a GPU (one chunk) the passes compute what they compute on the CPU (chunks) from the same parameters,
+    and a whole two-view call never makes the host wait (the sync debug mode raises on any synchronisation)."""
+    images = _images(40, 96)
+    views = augment.make_views(kind, "stl", batched=True)
+    views(images.cuda())                              # the first call puts the constants on the device
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = views(images.cuda())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(v.is_cuda and torch.isfinite(v).all() for v in out)
+    torch.manual_seed(17)
+    boxes = augment.sample_crop_boxes(40, 96, 96, (0.3, 1.0), (0.7, 1.4))
+    rows, cols = augment.crop_weights(boxes, 96, 96, 64, "bicubic")
+    jitter = augment.jitter_params(40, 0.4, 0.4, 0.4, 0.2, 0.8, "cpu")
+    blur = augment.blur_kernels(40, (0.1, 2.0), 0.5, "cpu")
+
+    def passes(images, rows, cols, jitter, blur):
+        x = augment._resample(images, augment._scaled(rows, 1 / 255), cols,
+                              out=torch.empty(40, 3, 64, 64, device=images.device)).clamp_(0, 1)
+        x = augment._blur_(augment._color_jitter_(x, *jitter), blur)
+        return x, augment._lab_(x.clone(), augment._LAB_SCALE, augment._LAB_SHIFT)
+    cpu = passes(images, rows, cols, jitter, blur)
+    gpu = passes(*(t.cuda() if isinstance(t, torch.Tensor) else tuple(u.cuda() for u in t)
+                   for t in (images, rows, cols, jitter, blur)))
+    for c, g in zip(cpu, gpu):
+        assert torch.allclose(c, g.cpu(), atol=1e-4), (c - g.cpu()).abs().max()
+
+
 def test_saturation_contrast_brightness_match_torchvision_on_float_images():
     torch.manual_seed(6)
     x = torch.rand(1, 3, 16, 16)
@@ -402,8 +544,10 @@ def test_rgb_to_lab_matches_the_naive_formula():
         for j in range(8):
             ref = _naive_lab(*(x[0, c, i, j].item() / 255 for c in range(3)))
             assert got[0, :, i, j].tolist() == pytest.approx(ref, abs=1e-3), (i, j)
-    # Float input in [0, 1] is the same image.
+    # Float input in [0, 1] is the same image; the batched CMC view's in-place variant folds normalize_lab in.
     assert torch.allclose(augment.rgb_to_lab(x.float() / 255), got)
+    folded = augment._lab_(x.float() / 255, augment._LAB_SCALE, augment._LAB_SHIFT)
+    assert torch.allclose(folded, augment.normalize_lab(got), atol=1e-5)
     assert got[0, :, 0, 0].tolist() == pytest.approx([0, 0, 0], abs=1e-3)
     assert got[0, :, 0, 1].tolist() == pytest.approx([100, 0, 0], abs=1e-2)
 
