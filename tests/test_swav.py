@@ -225,6 +225,19 @@ def test_prototype_rows_are_unit_at_every_forward_and_frozen_below_the_count(tmp
     run.log.close()
 
 
+def test_per_image_crops_of_two_sizes_train_through_the_loader(tmp_path):
+    """Image folders' path: crops made per image in a loader worker, collated by crop, one real update."""
+    args = train.parse_args(BASE + TINY_RESNET + ["--method", "swav", "--per_image_aug", "--batch_size", "6",
+                                                  "--num_workers", "1", "--output_dir", str(tmp_path)])
+    run, _ = train.setup(utils.Dist(), args)
+    assert run.splits.batch_augment is None and run.n_views == 6
+    batch = next(iter(train.make_loaders(run)))
+    assert [tuple(v.shape) for v in batch[0]] == [(6, 3, 32, 32)] * 2 + [(6, 3, 16, 16)] * 4
+    values, _ = train.update(run, batch, epoch=0)
+    assert values is not None and math.isfinite(values["swav"])
+    run.log.close()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The queue.
 
