@@ -195,20 +195,29 @@ def memory_update(rows, features, momentum):
 # evenly over the prototypes (an entropic optimal transport solved by Sinkhorn-Knopp), computed on some crops
 # ("assigned") and predicted from every other crop of the same image ("swapped prediction").
 
-def _identity(tensor):
-    return tensor
+# Below this, float32's exp is denormal or 0, and on CPU 10-30x slower than elsewhere: such terms are taken as 0.
+EXP_FLOOR = -87.0
 
 
-def _global_logsumexp(x, dim, gather, reduce):
-    """log sum exp of x over dim (which includes 0, the rows), the sum taken over every process's rows.
+def _exp(x):
+    """exp(x), 0 wherever x < EXP_FLOOR (e^-87 = 1.6e-38, about float32's smallest normal number)."""
+    return x.clamp(min=EXP_FLOOR).exp_().masked_fill_(x < EXP_FLOOR, 0.0)
 
-    x: (N, K) with N free to differ between processes; dim 0 or (0, 1) -> (1, K) or (1, 1). gather
-    concatenates a (1, ...) tensor from every process along dim 0, reduce sums a tensor over them (identities
-    in one process). Shifted by the maximum over every process, so each exp is <= 1 and their sum >= 1: nothing
+
+def _logsumexp(x, dim, dist=None):
+    """log sum exp of x over dim; with dist, the sum also runs over every process's rows (dim then includes 0).
+
+    x: (N, K), N free to differ between processes -> (1, K), (N, 1) or (1, 1) for dim 0, 1 or (0, 1). Shifted by
+    the maximum (over every process: dist.all_gather), so each exp is <= 1 and their sum >= 1: nothing
     overflows, and the log never sees 0.
     """
-    shift = gather(x.amax(dim, keepdim=True)).amax(0, keepdim=True)
-    total = reduce((x - shift).exp_().sum(dim, keepdim=True))
+    shift = x.amax(dim, keepdim=True)
+    if dist is not None:
+        shift = dist.all_gather(shift).amax(0, keepdim=True)
+    # Terms below e^-87 (nothing next to the largest, 1) count as e^-87: no denormal exp (see EXP_FLOOR).
+    total = (x - shift).clamp_(min=EXP_FLOOR).exp_().sum(dim, keepdim=True)
+    if dist is not None:
+        total = dist.all_reduce(total)
     return shift + total.log_()
 
 
@@ -222,25 +231,25 @@ def sinkhorn(scores, epsilon, n_iters, dist=None):
     The seed's order (main_swav.py, distributed_sinkhorn), with Q = exp(scores / epsilon) over the N rows of all
     processes together (queues included): Q /= its total; then n_iters times, every prototype's sum (a column
     here) is scaled to 1 / K, then every sample's (a row) to 1 / N; finally Q *= N. So each process's rows get
-    the codes one process would give them within every process's rows at once.
+    the codes one process would give them within every process's rows at once. (N cancels out once n_iters >=
+    1: each scaling by 1 / N is undone by the next normalisation or the last step.)
 
     Stability: the seed's exp overflows float32 once scores / epsilon > 88 (fp16 scores: > 11), and its sums
     can be 0 where every exp of a prototype or sample underflows. Here every step runs in the log domain on
     log Q = scores / epsilon: a normalisation subtracts a log-sum-exp (shifted by its maximum over every
-    process, see _global_logsumexp) and one exp at the end returns Q. Same result as the seed wherever the
-    seed's float32 neither overflows nor underflows, and finite wherever the scores are.
+    process, see _logsumexp) and one exp at the end returns Q. Same result as the seed wherever the seed's
+    float32 neither overflows nor underflows (codes below 1.6e-38 come out 0), finite wherever the scores are.
     """
     with torch.no_grad():
-        gather = dist.all_gather if dist is not None else _identity
-        reduce = dist.all_reduce if dist is not None else _identity
         log_q = scores.detach().to(torch.promote_types(scores.dtype, torch.float32)) / epsilon
-        n_rows = reduce(torch.tensor(float(log_q.shape[0]), dtype=log_q.dtype, device=log_q.device))
-        log_n, log_k = n_rows.log(), math.log(log_q.shape[1])
-        log_q -= _global_logsumexp(log_q, (0, 1), gather, reduce)
+        n_rows = log_q.new_full((), float(log_q.shape[0]))         # a fill on the device, no copy from the host
+        log_n = (dist.all_reduce(n_rows) if dist is not None else n_rows).log()
+        log_k = math.log(log_q.shape[1])
+        log_q -= _logsumexp(log_q, (0, 1), dist)
         for _ in range(n_iters):
-            log_q -= _global_logsumexp(log_q, 0, gather, reduce) + log_k     # each prototype's total: 1 / K
-            log_q -= log_q.logsumexp(1, keepdim=True) + log_n                # each sample's total: 1 / N
-        return log_q.add_(log_n).exp_()
+            log_q -= _logsumexp(log_q, 0, dist) + log_k         # each prototype's total: 1 / K
+            log_q -= _logsumexp(log_q, 1) + log_n               # each sample's total: 1 / N
+        return _exp(log_q + log_n)
 
 
 def swav_loss(scores_per_crop, codes, temperature, crops_for_assign):

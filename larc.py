@@ -41,9 +41,7 @@ class LARC(torch.optim.SGD):
         adapted = [group for group in self.param_groups if group.get("larc", True)]
         decays = [group["weight_decay"] for group in adapted]
         for group, weight_decay in zip(adapted, decays):
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._rescale(p, p.grad, weight_decay)
+            self._rescale([p for p in group["params"] if p.grad is not None], weight_decay)
             group["weight_decay"] = 0.0      # already in the rescaled gradient
         try:
             super().step()
@@ -52,11 +50,21 @@ class LARC(torch.optim.SGD):
                 group["weight_decay"] = weight_decay
         return loss
 
-    def _rescale(self, w, g, weight_decay):
-        """g <- (g + wd w) a in place, or g as it is where ||w|| or ||g|| is 0. Selected with torch.where on the
-        device, not tested on the host: no synchronisation per parameter."""
-        w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
-        scale = (w_norm > 0) & (g_norm > 0)
-        ratio = self.trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + self.eps)
-        g.addcmul_(w, scale.to(g.dtype) * weight_decay)      # wd, or 0 where not scaled, in g's precision
-        g.mul_(torch.where(scale, ratio, 1.0).to(g.dtype))
+    def _rescale(self, params, weight_decay):
+        """Every parameter's gradient g <- (g + wd w) a in place, or left as it is where ||w|| or ||g|| is 0.
+
+        Batched over the tensors of one device and dtype with foreach kernels (a Python loop over ResNet-50's 161
+        tensors made the whole step 33 ms on an H100, against 8.6 ms so: bench/swav_costs.py), and each choice
+        made by torch.where on the device rather than tested on the host: no synchronisation.
+        """
+        kinds = {}
+        for p in params:
+            kinds.setdefault((p.device, p.dtype), []).append(p)
+        for ws in kinds.values():
+            gs = [p.grad for p in ws]
+            w_norm, g_norm = torch.stack(torch._foreach_norm(ws)), torch.stack(torch._foreach_norm(gs))
+            scaled = (w_norm > 0) & (g_norm > 0)
+            ratio = self.trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + self.eps)
+            decay = scaled.to(w_norm.dtype) * weight_decay          # wd, or 0 where not scaled
+            torch._foreach_add_(gs, torch._foreach_mul(ws, list(decay.unbind())))
+            torch._foreach_mul_(gs, list(torch.where(scaled, ratio, 1.0).unbind()))

@@ -232,6 +232,21 @@ def test_larc_matches_its_formula_over_steps():
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.05, 0.2]
 
 
+def test_larc_scales_float32_and_float64_parameters_of_one_group_each_by_its_own_norms():
+    ws = [torch.nn.Parameter(_uniform((3, 3), 20, dtype=torch.float32)), torch.nn.Parameter(_uniform((4,), 21))]
+    gs = [_uniform((3, 3), 22, dtype=torch.float32), _uniform((4,), 23)]
+    before = [w.detach().clone() for w in ws]
+    optimizer = larc.LARC(ws, lr=0.5, weight_decay=0.1, trust_coefficient=0.05)
+    for w, g in zip(ws, gs):
+        w.grad = g.clone()
+    optimizer.step()
+    for w, w0, g in zip(ws, before, gs):
+        a = 0.05 * _norm(w0) / (_norm(g) + 0.1 * _norm(w0) + 1e-8)
+        expected = w0.double() - 0.5 * a * (g.double() + 0.1 * w0.double())
+        assert w.dtype == w0.dtype
+        assert torch.allclose(w.detach().double(), expected, rtol=1e-6 if w.dtype == torch.float32 else 1e-12)
+
+
 def test_larc_default_trust_coefficient_is_the_seeds():
     w = torch.nn.Parameter(_uniform((4, 4), 1))
     optimizer = larc.LARC([w], lr=0.3, weight_decay=1e-6)
@@ -301,6 +316,8 @@ def _rank_sinkhorn(rank, port, result_dir):
     my_queue = queue[rank * QUEUE_LOCAL:(rank + 1) * QUEUE_LOCAL]
     out = {"batch": costs.sinkhorn(mine, EPSILON, ITERS, dist),
            "queue": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, ITERS, dist),
+           # No iteration: Q / total * N, where N counts every process's rows (with more it cancels out).
+           "no_iteration": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, 0, dist),
            "sum": dist.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]))}
     torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
     tdist.destroy_process_group()
@@ -315,11 +332,14 @@ def test_two_processes_give_the_codes_of_one_process_on_the_whole_batch(tmp_path
     rows = [torch.cat([queue[r * QUEUE_LOCAL:(r + 1) * QUEUE_LOCAL], batch[r * N_LOCAL:(r + 1) * N_LOCAL]])
             for r in range(WORLD)]
     whole_with_queue = costs.sinkhorn(torch.cat(rows), EPSILON, ITERS)
+    whole_no_iteration = costs.sinkhorn(torch.cat(rows), EPSILON, 0)
     per_rank = QUEUE_LOCAL + N_LOCAL
     for r, result in enumerate(results):
         assert torch.equal(result["sum"], torch.tensor([3.0, 10.0]))
         assert torch.allclose(result["batch"], whole[r * N_LOCAL:(r + 1) * N_LOCAL], atol=1e-6), r
         assert torch.allclose(result["queue"], whole_with_queue[r * per_rank:(r + 1) * per_rank], atol=1e-6), r
+        assert torch.allclose(result["no_iteration"], whole_no_iteration[r * per_rank:(r + 1) * per_rank],
+                              rtol=1e-5), r
         # The sums over processes matter: this rank's rows alone give other codes.
         alone = costs.sinkhorn(batch[r * N_LOCAL:(r + 1) * N_LOCAL], EPSILON, ITERS)
         assert (result["batch"] - alone).abs().max() > 1e-3, r
