@@ -1,5 +1,5 @@
-"""All image augmentation: the view recipes of AMDIM and of MoCo v1 / v2, each per image (PIL, torchvision) and
-batched on the training device, and the Fast AutoAugment ImageNet policy. make_views() picks one.
+"""All image augmentation: the view recipes of AMDIM, MoCo v1 / v2, CMC and SwAV's multi-crop, each per image (PIL,
+torchvision) and batched on the training device, and the Fast AutoAugment ImageNet policy. make_views() picks one.
 
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px); each has its
 normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched ones take uint8 images
@@ -8,6 +8,7 @@ normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched
 import functools
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from utils import UserError
 
-VIEW_KINDS = ("amdim", "moco_v1", "moco_v2", "cmc")
+VIEW_KINDS = ("amdim", "moco_v1", "moco_v2", "cmc", "swav")
 
 AUGMENTATIONS = ("default", "autoaugment", "fast_autoaugment")
 RECIPE_SIZE = {"cifar": 32, "stl": 64, "imagenet": 128}          # recipe -> encoder input size (px)
@@ -139,14 +140,16 @@ class GaussianBlur:
         return img.filter(ImageFilter.GaussianBlur(radius=low + (high - low) * torch.rand(1).item()))
 
 
-def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False, crop_low=None):
+def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False, crop_low=None,
+               crops=None):
     """The training views' augmentation for one kind of method.
 
     kind: "amdim" (both views share one random horizontal flip, everything else is drawn per view; aug picks
     "default", "autoaugment" or "fast_autoaugment" inside the view recipe), "moco_v1" or "moco_v2" (views fully
     independent; aug must be "default") or "cmc" (one RandomResizedCrop, scale crop_low..1, default CMC_CROP_LOW,
     and flip, split into Lab's L and ab channels; aug must be "default", mean_std is ignored: Lab has its own
-    normalisation). recipe: "cifar", "stl" or "imagenet", which sets the output size S
+    normalisation) or "swav" (SwAV's multi-crop: the crops a MultiCrop describes, default two at S px, each
+    independent; aug must be "default"). recipe: "cifar", "stl" or "imagenet", which sets the output size S
     (32, 64 or 128 px; the source images may be larger) and the normalisation. mean_std: ((3 means), (3 stds))
     to normalise by instead of the recipe's (DIGITS uses its own). resize_first: "amdim" per image only, resize
     and centre-crop sources of another size to 32 px before the cifar recipe (FOLDER data); MoCo's
@@ -157,7 +160,8 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
     (images uint8 (B, 3, H, W) on any device, n_views=2) -> tuple of n_views float tensors (B, 3, S, S) on that
     device, normalised, with random parameters per sample and per view (BatchTwoViews or BatchMoCoViews).
     "cmc" gives (L (1, S, S), ab (2, S, S)) per image (CMCViews) and (L (B, 1, S, S), ab (B, 2, S, S)) batched
-    (BatchCMCViews).
+    (BatchCMCViews). "swav" gives one tensor per crop in crop order, (3, s, s) per image (MultiCropViews) and
+    (B, 3, s, s) batched (BatchMultiCropViews), s that crop's size.
     Raises UserError for a combination that does not exist.
     """
     if kind not in VIEW_KINDS:
@@ -178,6 +182,9 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
     if kind == "cmc":
         crop_low = CMC_CROP_LOW if crop_low is None else crop_low
         return BatchCMCViews(recipe, crop_low) if batched else CMCViews(recipe, crop_low)
+    if kind == "swav":
+        crops = crops or MultiCrop((2,), (RECIPE_SIZE[recipe],), (0.14,), (1.0,))
+        return BatchMultiCropViews(recipe, crops, mean_std) if batched else MultiCropViews(recipe, crops, mean_std)
     version = int(kind[-1])
     if batched:
         return BatchMoCoViews(recipe, version, mean_std)
@@ -196,6 +203,46 @@ class CMCViews:
     def __call__(self, img):
         lab = normalize_lab(rgb_to_lab(self.crop(img)[None]))[0]
         return lab[:1], lab[1:]
+
+
+@dataclass(frozen=True)
+class MultiCrop:
+    """SwAV's multi-crop (Caron et al. 2020): nmb_crops[i] crops of size_crops[i] px, each a RandomResizedCrop of
+    area fraction min_scale_crops[i]..max_scale_crops[i]; crops come in that order (kind 0's first)."""
+    nmb_crops: tuple
+    size_crops: tuple
+    min_scale_crops: tuple
+    max_scale_crops: tuple
+
+    @classmethod
+    def from_hyperparams(cls, hp):
+        return cls(*(tuple(hp[k]) for k in ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops")))
+
+    def each(self):
+        """(size, (min scale, max scale)) of every crop, in crop order."""
+        return [(size, (low, high)) for n, size, low, high in
+                zip(self.nmb_crops, self.size_crops, self.min_scale_crops, self.max_scale_crops) for _ in range(n)]
+
+
+def swav_crop_transform(size, scale, mean_std):
+    """One SwAV crop of a PIL image, the seed's (src/multicropdataset.py) recipe: RandomResizedCrop(size, scale;
+    ratio 3/4-4/3, bilinear), flip p 0.5, ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, Gaussian blur
+    p 0.5 with sigma 0.1-2 px, then ToTensor and Normalize by mean_std."""
+    return T.Compose([T.RandomResizedCrop(size, scale=scale), T.RandomHorizontalFlip(),
+                      T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(p=0.2),
+                      T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5), T.ToTensor(), T.Normalize(*mean_std)])
+
+
+class MultiCropViews:
+    """SwAV's crops of one PIL image (any size): a tuple of float tensors (3, s, s), one per crop of `crops` in
+    crop order, each drawn independently (swav_crop_transform), normalised by mean_std (default the recipe's)."""
+
+    def __init__(self, recipe, crops, mean_std=None):
+        mean_std = mean_std or NORMALIZATION[recipe]
+        self.transforms = [swav_crop_transform(size, scale, mean_std) for size, scale in crops.each()]
+
+    def __call__(self, img):
+        return tuple(t(img) for t in self.transforms)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -450,6 +497,41 @@ class BatchCMCViews:
             x = _resample(images[s], _take(rows, s), _take(cols, s), out=lab[s]).clamp_(0, 1)
             _lab_(x, _LAB_SCALE, _LAB_SHIFT)
         return (lab[:, :1], lab[:, 1:])[:n_views]
+
+
+class BatchMultiCropViews(_BatchViews):
+    """SwAV's crops of a batch of uint8 images (B, 3, H, W) of any size: MultiCropViews vectorised with the MoCo v2
+    ops (BatchMoCoViews: PIL-like antialiased bilinear crops, colour in float without 8-bit rounding, the exact
+    Gaussian blur truncated at 3 sigma where the seed's cv2 kernel is 23 px wide). Returns a tuple of float
+    (B, 3, s, s), one per crop in crop order, normalised; n_views=k gives the first k crops (the classifier phase
+    and the BatchNorm refresh take one, a large crop)."""
+
+    def __init__(self, recipe, crops, mean_std=None):
+        super().__init__(recipe, mean_std)
+        self.crops = crops.each()
+
+    def __call__(self, images, n_views=None):
+        return tuple(self.crop(images, size, scale) for size, scale in self.crops[:n_views])
+
+    def crop(self, images, size, scale):
+        """One crop of images (B, 3, H, W), uint8 or float in [0, 1] -> normalised float (B, 3, size, size)."""
+        b, _, height, width = images.shape
+        device = images.device
+        boxes = sample_crop_boxes(b, height, width, scale, (3 / 4, 4 / 3), device)
+        jitter = jitter_params(b, 0.8, 0.8, 0.8, 0.2, 0.8, device)
+        gray = _coin(b, 0.2, device)
+        blur = blur_kernels(b, (0.1, 2.0), 0.5, device)
+        rows, cols = crop_weights(boxes, height, width, size, "bilinear")
+        cols = _mirror_output(cols, _coin(b, 0.5, device))
+        rows = _scaled(rows, _pixel_scale(images))
+        out = torch.empty(b, 3, size, size, device=device)
+        for s in _chunks(out):
+            x = _resample(images[s], _take(rows, s), _take(cols, s), out=out[s]).clamp_(0, 1)
+            _color_jitter_(x, *_take(jitter, s))
+            _grayscale_(x, gray[s])
+            _blur_(x, blur[s])
+            self.normalize_(x)
+        return out
 
 
 _LAB_SCALE = tuple(1 / s for s in LAB_STD)                     # normalize_lab, folded into _lab_

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from model import RESNETS, last_width
 from utils import UserError
 
-METHODS = ("amdim", "moco", "cmc")
+METHODS = ("amdim", "moco", "cmc", "swav")
 ARCHS = ("amdim",) + RESNETS
 
 
@@ -85,13 +85,28 @@ class Param:
     allowed: Range = None      # numbers: the values that can work
     switch: bool = False       # a flag without a value that sets True
     hyphenated: bool = False   # the seed spells it --moco-k: accept that first, and --moco_k too
+    many: bool = False         # a list of one or more values (nargs "+"), each within `allowed`
 
     def flag_names(self):
         names = [f"--{self.name.replace('_', '-')}"] if self.hyphenated else []
         return tuple(dict.fromkeys(names + [f"--{self.name}", *self.flags]))
 
     def shown_default(self):
+        if callable(self.default):
+            return "by image size"
         return int(self.default) if self.type is bool else self.default
+
+    def convert(self, value):
+        """A flag's or a checkpoint's value with this Param's type (a list of them when many)."""
+        return [self.type(v) for v in value] if self.many else self.type(value)
+
+    def default_for(self, encoder_size, arch):
+        """The default of a model built from scratch; a callable default depends on the input size and arch."""
+        return self.default(encoder_size, arch) if callable(self.default) else self.default
+
+    def admits(self, value):
+        values = value if self.many else [value]
+        return self.allowed is None or all(self.allowed.admits(v) for v in values)
 
 
 # The AMDIM encoder: arch "amdim", whichever method trains it.
@@ -104,6 +119,21 @@ AMDIM_ENCODER = (
     Param("n_depth", int, 3, "residual units per block", flags=("--res_depth",), allowed=AT_LEAST_1),
     Param("use_bn", bool, False, "BatchNorm inside the encoder (0 or 1)"),
 )
+
+# The embedding width of CMC (each view's) and SwAV (the projection head's output): one flag, --feat_dim.
+FEAT_DIM = Param("feat_dim", int, 128, "embedding width", allowed=AT_LEAST_1)
+
+
+def multi_crop_defaults(encoder_size, arch):
+    """SwAV's crops for a model built from scratch. The seed's ImageNet crops are 2 x 224 px (area 0.14-1) and
+    6 x 96 px (0.05-0.14); here the large crops have the encoder's input size and the small ones half of it
+    (32 px: 2 x 32 + 4 x 16; 64 px: 2 x 64 + 4 x 32; 128 px: 2 x 128 + 6 x 64), same area fractions. The AMDIM
+    encoder takes only its own input size, so on it the default is the two large crops alone."""
+    if arch == "amdim":
+        return dict(nmb_crops=[2], size_crops=[encoder_size], min_scale_crops=[0.14], max_scale_crops=[1.0])
+    return dict(nmb_crops=[2, 6 if encoder_size >= 128 else 4], size_crops=[encoder_size, encoder_size // 2],
+                min_scale_crops=[0.14, 0.05], max_scale_crops=[1.0, 0.14])
+
 
 # Each method's own hyperparameters. MoCo's flags keep the seed's hyphenated spellings (underscores work too).
 # Temperatures, clips and exponents divide or scale scores: positive. Loss weights may be 0 (that loss off).
@@ -131,7 +161,7 @@ METHOD_PARAMS = {
     ),
     # CMC keeps the seed's (HobbitLong/CMC) spellings. nce_m 1 would never move the memory bank.
     "cmc": (
-        Param("feat_dim", int, 128, "embedding width of each view", allowed=AT_LEAST_1),
+        FEAT_DIM,
         Param("nce_k", int, 4096, "negatives per sample, drawn from the memory bank", allowed=AT_LEAST_1),
         Param("nce_t", float, 0.07, "temperature of the scores (the seed uses 0.1 on STL10)", allowed=POSITIVE),
         Param("nce_m", float, 0.5, "memory bank momentum",
@@ -140,11 +170,48 @@ METHOD_PARAMS = {
         Param("crop_low", float, 0.2, "RandomResizedCrop's smallest area fraction (the seed's 0.08 is for 224 px)",
               allowed=Range(above=0, maximum=1)),
     ),
+    # SwAV keeps the seed's (facebookresearch/swav, main_swav.py) spellings and defaults, but for the crops, whose
+    # defaults scale with the image size (multi_crop_defaults), and freeze_prototypes_niters (see the README).
+    "swav": (
+        Param("nmb_crops", int, lambda size, arch: multi_crop_defaults(size, arch)["nmb_crops"],
+              "crops of each kind, e.g. 2 4: two large, four small", many=True, allowed=AT_LEAST_1),
+        Param("size_crops", int, lambda size, arch: multi_crop_defaults(size, arch)["size_crops"],
+              "output size (px) of each crop kind", many=True,
+              allowed=Range(minimum=4, why="the smallest size every backbone turns into features")),
+        Param("min_scale_crops", float, lambda size, arch: multi_crop_defaults(size, arch)["min_scale_crops"],
+              "RandomResizedCrop's smallest area fraction of each crop kind", many=True,
+              allowed=Range(above=0, maximum=1)),
+        Param("max_scale_crops", float, lambda size, arch: multi_crop_defaults(size, arch)["max_scale_crops"],
+              "RandomResizedCrop's largest area fraction of each crop kind", many=True,
+              allowed=Range(above=0, maximum=1)),
+        Param("crops_for_assign", int, (0, 1), "crops (0-based, in crop order) whose codes the others predict",
+              many=True, allowed=AT_LEAST_0),
+        Param("temperature", float, 0.1, "softmax temperature of the predicted assignments", allowed=POSITIVE),
+        Param("epsilon", float, 0.05, "entropy regularisation of Sinkhorn-Knopp (exp(scores / epsilon))",
+              allowed=POSITIVE),
+        Param("sinkhorn_iterations", int, 3, "Sinkhorn-Knopp iterations", allowed=AT_LEAST_1),
+        FEAT_DIM,
+        Param("nmb_prototypes", int, 3000, "prototypes (clusters) the codes assign to", allowed=AT_LEAST_1),
+        Param("queue_length", int, 0, "embeddings queued for the codes over all processes (0: no queue; rounded "
+                                      "down to a multiple of --batch_size)", allowed=AT_LEAST_0),
+        Param("epoch_queue_starts", int, 15, "0-based epoch from which the queue is kept", allowed=AT_LEAST_0),
+        Param("hidden_mlp", int, 2048, "hidden width of the projection head (0: a linear head)", allowed=AT_LEAST_0),
+        Param("freeze_prototypes_niters", int, 313, "updates during which the prototypes do not move",
+              allowed=AT_LEAST_0),
+        Param("base_lr", float, 0.6, "learning rate after the warm-up (not scaled with --batch_size, as the seed)",
+              allowed=POSITIVE),
+        Param("final_lr", float, 0.0006, "learning rate at the end of the cosine", allowed=AT_LEAST_0),
+        Param("start_warmup", float, 0.0, "learning rate at the first warm-up update", allowed=AT_LEAST_0),
+        Param("warmup_epochs", int, 0, "epochs of linear warm-up from --start_warmup to --base_lr",
+              allowed=AT_LEAST_0),
+        Param("wd", float, 1e-6, "weight decay (inside LARC)", allowed=AT_LEAST_0),
+    ),
 }
 # Hyperparameters no flag sets: filled in from the training data when the model is built (train.build_model).
 DERIVED = {"cmc": {"n_data": int, "rgb_mean": lambda v: [float(x) for x in v],
                    "rgb_std": lambda v: [float(x) for x in v]}}
-ALL_PARAMS = AMDIM_ENCODER + tuple(p for params in METHOD_PARAMS.values() for p in params)
+# Every flag once (methods may share a Param: --feat_dim).
+ALL_PARAMS = tuple(dict.fromkeys(AMDIM_ENCODER + tuple(p for params in METHOD_PARAMS.values() for p in params)))
 
 
 def add_flags(parser):
@@ -155,14 +222,15 @@ def add_flags(parser):
     group.add_argument("--arch", choices=ARCHS, help="backbone (default: amdim for --method amdim; else resnet18 "
                                                      "below 128 px, resnet50 from 128 px)")
     for p in ALL_PARAMS:
-        owner = "AMDIM encoder" if p in AMDIM_ENCODER else next(m for m, ps in METHOD_PARAMS.items() if p in ps)
+        owner = "AMDIM encoder" if p in AMDIM_ENCODER else ", ".join(m for m, ps in METHOD_PARAMS.items() if p in ps)
         text = f"[{owner}] {p.help} (default: {'off' if p.switch else p.shown_default()})"
         if p.switch:
             group.add_argument(*p.flag_names(), dest=p.name, action="store_const", const=True, help=text)
         elif p.type is bool:
             group.add_argument(*p.flag_names(), dest=p.name, type=int, choices=(0, 1), help=text)
         else:
-            group.add_argument(*p.flag_names(), dest=p.name, type=number(p.type, p.allowed), help=text)
+            group.add_argument(*p.flag_names(), dest=p.name, type=number(p.type, p.allowed), help=text,
+                               nargs="+" if p.many else None)
 
 
 def default_arch(method, encoder_size):
@@ -183,7 +251,7 @@ def from_flags(args, encoder_size, n_classes):
     hp = dict(method=method, arch=arch, encoder_size=encoder_size, n_classes=n_classes)
     for p in params_of(method, arch):
         value = getattr(args, p.name, None)
-        hp[p.name] = p.type(p.default if value is None else value)
+        hp[p.name] = p.convert(p.default_for(encoder_size, arch) if value is None else value)
     unused = [p.flag_names()[0] for p in ALL_PARAMS if p not in params_of(method, arch)
               and getattr(args, p.name, None) is not None]
     if unused:
@@ -203,9 +271,10 @@ def validate(hp):
         raise UserError(f"--method amdim needs --arch amdim: its costs compare the encoder's 1x1, 5x5 and 7x7 "
                         f"feature maps, which {hp['arch']} does not give; drop --arch or pick another --method")
     for p in params_of(hp["method"], hp["arch"]):
-        if p.allowed is not None and not p.allowed.admits(hp[p.name]):
-            raise UserError(f"{p.flag_names()[0]} {hp[p.name]} is out of range: expected "
-                            f"{p.allowed.describe(p.type)}")
+        if not p.admits(hp[p.name]):
+            shown = " ".join(map(str, hp[p.name])) if p.many else hp[p.name]
+            raise UserError(f"{p.flag_names()[0]} {shown} is out of range: expected "
+                            f"{'each ' if p.many else ''}{p.allowed.describe(p.type)}")
     if hp["arch"] == "amdim" and hp["n_rkhs"] < last_width(hp["ndf"], hp["encoder_size"]):
         raise UserError(f"--n_rkhs {hp['n_rkhs']} is smaller than the encoder's last width "
                         f"{last_width(hp['ndf'], hp['encoder_size'])} (4*ndf at 32 px, 8*ndf at 64/128 px): raise "
@@ -213,6 +282,35 @@ def validate(hp):
     if hp["method"] == "moco" and hp["moco_align_w"] == hp["moco_unif_w"] == hp["moco_contr_w"] == 0:
         raise UserError("every MoCo loss weight is 0: give --moco-align-w, --moco-unif-w or --moco-contr-w a "
                         "positive value")
+    if hp["method"] == "swav":
+        validate_crops(hp)
+
+
+CROP_FLAGS = ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops")
+
+
+def validate_crops(hp):
+    """SwAV's crop lists: one entry per crop kind in each, area ranges that are ranges, at least two crops, the
+    assigned crops among them, and sizes the backbone takes."""
+    lengths = [len(hp[k]) for k in CROP_FLAGS]
+    if len(set(lengths)) > 1:
+        raise UserError(f"--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need one value per "
+                        f"crop kind each (got {', '.join(map(str, lengths))} values): give them the same length")
+    for i, (low, high) in enumerate(zip(hp["min_scale_crops"], hp["max_scale_crops"])):
+        if low > high:
+            raise UserError(f"crop kind {i}: --min_scale_crops {low} is above --max_scale_crops {high}; swap them")
+    n_crops = sum(hp["nmb_crops"])
+    if n_crops < 2:
+        raise UserError(f"--nmb_crops {' '.join(map(str, hp['nmb_crops']))} makes {n_crops} crop: SwAV predicts one "
+                        f"crop's codes from another, so give at least 2 crops")
+    assign = hp["crops_for_assign"]
+    if max(assign) >= n_crops or len(set(assign)) != len(assign):
+        raise UserError(f"--crops_for_assign {' '.join(map(str, assign))} must name distinct crops 0..{n_crops - 1} "
+                        f"(--nmb_crops makes {n_crops}); pick crops from that range")
+    if hp["arch"] == "amdim" and set(hp["size_crops"]) != {hp["encoder_size"]}:
+        raise UserError(f"--arch amdim takes only {hp['encoder_size']} px inputs (its layers are fixed to the image "
+                        f"size), not --size_crops {' '.join(map(str, hp['size_crops']))}: give every crop size "
+                        f"{hp['encoder_size']}, or use --arch resnet18/resnet50 for smaller crops")
 
 
 def normalise(stored):
@@ -232,7 +330,7 @@ def normalise(stored):
         raise UserError(f"checkpoint hyperparams lack {', '.join(missing)}; it was not written by AMDIM code")
     out = dict(method=hp["method"], arch=hp["arch"], encoder_size=int(hp["encoder_size"]),
                n_classes=int(hp["n_classes"]))
-    out.update({p.name: p.type(hp[p.name]) for p in wanted})
+    out.update({p.name: p.convert(hp[p.name]) for p in wanted})
     out.update({k: kind(hp[k]) for k, kind in derived.items()})
     return out
 
@@ -248,7 +346,7 @@ def contradictions(args, hp):
         if p.name not in hp:
             clashes.append(f"{p.flag_names()[0]} (not a hyperparameter of the checkpoint's {hp['method']}/"
                            f"{hp['arch']} model)")
-        elif p.type(given) != hp[p.name]:
+        elif p.convert(given) != hp[p.name]:
             clashes.append(f"{p.flag_names()[0]} {given} (checkpoint: {hp[p.name]})")
     return clashes
 

@@ -1,7 +1,7 @@
 """Data sources: the datasets, their splits and image loading. The augmentation recipes are in augment.py.
 
 Every training item is (views, y, index): the augmented views of one image (augment.make_views: AMDIM's pair
-with a shared flip, or MoCo's independent pair), its label (-1 for unlabelled images, STL10's unlabeled split)
+with a shared flip, MoCo's independent pair, CMC's L and ab, SwAV's crops), its label (-1 for unlabelled images, STL10's unlabeled split)
 and its position in the split. Test items are (x, y), or None for an unreadable image with --skip_bad_images.
 In-memory datasets can instead keep uint8 images, items (image, y, index), and augment whole batches on the
 training device (Splits.batch_augment); so can image folders, once decoded into memory (--cache_images,
@@ -513,8 +513,8 @@ class DecodedImages(torch.utils.data.Dataset):
 
 
 def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False,
-                 batch_augment=True, views="amdim", subset=None, crop_low=None, cache_images="off", report=True,
-                 cache_budget=imagecache.BUDGET_BYTES):
+                 batch_augment=True, views="amdim", subset=None, view_options=None, cache_images="off",
+                 report=True, cache_budget=imagecache.BUDGET_BYTES):
     """Training and test splits of a dataset; see Splits. phase: "self_supervised" or "classifiers" (only STL10
     differs: its unlabeled images join the self-supervised training split). views: the training views'
     augmentation kind (augment.make_views). skip_bad_images: instead of failing on an unreadable file (image
@@ -522,11 +522,12 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     (None items, dropped by the loaders). batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the
     default augmentation keep uint8 images and augment whole batches on the training device
     (Splits.batch_augment); False keeps the per-image pipeline everywhere. subset: a class-list file that
-    restricts image folders to those classes. crop_low: the "cmc" views' smallest crop area fraction (None: its
-    default). cache_images: "auto", "on" or "off" (the default here; train.py's is auto): decode image folder
-    splits into memory (imagecache.py), so that their training split takes the batched path too; report: this
-    process prints that work's progress and counts unreadable images (rank 0); cache_budget: auto's limit, in
-    bytes per split."""
+    restricts image folders to those classes. view_options: make_views' keywords of the view kind (methods.
+    view_options: CMC's crop_low, SwAV's crops); None: its defaults. cache_images: "auto", "on" or "off" (the
+    default here; train.py's is auto): decode image folder splits into memory (imagecache.py), so that their
+    training split takes the batched path too; report: this process prints that work's progress and counts
+    unreadable images (rank 0); cache_budget: auto's limit, in bytes per split."""
+    view_options = view_options or {}
     size = encoder_size(name, image_size)
     if aug not in AUGMENTATIONS:
         raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
@@ -535,16 +536,15 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     batched = batch_augment and aug == "default"
     if name == "DIGITS":
         make = lambda mean_std: make_views(views, "cifar", aug=aug, mean_std=mean_std, batched=batched,
-                                           crop_low=crop_low)
+                                           **view_options)
         train, test, n_classes, augment, memory, mean_std = _digits(make, batched)
     elif name in ("C10", "C100", "STL10"):
-        make = lambda recipe, batched_: make_views(views, recipe, aug=aug, batched=batched_,
-                                                   crop_low=crop_low)
+        make = lambda recipe, batched_: make_views(views, recipe, aug=aug, batched=batched_, **view_options)
         train, test, n_classes, augment, memory = _cifar_or_stl(name, input_dir, phase, make, download, batched)
         mean_std = NORMALIZATION["cifar" if name in ("C10", "C100") else "stl"]
     else:
         make = lambda recipe, resize_first, batched_: make_views(views, recipe, aug=aug, resize_first=resize_first,
-                                                                 batched=batched_, crop_low=crop_low)
+                                                                 batched=batched_, **view_options)
         cache = ImageCache(cache_images, report, cache_budget, batched)
         train, test, n_classes, skippers, memory, augment = _image_folders(name, input_dir, size, make, views,
                                                                            skip_bad_images, subset, cache)

@@ -10,6 +10,12 @@ The interface the training loop uses (train.py never asks which method it runs):
                               holds the batch's dataset indices (B,) on the device (CMC's memory bank needs them),
                               out["shared_seed"] an int that every process gets alike at this update
     after_step(out, dist)     state updates after each optimizer step (momentum update, queue push)
+    start_update(epoch, update, dist)   called before each training update's forward with the training cursor
+                              (0-based epoch, updates so far): state that follows the schedule (SwAV's
+                              prototype normalisation and queue start); nothing by default
+    before_optimizer_step(update)       called between backward and the optimizer step (SwAV's prototype freeze);
+                              nothing by default
+    n_views                   how many views of each image forward takes (2 but for SwAV's multi-crop)
     features(x)               (B, n_features) frozen features for the classifiers and kNN
     classify(x)               (mlp, linear) logits of the evaluation classifiers
     evaluator                 the evaluation classifiers (model.Evaluator)
@@ -24,13 +30,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import costs
-from augment import normalize_lab, rgb_to_lab
-from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, projection_head
+from augment import MultiCrop, normalize_lab, rgb_to_lab
+from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
 
 
 class Method(nn.Module):
     """What every method shares: hyperparams, the evaluation classifiers and the default hooks."""
     view_kind = None
+    n_views = 2
 
     def __init__(self, hp):
         super().__init__()
@@ -47,6 +54,13 @@ class Method(nn.Module):
 
     def after_step(self, out, dist):
         """Called after each optimizer step with that step's outputs; nothing by default."""
+
+    def start_update(self, epoch, update, dist):
+        """Called before each training update's forward; nothing by default."""
+
+    def before_optimizer_step(self, update):
+        """Called after backward, before the optimizer step of update number `update` (0-based); nothing by
+        default."""
 
     def ddp_ignored_state(self):
         """Names of parameters and buffers DistributedDataParallel should neither broadcast nor reduce."""
@@ -308,7 +322,154 @@ class CMC(Method):
         return ["memory_l", "memory_ab", "z_l", "z_ab"]
 
 
-METHOD_CLASSES = {"amdim": AMDIM, "moco": MoCo, "cmc": CMC}
+class SwAV(Method):
+    """Swapping Assignments between multiple Views (Caron et al. 2020; the seed: facebookresearch/swav).
+
+    Every crop goes through the backbone (one call per run of equal crop sizes: BatchNorm statistics per size),
+    then one projection head call on all crops together (its BatchNorm sees them all), L2 normalisation and the
+    prototypes, a bias-free linear map to nmb_prototypes scores. For each crop in crops_for_assign its codes
+    come from Sinkhorn-Knopp over its scores (costs.sinkhorn, sums over every process), and the other crops
+    predict them (costs.swav_loss).
+
+    State that follows training: the prototype rows are set to unit length before every update's forward
+    (start_update) and get no update while the update count is below freeze_prototypes_niters
+    (before_optimizer_step); both are functions of the training cursor, so a resumed run repeats them.
+
+    The queue (queue_length > 0): from the 0-based epoch epoch_queue_starts on, every process keeps its last
+    queue_length / world_size embeddings of each assigned crop (queue_length rounded down to a multiple of the
+    global batch), newest first, and once its last row is filled their scores (with the current prototypes) go
+    before the batch's into Sinkhorn-Knopp; the codes are the batch's rows. The buffer `queue` (assigned crops,
+    world_size x rows per process, feat_dim) holds every process's queue, process r's in rows r*rows..: each
+    process gathers the new embeddings of all, so every process holds the same buffer and rank 0's checkpoint
+    carries all of them (a resume with as many processes and the same batch continues exactly; another layout
+    starts a fresh queue). The classifiers read the backbone features of the first crop kind's crops (the large
+    ones), rows in crop order.
+    """
+    view_kind = "swav"
+
+    def __init__(self, hp):
+        super().__init__(hp)
+        self.backbone = make_backbone(hp)
+        self.n_features = self.backbone.width
+        self.head = bn_projection_head(self.n_features, hp["hidden_mlp"], hp["feat_dim"])
+        self.prototypes = nn.Linear(hp["feat_dim"], hp["nmb_prototypes"], bias=False)
+        # No rows until the queue starts; a checkpoint's queue brings its own shape (_load_from_state_dict).
+        self.register_buffer("queue", torch.zeros(len(hp["crops_for_assign"]), 0, hp["feat_dim"]))
+        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+        self._queue_on = False        # whether this update's epoch keeps the queue (start_update)
+        self._queue_full = False      # whether the queue's last rows are filled (read from the buffer until so)
+
+    @property
+    def n_views(self):
+        return sum(self.hyperparams["nmb_crops"])
+
+    def forward(self, views, dist=None):
+        """views: the crops in crop order, each (B, 3, s, s) -> {"embedding": unit rows (n_crops B, feat_dim),
+        "scores": prototype scores (n_crops B, nmb_prototypes), both with crop c's rows at c B..(c + 1) B,
+        "logits": classifier logits on the first crop kind's backbone features (nmb_crops[0] B, n_classes)}."""
+        features, start = [], 0
+        while start < len(views):     # one backbone call for each run of crops of one size
+            end = start + 1
+            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+                end += 1
+            features.append(self.backbone(torch.cat(views[start:end]) if end - start > 1 else views[start]))
+            start = end
+        h = torch.cat(features)
+        z = F.normalize(self.head(h), dim=1)
+        n_large = self.hyperparams["nmb_crops"][0] * views[0].shape[0]
+        return {"embedding": z, "scores": self.prototypes(z), "logits": self.evaluator(h[:n_large])}
+
+    @torch.no_grad()
+    def start_update(self, epoch, update, dist):
+        """Prototype rows to unit length (the seed, at the start of every iteration); the queue is kept from the
+        epoch epoch_queue_starts on."""
+        weight = self.prototypes.weight
+        weight.copy_(F.normalize(weight, dim=1))
+        self._queue_on = self.hyperparams["queue_length"] > 0 and epoch >= self.hyperparams["epoch_queue_starts"]
+
+    def before_optimizer_step(self, update):
+        """No prototype update (gradient None: no momentum, no weight decay) before freeze_prototypes_niters."""
+        if update < self.hyperparams["freeze_prototypes_niters"]:
+            self.prototypes.weight.grad = None
+
+    def loss_terms(self, out, dist):
+        """{"swav": the swapped prediction loss}: each assigned crop's codes (Sinkhorn-Knopp, no gradient)
+        predicted by every other crop's scores."""
+        hp = self.hyperparams
+        scores = out["scores"]
+        per_crop = list(scores.split(scores.shape[0] // self.n_views))
+        codes = [self.codes(per_crop[crop].detach(), i, dist) for i, crop in enumerate(hp["crops_for_assign"])]
+        return {"swav": costs.swav_loss(per_crop, codes, hp["temperature"], hp["crops_for_assign"])}
+
+    @torch.no_grad()
+    def codes(self, scores, i, dist):
+        """scores: (B, nmb_prototypes) of assigned crop number i -> its codes (B, nmb_prototypes), with this
+        process's queue rows for that crop before the batch's once the queue is full."""
+        batch, hp = scores.shape[0], self.hyperparams
+        queued = self.queued(i, batch, dist)
+        if queued is not None:
+            scores = torch.cat([queued @ self.prototypes.weight.t(), scores])
+        return costs.sinkhorn(scores, hp["epsilon"], hp["sinkhorn_iterations"], dist)[-batch:]
+
+    def queue_layout(self, batch, dist):
+        """(processes, rows per process) of the queue for a per-process batch: queue_length rounded down to a
+        multiple of the global batch, split evenly (rows 0: no queue)."""
+        world = dist.world_size if dist is not None else 1
+        return world, self.hyperparams["queue_length"] // (batch * world) * batch
+
+    def queued(self, i, batch, dist):
+        """This process's queue rows (rows, feat_dim) of assigned crop i once the queue is in use, else None."""
+        world, rows = self.queue_layout(batch, dist)
+        if rows == 0 or self.queue.shape[1] != world * rows:
+            return None
+        if not self._queue_full:       # a host sync per update only until the queue is full
+            last = self.queue.view(self.queue.shape[0], world, rows, -1)[:, :, -1]
+            self._queue_full = bool(last.ne(0).any(-1).all())
+        if not self._queue_full:
+            return None
+        rank = dist.rank if dist is not None else 0
+        return self.queue[i, rank * rows:(rank + 1) * rows]
+
+    @torch.no_grad()
+    def after_step(self, out, dist):
+        """Once the queue is kept: every process's assigned crops' embeddings go first into its queue rows, the
+        oldest drop out (every process applies the same gathered update to the whole buffer)."""
+        if not self._queue_on:
+            return
+        hp = self.hyperparams
+        z = out["embedding"].detach()
+        batch = z.shape[0] // self.n_views
+        world, rows = self.queue_layout(batch, dist)
+        if rows == 0:
+            return
+        n_assign, width = len(hp["crops_for_assign"]), z.shape[1]
+        if self.queue.shape[1] != world * rows:       # starts now, or a checkpoint's of another layout
+            self.queue = torch.zeros(n_assign, world * rows, width, device=z.device)
+            self._queue_full = False
+        new = torch.stack([z[c * batch:(c + 1) * batch] for c in hp["crops_for_assign"]], dim=1).float()
+        new = dist.all_gather(new) if dist is not None else new        # (world batch, n_assign, feat_dim)
+        queue = self.queue.view(n_assign, world, rows, width)
+        queue[:, :, batch:] = queue[:, :, :-batch].clone()
+        queue[:, :, :batch] = new.view(world, batch, n_assign, width).permute(2, 0, 1, 3)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "queue")
+        if saved is not None and saved.shape != self.queue.shape:     # the queue of the run that saved it
+            self.queue = torch.zeros(saved.shape, dtype=self.queue.dtype, device=self.queue.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._queue_full = False
+
+    def features(self, x):
+        """x: (B, 3, S, S) -> the backbone's features (B, width)."""
+        return self.backbone(x)
+
+    def ddp_ignored_state(self):
+        # Every process applies the same gathered push, so the queues stay identical without DDP's broadcast
+        # (which could not follow the buffer's change of shape when the queue starts either).
+        return ["queue"]
+
+
+METHOD_CLASSES = {"amdim": AMDIM, "moco": MoCo, "cmc": CMC, "swav": SwAV}
 
 
 def build(hp):
@@ -320,6 +481,20 @@ def view_kind(hp):
     """The augmentation a method's training views come from, without building the model (augment.make_views)."""
     if hp["method"] == "moco":
         return "moco_v2" if hp["aug_plus"] else "moco_v1"
-    if hp["method"] == "cmc":
-        return "cmc"
+    if hp["method"] in ("cmc", "swav"):
+        return hp["method"]
     return "amdim"
+
+
+def view_options(hp):
+    """make_views' keywords for the method's view kind: CMC's crop_low, SwAV's crops."""
+    if hp["method"] == "cmc":
+        return {"crop_low": hp["crop_low"]}
+    if hp["method"] == "swav":
+        return {"crops": MultiCrop.from_hyperparams(hp)}
+    return {}
+
+
+def n_views(hp):
+    """Views of each image the method trains on, without building the model."""
+    return sum(hp["nmb_crops"]) if hp["method"] == "swav" else 2

@@ -279,3 +279,12 @@ def projection_head(width, dim, hidden=False):
     if not hidden:
         return nn.Linear(width, dim)
     return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+
+
+def bn_projection_head(width, hidden, dim):
+    """SwAV's projection head: backbone features (B, width) -> (B, dim) through a hidden layer of `hidden` units
+    with BatchNorm and ReLU; hidden 0 gives a single linear map (the seed's hidden_mlp 0)."""
+    if hidden == 0:
+        return nn.Linear(width, dim)
+    return nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, dim))

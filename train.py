@@ -1,9 +1,10 @@
-"""Train a self-supervised encoder (AMDIM, or MoCo with alignment and uniformity) with online evaluation
+"""Train a self-supervised encoder (AMDIM, MoCo with alignment and uniformity, CMC or SwAV) with online evaluation
 classifiers, or (--classifiers) the evaluation classifiers alone on a frozen encoder. One loop serves every
 method and both phases.
 
     python train.py --dataset C10 --input_dir ./data                          # AMDIM, self-supervised
     python train.py --method moco --dataset C10 --aug-plus --mlp --cos        # MoCo v2 with align/uniform
+    python train.py --method swav --dataset C10 --queue_length 3840           # SwAV, multi-crop 2x32 + 4x16
     python train.py --classifiers --checkpoint_path runs/default_run/amdim_cpt.pth --run_name c10_cls ...
 
 Outputs land in <output_dir>/<run_name>/: the checkpoint <cpt_name> (and <cpt_name>.prev), TensorBoard event
@@ -164,6 +165,7 @@ class Run:
     data_seed: int                       # the data order's seed, kept across resumes
     per_rank: int                        # images per process per update
     n_views: int                         # views per image the phase trains on
+    updates_per_epoch: int = 0           # full batches of an epoch (schedules per update: SwAV's)
     non_finite_skipped: int = 0
     bn_loader: object = field(default=None)
 
@@ -285,6 +287,9 @@ def build_model(args, ckpt, how, hp, splits, log):
             log.print(f"note: --moco-k {hp['moco_k']} is larger than the {len(splits.train)}-image training split; "
                       f"the queue is capped at {len(splits.train)} keys")
             hp["moco_k"] = len(splits.train)
+        if hp["method"] == "swav" and 0 < hp["queue_length"] < args.batch_size:
+            log.print(f"note: --queue_length {hp['queue_length']} is shorter than one --batch_size {args.batch_size}: "
+                      f"it rounds down to 0, so no queue is kept")
         if hp["method"] == "cmc":
             # One memory bank row per training image; features() de-normalises RGB by the data's statistics.
             mean, std = splits.mean_std
@@ -370,7 +375,7 @@ def setup(dist, args):
     hp = resolve_hyperparams(args, ckpt, encoder_size)
     # Classifiers train on the evaluation protocol's views (AMDIM's recipe) whichever method made the encoder.
     view_kind = methods.view_kind(hp) if args.phase == SELF_SUPERVISED else "amdim"
-    splits = load_data(args, dist, view_kind, hp.get("crop_low"))
+    splits = load_data(args, dist, view_kind, methods.view_options(hp) if args.phase == SELF_SUPERVISED else {})
     if len(splits.train) < args.batch_size:
         raise UserError(f"the {args.dataset} training split has {len(splits.train)} images, fewer than "
                         f"--batch_size {args.batch_size}; lower --batch_size")
@@ -383,6 +388,7 @@ def setup(dist, args):
     if how == "init" and args.phase == CLASSIFIERS:
         cursor.update(classifier_epoch=0, classifier_step=0)
     epochs, milestones = recipes.schedule(args, model.hyperparams["method"])
+    recipes.check_flags(args, model.hyperparams, epochs)
     epoch_key = "info_epoch" if args.phase == SELF_SUPERVISED else "classifier_epoch"
     updates_left = max(0, epochs - cursor[epoch_key]) * (len(splits.train) // args.batch_size)
     compile_step, compiled = compiling.decide(args.compile, args.phase == SELF_SUPERVISED, updates_left,
@@ -394,7 +400,8 @@ def setup(dist, args):
               model=model, step_model=step_model, compiled=compiled, optimizer=recipes.make_optimizer(model, args),
               amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
               milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
-              n_views=2 if args.phase == SELF_SUPERVISED else 1)
+              n_views=model.n_views if args.phase == SELF_SUPERVISED else 1,
+              updates_per_epoch=len(splits.train) // dist.world_size // (args.batch_size // dist.world_size))
     epoch_so_far = EpochProgress()
     if how == "resume":
         epoch_so_far.samples, epoch_so_far.seconds, epoch_so_far.meters = checkpoint.restore_run(run, ckpt)
@@ -402,7 +409,7 @@ def setup(dist, args):
     return run, epoch_so_far
 
 
-def load_data(args, dist, view_kind, crop_low=None):
+def load_data(args, dist, view_kind, view_options=None):
     """The splits, once every rank has them. The first use of a torchvision dataset downloads it, once per node
     (datasets.download_lock), for as long as it takes: the ranks wait for each other through the job's store,
     which has no timeout, not in a collective, which would give up after --dist_timeout."""
@@ -410,7 +417,8 @@ def load_data(args, dist, view_kind, crop_low=None):
         splits = datasets.build_splits(args.dataset, args.input_dir, args.phase, image_size=args.image_size,
                                        aug=args.aug, skip_bad_images=args.skip_bad_images,
                                        batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset,
-                                       crop_low=crop_low, cache_images=args.cache_images, report=dist.is_main)
+                                       view_options=view_options, cache_images=args.cache_images,
+                                       report=dist.is_main)
     except UserError as e:
         if not dist.active:
             raise
@@ -472,15 +480,20 @@ def classifier_terms(logits, labels):
 
 
 def update(run, batch, epoch):
-    """One optimisation step on one batch: forward, loss, backward, optimizer step, the method's after-step hook.
+    """One optimisation step on one batch: forward, loss, backward, optimizer step, with the method's hooks around
+    them (start_update before the forward, before_optimizer_step, after_step).
 
     Returns (values, stop): every logged number as floats (None for a skipped non-finite update), and whether
     any rank was asked to stop."""
     args, dist, cur = run.args, run.dist, run.cursor
     reseed(run, cur[run.step_key])
-    factor = recipes.lr_factor(args, run.model.hyperparams["method"], epoch, cur[run.step_key], run.epochs,
-                               run.milestones)
+    hp = run.model.hyperparams
+    factor = recipes.lr_factor(args, hp["method"], epoch, cur[run.step_key], run.epochs, run.milestones, hp=hp,
+                               updates_per_epoch=run.updates_per_epoch)
     lr = recipes.set_learning_rates(run.optimizer, factor)
+    self_supervised = args.phase == SELF_SUPERVISED
+    if self_supervised:
+        run.model.start_update(epoch, cur[run.step_key], dist)
     terms, (logits, labels), out = loss_terms(run, batch, shared_seed_at(run, cur[run.step_key]))
     loss = sum(terms.values())
     run.optimizer.zero_grad(set_to_none=True)
@@ -493,6 +506,8 @@ def update(run, batch, epoch):
     if non_finite:
         handle_non_finite(run, values, epoch)
         return None, stop
+    if self_supervised:
+        run.model.before_optimizer_step(cur[run.step_key])
     run.scaler.step(run.optimizer)
     run.scaler.update()
     if out is not None:
@@ -695,7 +710,7 @@ def announce(run, ckpt_from, how, encoder_size):
     n_params = sum(p.numel() for p in run.model.parameters())
     groups = ", ".join(f"{g['base_lr']:.3g}" for g in run.optimizer.param_groups)
     log.print(f"model {hp} ({n_params / 1e6:.2f} M parameters); {type(run.optimizer).__name__} base LR {groups}; "
-              f"epochs {run.epochs}, LR milestones {list(run.milestones)}{' (cosine)' if args.cos else ''}")
+              f"epochs {run.epochs}, {recipes.describe_schedule(args, hp, run.milestones)}")
     if how is not None:
         log.print(f"{'resuming' if how == 'resume' else 'starting'} from {ckpt_from} at {run.cursor}")
     elif args.phase == CLASSIFIERS:

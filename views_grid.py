@@ -1,5 +1,6 @@
 """A picture of what a method trains on: a few training images, each followed by its views exactly as the method
-sees them (every crop size, de-normalised), so a user can check the augmentation at a glance.
+sees them (every crop size, SwAV's small crops included, de-normalised), so a user can check the augmentation at a
+glance.
 
 train.py draws it to TensorBoard ("views") when a run starts; `python views_grid.py --dataset C10 --method moco
 --aug-plus --out views.png` saves it as a PNG.
@@ -88,8 +89,9 @@ def main(argv=None):
     size = datasets.encoder_size(args.dataset, args.image_size)
     hp = config.from_flags(args, size, n_classes=0)
     splits = datasets.build_splits(args.dataset, args.input_dir, "self_supervised", image_size=args.image_size,
-                                   batch_augment=not args.per_image_aug, views=methods.view_kind(hp))
-    picture = grid(splits, args.images, 2)
+                                   batch_augment=not args.per_image_aug, views=methods.view_kind(hp),
+                                   view_options=methods.view_options(hp))
+    picture = grid(splits, args.images, methods.n_views(hp))
     try:
         torchvision.utils.save_image(picture, args.out)
     except OSError as e:

@@ -1,5 +1,6 @@
 """Training-step throughput of every method and backbone: model + its costs + classifiers, forward, backward,
-optimizer step and after-step hook (MoCo's momentum update and queue push), float32.
+optimizer step and the method's hooks (MoCo's momentum update and queue push; SwAV's prototype normalisation,
+Sinkhorn with a queue and queue push), float32.
 
 Each (config, variant) runs in its own process so peak RSS is its own. Prints one table: median img/s of the
 timed steps after warm-up, min-max, peak RSS, achieved GFLOP/s (torch's flop counter, per image pair) next to
@@ -26,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 import host     # bench/host.py: the CPU model and matmul rate every table prints
 
+SWAV_STATE = ["--queue_length", "3840", "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "0"]
 # name: (method, image size, batch, model flags). The three AMDIM configs are the 32 px ones quoted in issue 5
 # (0.353, 1.59 and 7.1 GFLOP per image pair); "default" is the original's model defaults.
 CONFIGS = {
@@ -38,6 +40,14 @@ CONFIGS = {
     "cmc-amdim-small": ("cmc", 32, 64, ["--arch", "amdim", "--ndf", "32", "--n_rkhs", "256", "--n_depth", "1"]),
     "cmc-resnet18": ("cmc", 32, 64, ["--arch", "resnet18"]),
     "cmc-resnet50": ("cmc", 128, 32, ["--arch", "resnet50"]),
+    # SwAV with its multi-crop: the AMDIM encoder takes only 32 px, so its small crops are 32 px crops of small
+    # areas; the ResNets take the defaults (2 x 32 + 4 x 16 px; 2 x 128 + 6 x 64 px). A full queue (3840, the
+    # seed's batch-256 one) and unfrozen prototypes, so every part of the step runs.
+    "swav-amdim-small": ("swav", 32, 64, ["--arch", "amdim", "--ndf", "32", "--n_rkhs", "256", "--n_depth", "1",
+                                          "--nmb_crops", "2", "4", "--size_crops", "32", "32", "--min_scale_crops",
+                                          "0.14", "0.05", "--max_scale_crops", "1", "0.14", *SWAV_STATE]),
+    "swav-resnet18": ("swav", 32, 64, ["--arch", "resnet18", *SWAV_STATE]),
+    "swav-resnet50": ("swav", 128, 32, ["--arch", "resnet50", *SWAV_STATE]),
 }
 # variant: (memory format, torch.compile, fused optimizer step). "default" is what train.py runs for a run long
 # enough to compile (compiling.AUTO_MIN_UPDATES); "channels_last_unfused" was the default before fused steps
@@ -56,6 +66,7 @@ def measure(config_name, variant, steps, warmup):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    import augment
     import checkpoint
     import config
     import recipes
@@ -73,21 +84,33 @@ def measure(config_name, variant, steps, warmup):
     if method == "cmc":               # banks of a CIFAR-sized training split; nce_k stays the seed's 4096
         hp.update(n_data=50000, rgb_mean=[0.5, 0.5, 0.5], rgb_std=[0.25, 0.25, 0.25])
     model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist, compile_step)
+    if method == "swav":              # a full queue from the first step (rows of unit length, as embeddings)
+        model.queue = torch.nn.functional.normalize(torch.randn(len(hp["crops_for_assign"]), hp["queue_length"],
+                                                                hp["feat_dim"]), dim=2)
     optimizer = recipes.make_optimizer(model, args)
     for group in optimizer.param_groups:
-        group["fused"] = fused
-    run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=2, amp=None,
-                          splits=SimpleNamespace(batch_augment=None))
+        group["fused"] = group.get("fused") and fused       # as train.py's optimizer, or unfused
+    run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=model.n_views,
+                          amp=None, splits=SimpleNamespace(batch_augment=None))
     g = torch.Generator().manual_seed(1)
-    channels = (1, 2) if method == "cmc" else (3, 3)           # CMC's views: Lab's L and ab
-    batch_data = (tuple(torch.randn(batch, c, size, size, generator=g) for c in channels),
+    if method == "cmc":                                         # CMC's views: Lab's L and ab
+        shapes = [(1, size), (2, size)]
+    elif method == "swav":                                      # every crop at its own size
+        shapes = [(3, s) for s, _ in augment.MultiCrop.from_hyperparams(hp).each()]
+    else:
+        shapes = [(3, size)] * 2
+    batch_data = (tuple(torch.randn(batch, c, s, s, generator=g) for c, s in shapes),
                   torch.randint(0, 10, (batch,), generator=g), torch.arange(batch))
+    updates = iter(range(10 ** 9))
 
     def step():
-        terms, _, out = train.loss_terms(run, batch_data, shared_seed=0)
+        update = next(updates)
+        model.start_update(0, update, dist)
+        terms, _, out = train.loss_terms(run, batch_data, shared_seed=update)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        model.before_optimizer_step(update)
         optimizer.step()
         model.after_step(out, dist)
         return loss.item()
@@ -140,7 +163,8 @@ def main():
                   f"{r['gflop_per_pair']:10.3f} {achieved:8.1f} {100 * achieved / rate:6.0f}% "
                   f"{r['peak_rss_mb']:7.0f}MB", flush=True)
     print(f"median of {args.steps} steps after {args.warmup} warm-up steps; GFLOP/pair counts forward + backward "
-          f"of both views (torch.utils.flop_counter; MoCo's key view is forward only); img/s counts image pairs")
+          f"of both views (torch.utils.flop_counter; MoCo's key view is forward only; SwAV: all crops of an image); "
+          f"img/s counts image pairs (SwAV: images, each with all its crops)")
     for name, (method, size, batch, flags) in CONFIGS.items():
         if name in args.configs:
             print(f"  {name}: --method {method} {' '.join(flags)} at {size} px, batch {batch}")

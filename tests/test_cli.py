@@ -167,15 +167,21 @@ def test_short_runs_start_at_the_base_learning_rate(dataset, method, classifiers
     trains at the base LR; the default schedule itself is unchanged."""
     args = args_for(dataset, method, classifiers, None)
     assert recipes.schedule(args, method) == recipes.default_schedule(args.phase, method, dataset)
+    hp = config.from_flags(args, datasets.encoder_size(dataset, args.image_size), 10)
+    per_epoch = 7                                         # SwAV's schedule runs per update
+    swav = method == "swav" and not classifiers
     for epochs in (1, 2, 3):
         args = args_for(dataset, method, classifiers, epochs)
         n, milestones = recipes.schedule(args, method)
         assert n == epochs and list(milestones) == sorted(set(milestones))
         assert all(1 <= m < epochs for m in milestones), milestones
         step = max(recipes.warmup_updates(args, method) - 1, 0)
-        assert recipes.lr_factor(args, method, 0, step, n, milestones) == 1.0
-        last = recipes.lr_factor(args, method, epochs - 1, 10 ** 6, n, milestones)
-        assert last == pytest.approx(recipes.recipe(args.phase, method).decay ** len(milestones))
+        factor = lambda epoch, step: recipes.lr_factor(args, method, epoch, step, n, milestones, hp=hp,
+                                                       updates_per_epoch=per_epoch)
+        assert factor(0, step) == (pytest.approx(1.0, rel=1e-12) if swav else 1.0)
+        last = factor(epochs - 1, 10 ** 6)
+        assert last == pytest.approx(hp["final_lr"] / hp["base_lr"] if swav else
+                                     recipes.recipe(args.phase, method).decay ** len(milestones))
 
 
 def test_in128_classifiers_one_epoch_trains_at_2e_4():
