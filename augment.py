@@ -920,7 +920,13 @@ def _lab_(x, scale, shift):
 
     Powers as exp(p log(t)), 2-3x faster than pow on the CPU; the XYZ matrix divided by the white point, and
     Lab's linear map with the scale and shift, are one per-pixel 3 x 3 matmul each; each branch is chosen by a
-    0/1 blend (lerp: exact at 0 and 1)."""
+    0/1 blend (lerp: exact at 0 and 1). float32 also under autocast (CMC's features() runs inside the model's
+    autocast region: its matmuls would come out bfloat16/float16 and the in-place blends refuse mixed dtypes)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _lab_float32_(x, scale, shift)
+
+
+def _lab_float32_(x, scale, shift):
     b, _, h, w = x.shape
     above = torch.gt(x, 0.04045, out=torch.empty_like(x))
     expanded = torch.mul(x, 1 / 1.055).add_(0.055 / 1.055).log_().mul_(2.4).exp_()

@@ -321,10 +321,14 @@ def restore_run(run, ckpt):
     rank's sums (the epoch's means are reduced over ranks), so the world size may change. The model's weights
     and state come back with the model (model_from); random streams need no state, they are re-seeded from the
     position in training (train.reseed)."""
-    base_lrs = [g["base_lr"] for g in run.optimizer.param_groups]
+    # This run's flags decide the base rates (files before base_lr lack it), and its device how the step runs:
+    # a CUDA run's file carries fused=False, and a CPU resume built fused (so GradScaler hands the step its scale)
+    # would then take the unfused step with a scale it refuses.
+    kept = ("base_lr", "fused", "foreach")
+    own = [{k: g[k] for k in kept if k in g} for g in run.optimizer.param_groups]
     run.optimizer.load_state_dict(ckpt["optimizer"])
-    for group, lr in zip(run.optimizer.param_groups, base_lrs):
-        group["base_lr"] = lr        # this run's flags decide the base rates (files before base_lr lack it)
+    for group, settings in zip(run.optimizer.param_groups, own):
+        group.update(settings)
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     saved_args = ckpt.get("args", {})

@@ -159,12 +159,15 @@ def make_optimizer(model, args):
     r = recipe(args.phase, method)
     trainable = [p for p in model.parameters() if p.requires_grad]
     lr = base_lr(args, method) if r.lr is not None else None
-    # fused: one kernel over every tensor instead of a loop of small ops per parameter (CPU and CUDA; on this
-    # CPU the AMDIM default config's Adam step took 0.67 s fused against 3.9 s unfused; bench/step.py's variants).
+    # fused on the CPU: one kernel over every tensor instead of a loop of small ops per parameter (the AMDIM
+    # default config's Adam step took 0.67 s fused against 3.9 s unfused there). On CUDA torch's default is
+    # already the multi-tensor (foreach) step, and fused SGD under fp16's GradScaler turned CMC's loss NaN from
+    # update 3 on an H100 (torch 2.11; unfused trains), so CUDA keeps the default.
+    fused = all(p.device.type == "cpu" for p in trainable)
     if r.optimizer == "adam":
         groups = [dict(params=trainable, base_lr=lr)]
         return torch.optim.Adam(groups, lr=lr, betas=(0.8, 0.999), weight_decay=r.weight_decay, eps=1e-8,
-                                fused=True)
+                                fused=fused)
     classifier = {id(p) for p in model.evaluator.parameters()}
     if r.optimizer == "larc":
         # The seed's single LARC group; the online classifiers (on detached features, not in the seed) step as
@@ -178,7 +181,7 @@ def make_optimizer(model, args):
     groups = [dict(params=[p for p in trainable if id(p) not in classifier], base_lr=lr),
               dict(params=[p for p in trainable if id(p) in classifier], base_lr=r.classifier_lr, weight_decay=0.0)]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9, weight_decay=r.weight_decay,
-                           fused=True)
+                           fused=fused)
 
 
 def set_learning_rates(optimizer, factor):

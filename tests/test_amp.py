@@ -113,6 +113,24 @@ def test_float16_on_cpu_trains_with_a_grad_scaler_that_skips_inf_steps_and_resum
     _close(resumed)
 
 
+def test_a_cuda_runs_checkpoint_resumes_on_the_cpu_with_the_cpus_fused_step(tmp_path):
+    """A CUDA run saves its optimizer groups with fused=False; resumed on the CPU (fused there, so GradScaler
+    hands the step its scale) the groups keep this run's fused step, which takes the scale: an update runs."""
+    run = _setup(tmp_path, "--amp", "--amp_dtype", "float16")
+    assert all(g["fused"] for g in run.optimizer.param_groups)
+    checkpoint.save_run(run)
+    _close(run)
+    ckpt = checkpoint.read(run.cpt_path)
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["fused"] = False                                  # as a CUDA run's file
+    torch.save(ckpt, run.cpt_path)
+    resumed = _setup(tmp_path, "--amp", "--amp_dtype", "float16")
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    values, _ = train.update(resumed, next(iter(train.make_loaders(resumed))), epoch=0)
+    assert values is not None and math.isfinite(values["loss"])
+    _close(resumed)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # CUDA random state: none in checkpoints; each rank seeds its own device.
 

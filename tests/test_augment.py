@@ -366,10 +366,11 @@ def test_batched_views_on_cuda_never_sync_and_compute_what_the_cpu_does(kind):
     and a whole two-view call never makes the host wait (the sync debug mode raises on any synchronisation)."""
     images = _images(40, 96)
     views = augment.make_views(kind, "stl", batched=True)
-    views(images.cuda())                              # the first call puts the constants on the device
+    gpu_images = images.cuda()                        # (a copy from pageable memory synchronises: not in the check)
+    views(gpu_images)                                 # the first call puts the constants on the device
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = views(images.cuda())
+        out = views(gpu_images)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(v.is_cuda and torch.isfinite(v).all() for v in out)

@@ -8,6 +8,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import augment
 import checkpoint
 import config
 import costs
@@ -246,3 +247,16 @@ def test_two_process_training_keeps_both_banks_identical(tmp_path):
         assert torch.allclose(a[key][touched].norm(dim=1), torch.ones(int(touched.sum())), atol=1e-5)
         assert torch.equal(a[key][~touched], a["start"][key][~touched])
         assert not torch.equal(a[key][touched], a["start"][key][touched])
+
+
+def test_features_run_under_bfloat16_autocast():
+    """The evaluation path converts RGB to Lab inside the model, so inside the training loop's autocast region:
+    the conversion stays float32 (its in-place blends refused the autocast matmul's bfloat16 output on a GPU)."""
+    torch.manual_seed(5)
+    cmc = methods.CMC(_hp()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    lab = augment.rgb_to_lab((x * cmc.rgb_std + cmc.rgb_mean).clamp(0, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = cmc.features(x)
+        assert torch.equal(augment.rgb_to_lab((x * cmc.rgb_std + cmc.rgb_mean).clamp(0, 1)), lab)
+    assert feats.shape == (2, cmc.n_features) and torch.isfinite(feats).all()

@@ -70,6 +70,17 @@ else [ $rc -eq 2 ] && printed "has no native bfloat16"; check "bfloat16 refused 
 fi
 run $py test.py $d/amp/amdim_cpt.pth --dataset DIGITS --device cuda --json; check "test.py on CUDA" $?
 
+# Every method on CUDA with fp16 + GradScaler and with bf16 (CMC's loss went NaN at update 3 with a fused SGD
+# step under the GradScaler; its evaluation's Lab conversion failed under bf16 autocast).
+for m in moco cmc swav; do
+  for dt in float16 bfloat16; do
+    [ "$dt" = bfloat16 ] && [ "$native_bf16" != 1 ] && continue
+    CUDA_VISIBLE_DEVICES=0 run $py train.py --dataset DIGITS --method $m --arch resnet18 --batch_size 100 \
+      --device cuda --epochs 2 --amp --amp_dtype $dt --output_dir $d --run_name $m-$dt
+    check "$m trains on CUDA with --amp_dtype $dt" $?
+  done
+done
+
 # torch.compile on CUDA (inductor + Triton), fp16 + GradScaler: it must compile, not fall back to eager.
 CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 2 --amp --amp_dtype float16 --compile on \
   --output_dir $d --run_name compiled; check "--compile on trains on CUDA" $?
