@@ -75,6 +75,7 @@ def _train(tmp_path, name, *flags):
     return out.stdout, records
 
 
+@pytest.mark.skipif(compiling.toolchain_missing(CPU) is not None, reason="inductor needs a C++ compiler")
 def test_train_py_compiles_with_inductor_and_learns_like_eager(tmp_path):
     """The classifier phase with --compile on: inductor really compiles the classifiers' step (C++ on the CPU,
     cached under TORCHINDUCTOR_CACHE_DIR) and the epoch's losses match the eager run's."""
