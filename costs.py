@@ -64,6 +64,26 @@ def select_locations(r5, locs):
     return r5[rows, :, locs // 5, locs % 5]
 
 
+class DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands the gradient back dense, in the memory format of its input (NCHW or
+    channels_last). The costs cut the 5x5 and 7x7 maps' gradients out of one (M, R, 74) gradient: strided views
+    that match neither format, on which the encoder's BatchNorm backward takes a generic CPU path 5-8x slower
+    than on a dense gradient (80 ms against 10 ms for a (100, 512, 7, 7) map). One copy here is far cheaper.
+
+    x: (N, C, H, W) -> the same tensor."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.layout = torch.channels_last if (not x.is_contiguous() and
+                                             x.is_contiguous(memory_format=torch.channels_last)) else \
+            torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.layout)
+
+
 def infomax_costs(f1, f2, tclip, locs1, locs2, gather=None, pos_offset=0):
     """The AMDIM infomax costs between two views.
 
@@ -77,6 +97,7 @@ def infomax_costs(f1, f2, tclip, locs1, locs2, gather=None, pos_offset=0):
     """
     gather = gather or (lambda t: t)
     (r1_a, r5_a, r7_a), (r1_b, r5_b, r7_b) = f1, f2
+    r5_a, r7_a, r5_b, r7_b = (DenseGrad.apply(r) for r in (r5_a, r7_a, r5_b, r7_b))
     # Each view's 5x5 and 7x7 locations side by side, (M, R, 25 + 49): one gather per view, and one matrix
     # product serves both 1->5 and 1->7, which share their source r1.
     trg_a = gather(torch.cat([r5_a.flatten(2), r7_a.flatten(2)], 2))

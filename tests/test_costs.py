@@ -199,3 +199,25 @@ def test_memory_update_matches_naive_loops_and_writes_unit_rows():
     w = torch.randn(4, 6, generator=g, dtype=torch.float64)
     assert torch.allclose(torch.autograd.grad((got * w).sum(), features)[0],
                           torch.autograd.grad((ref * w).sum(), features)[0])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_infomax_costs_hand_the_maps_dense_gradients_in_their_own_layout(layout):
+    """The 5x5 and 7x7 maps' gradients come back dense in the maps' memory format (a strided gradient sends the
+    encoder's BatchNorm backward down a slow path), with the values the same maps give in NCHW (whose values the
+    naive-loop test above checks)."""
+    torch.manual_seed(0)
+    n, r = 4, 8
+    base = [torch.randn(n, r, s, s, dtype=torch.float64) for s in (1, 5, 7) for _ in "ab"]
+    locs = costs.sample_locations(n), costs.sample_locations(n)
+
+    def grads_of(maps):
+        f1, f2 = (maps[0], maps[2], maps[4]), (maps[1], maps[3], maps[5])
+        return torch.autograd.grad(sum(costs.infomax_costs(f1, f2, 20.0, *locs).values()), maps)
+
+    grads = grads_of([m.to(memory_format=layout).requires_grad_() for m in base])
+    grads_ref = grads_of([m.clone().requires_grad_() for m in base])
+    for g in grads[2:]:
+        assert g.is_contiguous(memory_format=layout)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)

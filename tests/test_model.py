@@ -103,3 +103,28 @@ def test_n_rkhs_below_last_width_is_rejected():
         M.Encoder(ndf=16, n_rkhs=32, encoder_size=32)   # last width 64
     with pytest.raises(ValueError, match="n_rkhs"):
         M.Encoder(ndf=8, n_rkhs=32, encoder_size=64)    # last width 64
+
+
+@pytest.mark.parametrize("width,stride,size", [(1, 1, 6), (3, 1, 3), (3, 1, 5), (4, 2, 8)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_residual_unit_equals_its_definition_with_plain_conv_and_pool(width, stride, size, layout):
+    """The unit's shortcuts (identity for a 1x1 stride-1 pool, a matrix product where the kernel covers the whole
+    input) give what conv -> ReLU -> 1x1 conv plus the average-pooled, zero-padded input gives, values and
+    gradients, in either memory format."""
+    torch.manual_seed(0)
+    unit = M.ConvResNxN(6, 10, width, stride, 0)
+    torch.nn.init.normal_(unit.conv2.weight)            # a non-zero residual branch, unlike the Fixup init
+    x = torch.randn(4, 6, size, size).to(memory_format=layout).requires_grad_()
+    y = unit(x)
+    x_ref = x.detach().clone().requires_grad_()
+    h = torch.nn.functional.conv2d(torch.relu(torch.nn.functional.conv2d(x_ref, unit.conv1.weight, stride=stride)),
+                                   unit.conv2.weight)
+    pooled = torch.nn.functional.avg_pool2d(x_ref, width, stride)
+    y_ref = h + torch.cat([pooled, pooled.new_zeros(4, 4, *pooled.shape[2:])], 1)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y_ref)
+    grads = torch.autograd.grad(y, [x, unit.conv1.weight, unit.conv2.weight], g)
+    grads_ref = torch.autograd.grad(y_ref, [x_ref, unit.conv1.weight, unit.conv2.weight], g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
