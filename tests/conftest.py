@@ -5,6 +5,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# Tests that set up a run with the default epochs (and every process such a test starts) would compile its step
+# under --compile auto, a minute or more each time: tests of behaviour train eagerly. test_compiling.py turns
+# compilation back on for its own tests. (torch reads this when it is first imported.)
+os.environ["TORCHDYNAMO_DISABLE"] = "1"
+
 # Under pytest-xdist (`make test` runs one worker per core) each worker, and every process it starts, computes on
 # one thread: two workers with a thread per core each would fight over the cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -15,6 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def dynamo_enabled(monkeypatch):
+    """conftest.py disables torch.compile for the other tests' sake (torch reads TORCHDYNAMO_DISABLE at every
+    torch.compile); these tests need it, in this process and the ones they start."""
+    monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
+
+
 def test_auto_compiles_only_long_self_supervised_runs_with_a_toolchain(monkeypatch):
     long = compiling.AUTO_MIN_UPDATES
     assert compiling.decide("auto", True, long, CPU)[0]
@@ -64,7 +71,7 @@ def test_a_compiled_module_matches_eager():
 
 
 def _train(tmp_path, name, *flags):
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))       # no TORCHDYNAMO_DISABLE
     cmd = [sys.executable, "train.py", "--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1",
            "--batch_size", "100", "--epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path),
            "--run_name", name, *flags]
