@@ -24,6 +24,7 @@ The interface the training loop uses (train.py never asks which method it runs):
 `dist` (utils.Dist) gives the collectives a method needs; in a single process they are identities.
 """
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,15 @@ from augment import MultiCrop, normalize_lab, rgb_to_lab
 from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a fresh method may adapt its hyperparameters to (Method.fit_to_data): the training split's size, its
+    normalisation ((mean r, g, b), (std r, g, b)) and the global batch size."""
+    n_images: int
+    mean_std: tuple
+    batch_size: int
+
+
 class Method(nn.Module):
     """What every method shares: hyperparams, the evaluation classifiers and the default hooks."""
     view_kind = None
@@ -42,6 +52,12 @@ class Method(nn.Module):
     def __init__(self, hp):
         super().__init__()
         self.hyperparams = dict(hp)
+
+    @staticmethod
+    def fit_to_data(hp, data, note):
+        """The hyperparameters of a fresh model of this method, adapted to its TrainingData `data` (a new dict;
+        note(line) tells the user of any change); unchanged by default."""
+        return dict(hp)
 
     def reset_evaluator(self, n_classes):
         """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205."""
@@ -144,6 +160,15 @@ class MoCo(Method):
     def view_kind(self):
         return view_kind(self.hyperparams)
 
+    @staticmethod
+    def fit_to_data(hp, data, note):
+        """A queue no longer than the training split: more keys than images would repeat them."""
+        if hp["moco_k"] <= data.n_images:
+            return dict(hp)
+        note(f"note: --moco-k {hp['moco_k']} is larger than the {data.n_images}-image training split; the queue is "
+             f"capped at {data.n_images} keys")
+        return dict(hp, moco_k=data.n_images)
+
     def forward(self, views, dist=None):
         """views: (query images, key images), each (B, 3, S, S) -> {"q": (B, moco_dim), "k": (B, moco_dim) unit
         rows, "logits": classifier logits on the query view's features (B, n_classes)}."""
@@ -240,6 +265,17 @@ class CMC(Method):
                              persistent=False)
         self.evaluator = Evaluator(self.n_features, hp["n_classes"])
         self._z_known = None        # whether z_l / z_ab are set, read from the buffers once per process
+
+    @staticmethod
+    def fit_to_data(hp, data, note):
+        """One memory bank row per training image (n_data), and the data's RGB normalisation, which features()
+        undoes before its Lab conversion."""
+        mean, std = data.mean_std
+        hp = dict(hp, n_data=data.n_images, rgb_mean=[float(v) for v in mean], rgb_std=[float(v) for v in std])
+        if hp["nce_k"] >= hp["n_data"]:
+            note(f"warning: --nce_k {hp['nce_k']} is at least the {hp['n_data']}-image training split: each "
+                 f"sample's negatives repeat bank rows (and include its own)")
+        return hp
 
     def forward(self, views, dist=None):
         """views: (L (B, 1, S, S), ab (B, 2, S, S)) -> {"l", "ab": (B, feat_dim) unit rows, "logits": classifier
@@ -346,6 +382,14 @@ class SwAV(Method):
     ones), rows in crop order.
     """
     view_kind = "swav"
+
+    @staticmethod
+    def fit_to_data(hp, data, note):
+        """Unchanged; a queue shorter than one batch rounds down to none (queue_layout): the user is told."""
+        if 0 < hp["queue_length"] < data.batch_size:
+            note(f"note: --queue_length {hp['queue_length']} is shorter than one --batch_size {data.batch_size}: it "
+                 f"rounds down to 0, so no queue is kept")
+        return dict(hp)
 
     def __init__(self, hp):
         super().__init__(hp)
@@ -475,6 +519,11 @@ METHOD_CLASSES = {"amdim": AMDIM, "moco": MoCo, "cmc": CMC, "swav": SwAV}
 def build(hp):
     """A freshly initialised method from its hyperparameters (config.py)."""
     return METHOD_CLASSES[hp["method"]](hp)
+
+
+def fit_to_data(hp, data, note=print):
+    """A fresh model's hyperparameters adapted to the training data by its method (Method.fit_to_data)."""
+    return METHOD_CLASSES[hp["method"]].fit_to_data(hp, data, note)
 
 
 def view_kind(hp):

@@ -282,22 +282,8 @@ def build_model(args, ckpt, how, hp, splits, log):
     """The model, its weights restored from `ckpt`, with classifiers reset where the phase needs fresh ones."""
     n_classes = splits.n_classes
     if ckpt is None:
-        hp = dict(hp, n_classes=n_classes)
-        if hp["method"] == "moco" and hp["moco_k"] > len(splits.train):
-            log.print(f"note: --moco-k {hp['moco_k']} is larger than the {len(splits.train)}-image training split; "
-                      f"the queue is capped at {len(splits.train)} keys")
-            hp["moco_k"] = len(splits.train)
-        if hp["method"] == "swav" and 0 < hp["queue_length"] < args.batch_size:
-            log.print(f"note: --queue_length {hp['queue_length']} is shorter than one --batch_size {args.batch_size}: "
-                      f"it rounds down to 0, so no queue is kept")
-        if hp["method"] == "cmc":
-            # One memory bank row per training image; features() de-normalises RGB by the data's statistics.
-            mean, std = splits.mean_std
-            hp.update(n_data=len(splits.train), rgb_mean=[float(v) for v in mean], rgb_std=[float(v) for v in std])
-            if hp["nce_k"] >= hp["n_data"]:
-                log.print(f"warning: --nce_k {hp['nce_k']} is at least the {hp['n_data']}-image training split: "
-                          f"each sample's negatives repeat bank rows (and include its own)")
-        return checkpoint.build_model(hp)
+        data = methods.TrainingData(n_images=len(splits.train), mean_std=splits.mean_std, batch_size=args.batch_size)
+        return checkpoint.build_model(methods.fit_to_data(dict(hp, n_classes=n_classes), data, log.print))
     model = checkpoint.model_from(ckpt)
     fresh_classifiers = how == "init" and args.phase == CLASSIFIERS
     if fresh_classifiers or hp["n_classes"] != n_classes:
@@ -390,7 +376,10 @@ def setup(dist, args):
     epochs, milestones = recipes.schedule(args, model.hyperparams["method"])
     recipes.check_flags(args, model.hyperparams, epochs)
     epoch_key = "info_epoch" if args.phase == SELF_SUPERVISED else "classifier_epoch"
-    updates_left = max(0, epochs - cursor[epoch_key]) * (len(splits.train) // args.batch_size)
+    # Each rank's share, len // world_size images, makes (len // world_size) // (batch_size // world_size) full
+    # batches: the same number (nested floor divisions).
+    updates_per_epoch = len(splits.train) // args.batch_size
+    updates_left = max(0, epochs - cursor[epoch_key]) * updates_per_epoch
     compile_step, compiled = compiling.decide(args.compile, args.phase == SELF_SUPERVISED, updates_left,
                                               dist.device)
     model, step_model = prepare_model(model, args, dist, compile_step, warn=log.print)
@@ -401,7 +390,7 @@ def setup(dist, args):
               amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
               milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
               n_views=model.n_views if args.phase == SELF_SUPERVISED else 1,
-              updates_per_epoch=len(splits.train) // dist.world_size // (args.batch_size // dist.world_size))
+              updates_per_epoch=updates_per_epoch)
     epoch_so_far = EpochProgress()
     if how == "resume":
         epoch_so_far.samples, epoch_so_far.seconds, epoch_so_far.meters = checkpoint.restore_run(run, ckpt)

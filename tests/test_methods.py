@@ -121,3 +121,31 @@ def test_knn_accuracy_matches_features_scored_by_hand_and_test_py_reports_it():
     result = test_py.main([ORIGINAL, "--dataset", "DIGITS", "--knn", "50", "--json", "--num_workers", "0",
                            "--device", "cpu"])
     assert result["knn_k"] == 50 and 0 <= result["top1_knn"] <= 100 and result["n_images"] == 297
+
+
+def test_each_method_fits_a_fresh_model_to_its_training_data():
+    """Method.fit_to_data: MoCo caps its queue at the split, CMC takes one bank row per image and the data's RGB
+    statistics, SwAV says that a queue shorter than a batch rounds down to none; AMDIM changes nothing. Each
+    returns a new dict and says what it changed."""
+    import config
+    data = methods.TrainingData(n_images=120, mean_std=((0.1, 0.2, 0.3), (0.4, 0.5, 0.6)), batch_size=50)
+
+    def fit(method, *flags):
+        hp = config.from_flags(train.parse_args(["--dataset", "DIGITS", "--method", method, *flags]), 32, 10)
+        notes = []
+        fitted = methods.fit_to_data(hp, data, notes.append)
+        assert fitted is not hp
+        return hp, fitted, notes
+
+    hp, fitted, notes = fit("amdim")
+    assert fitted == hp and notes == []
+    hp, fitted, notes = fit("moco", "--moco-k", "4096")
+    assert fitted["moco_k"] == 120 and hp["moco_k"] == 4096 and "capped at 120" in notes[0]
+    assert fit("moco", "--moco-k", "100")[1]["moco_k"] == 100
+    hp, fitted, notes = fit("cmc", "--nce_k", "200")
+    assert fitted["n_data"] == 120 and fitted["rgb_mean"] == [0.1, 0.2, 0.3] and fitted["rgb_std"] == [0.4, 0.5, 0.6]
+    assert "--nce_k 200" in notes[0]
+    assert fit("cmc", "--nce_k", "64")[2] == []
+    hp, fitted, notes = fit("swav", "--queue_length", "30")
+    assert fitted == hp and "rounds down to 0" in notes[0]
+    assert fit("swav", "--queue_length", "100")[2] == []
