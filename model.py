@@ -73,7 +73,6 @@ class ConvResNxN(nn.Module):
             shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.n_grow))
         return h + shortcut
 
-
     def _conv1(self, x):
         """conv1, as a matrix product where its kernel covers the whole unpadded input (the encoder's last unit:
         3x3 on 3x3 -> 1x1): the same sum, which oneDNN's convolution computes 5-10x slower on CPU than a GEMM."""

@@ -7,7 +7,7 @@ sys.path.insert(0, ROOT)
 
 # Tests that set up a run with the default epochs (and every process such a test starts) would compile its step
 # under --compile auto, a minute or more each time: tests of behaviour train eagerly. test_compiling.py turns
-# compilation back on for its own tests. (torch reads this when it is first imported.)
+# compilation back on for its own tests (torch.compile reads the variable at every call; subprocesses inherit it).
 os.environ["TORCHDYNAMO_DISABLE"] = "1"
 
 # Under pytest-xdist (`make test` runs one worker per core) each worker, and every process it starts, computes on
