@@ -361,10 +361,20 @@ def _parse_sub_policy(line):
 # is small enough to stay in the cache for the thirty-odd passes of a view, which would otherwise each stream
 # the whole batch from memory (and allocate it anew); on a GPU the chunk is the whole batch. The geometry (crop
 # and resize, translation, flip, the scaling of 8-bit values to [0, 1]) is linear in the pixels, separable, and
-# one pair of small matrices per sample: two batched matmuls (_resample).
+# one pair of small matrices per sample: two batched matmuls (_resample); so is the Gaussian blur.
+#
+# Most passes change only some samples (a jitter operation at one place of a sample's random order, the 20-25 %
+# turned grey, the half blurred). On a GPU every pass runs masked over the whole batch: reading which samples
+# take it would make the host wait. On the CPU reading the draws is free, so a view first sorts its samples by
+# the passes they take (_sorted_chunks) and each pass works only on the runs of consecutive samples that take
+# it (_runs): the jitter's six brightness/contrast/saturation passes do the work of 2.4 (see jitter_params),
+# the blur half. Every sample's result is the same either way: a skipped pass is an exact identity.
 
 _GRAY = (0.299, 0.587, 0.114)      # ITU-R 601-2 luma, as PIL's convert("L") and torchvision use
 CPU_CHUNK_BYTES = 1 << 20          # float32 output bytes per chunk on the CPU: a chunk's passes stay in L2/L3
+# Device types on which a view reads its random draws to skip the samples a pass leaves alone (_runs): the
+# CPU, where the draws already are in host memory; elsewhere the read would be a host-device sync.
+SKIPS_ON = ("cpu",)
 
 
 class _BatchViews:
@@ -380,8 +390,9 @@ class _BatchViews:
         self._shift = tuple(-m / s for m, s in zip(self._mean, self._std))
 
     def normalize_(self, x):
-        """x: float (B, 3, S, S) in [0, 1] -> (x - mean) / std per channel, in place."""
-        return torch.addcmul(_channels(self._shift, x.device), x, _channels(self._scale, x.device), out=x)
+        """x: float (B, 3, S, S) in [0, 1] -> (x - mean) / std per channel, in place. (Two passes: on the CPU
+        one addcmul with per-channel (1, 3, 1, 1) operands runs 3x slower than mul_ then add_.)"""
+        return x.mul_(_channels(self._scale, x.device)).add_(_channels(self._shift, x.device))
 
 
 class BatchTwoViews(_BatchViews):
@@ -420,10 +431,10 @@ class BatchTwoViews(_BatchViews):
             cols = _mirror_input(cols, flip, width)
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, *size, device=device)
-        for s in _chunks(out):
-            x = _resample(images[s], _take(rows, s), _take(cols, s), out=out[s]).clamp_(0, 1)
+        for s, x in _sorted_chunks(out, _takes_key(_jitter_takes(jitter[0]), gray)):
+            _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
             _color_jitter_(x, *_take(jitter, s))
-            _grayscale_(x, gray[s])
+            _grayscale_(x, _at(gray, s))
             self.normalize_(x)
         return out
 
@@ -465,15 +476,17 @@ class BatchMoCoViews(_BatchViews):
         cols = _mirror_output(cols, _coin(b, 0.5, device))
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, self.size, self.size, device=device)
-        for s in _chunks(out):
-            x = _resample(images[s], _take(rows, s), _take(cols, s), out=out[s]).clamp_(0, 1)
+        takes = (_jitter_takes(jitter[0]), gray) if self.version == 1 else \
+            (_blur_takes(blur), _jitter_takes(jitter[0]), gray)
+        for s, x in _sorted_chunks(out, _takes_key(*takes)):
+            _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
             if self.version == 1:
-                _grayscale_(x, gray[s])
+                _grayscale_(x, _at(gray, s))
                 _color_jitter_(x, *_take(jitter, s))
             else:
                 _color_jitter_(x, *_take(jitter, s))
-                _grayscale_(x, gray[s])
-                _blur_(x, blur[s])
+                _grayscale_(x, _at(gray, s))
+                _blur_(x, _at(blur, s))
             self.normalize_(x)
         return out
 
@@ -525,11 +538,11 @@ class BatchMultiCropViews(_BatchViews):
         cols = _mirror_output(cols, _coin(b, 0.5, device))
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, size, size, device=device)
-        for s in _chunks(out):
-            x = _resample(images[s], _take(rows, s), _take(cols, s), out=out[s]).clamp_(0, 1)
+        for s, x in _sorted_chunks(out, _takes_key(_blur_takes(blur), _jitter_takes(jitter[0]), gray)):
+            _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
             _color_jitter_(x, *_take(jitter, s))
-            _grayscale_(x, gray[s])
-            _blur_(x, blur[s])
+            _grayscale_(x, _at(gray, s))
+            _blur_(x, _at(blur, s))
             self.normalize_(x)
         return out
 
@@ -548,9 +561,59 @@ def _chunks(out):
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
+def _sorted_chunks(out, key):
+    """(samples, x) for each chunk of out's samples (B, ...) to work through in turn: x the chunk's buffer to
+    fill and process in place, samples which of the batch's samples it holds, in x's order (a slice or an index
+    tensor, to index the per-sample draws and inputs with).
+
+    Off SKIPS_ON devices: _chunks, x a view of out. On the CPU the samples go in the order of key (B,) (what
+    they take, _takes_key, so that each pass's takers make few runs in a chunk: _runs); x is a reused buffer,
+    copied into out at the samples' places once its chunk is done."""
+    if out.device.type not in SKIPS_ON:
+        for s in _chunks(out):
+            yield s, out[s]
+        return
+    order = torch.argsort(key, stable=True)
+    chunks = _chunks(out)
+    buffer = torch.empty_like(out[chunks[0]])
+    for s in chunks:
+        samples, x = order[s], buffer[:s.stop - s.start]
+        yield samples, x
+        out.index_copy_(0, samples, x)
+
+
+def _takes_key(*takes):
+    """takes: bool tensors (B,) or (B, k), which passes each sample takes, the most costly first -> int (B,):
+    their bits read as one binary number."""
+    bits = torch.cat([t.view(t.shape[0], -1) for t in takes], dim=1).long()
+    return (bits << torch.arange(bits.shape[1] - 1, -1, -1, device=bits.device)).sum(1)
+
+
+def _runs(takes):
+    """Where a pass should work, given which samples of a chunk take it (takes: bool (n,)): on SKIPS_ON devices
+    the slices of consecutive samples that take it (none if no sample does); elsewhere the whole chunk
+    (slice(None)), the pass masked so that it leaves the other samples unchanged."""
+    if takes.device.type not in SKIPS_ON:
+        return [slice(None)]
+    runs, start = [], None
+    for i, t in enumerate(takes.tolist() + [False]):
+        if t and start is None:
+            start = i
+        elif not t and start is not None:
+            runs.append(slice(start, i))
+            start = None
+    return runs
+
+
 def _take(tensors, s):
-    """The slice s of the first dimension of each of a tuple of tensors."""
-    return tuple(t[s] for t in tensors)
+    """Samples s (_at) of each of a tuple of tensors."""
+    return tuple(_at(t, s) for t in tensors)
+
+
+def _at(t, s):
+    """Samples s of t (B, ...): s a slice (a view) or an index tensor (a copy; index_select, ~10x faster than
+    t[s] on the CPU)."""
+    return t[s] if isinstance(s, slice) else t.index_select(0, s)
 
 
 def _pixel_scale(images):
@@ -764,13 +827,22 @@ def color_jitter(x, brightness, contrast, saturation, hue, p):
 
 
 def _color_jitter_(x, coeffs, shift, apply):
-    """x: RGB float (n, 3, H, W) in [0, 1], jittered in place by jitter_params' (coeffs, shift, apply)."""
-    for k in range(3):
-        _scale_(x, coeffs[:, k])
-    _hue_(x, shift, apply)
-    for k in range(3, 6):
-        _scale_(x, coeffs[:, k])
+    """x: RGB float (n, 3, H, W) in [0, 1], jittered in place by jitter_params' (coeffs, shift, apply); each
+    pass only where samples take it (_runs)."""
+    takes = _jitter_takes(coeffs)
+    for k in range(6):
+        if k == 3:
+            for s in _runs(apply):
+                _hue_(x[s], shift[s], apply[s])
+        for s in _runs(takes[:, k]):
+            _scale_(x[s], coeffs[s, k])
     return x
+
+
+def _jitter_takes(coeffs):
+    """coeffs (n, 6, 3) of jitter_params -> bool (n, 6): which of the six scaling passes change each sample
+    (those whose (a, c, d) is not the identity's (1, 0, 0))."""
+    return (coeffs != _constant((1.0, 0.0, 0.0), coeffs.device)).any(2)
 
 
 def _scale_(x, coeffs):
@@ -835,7 +907,10 @@ def gaussian_kernels(sigma, radius):
     """sigma: float (B,) -> normalised 1-D Gaussian kernels (B, 2 radius + 1), taps at -radius..radius px."""
     t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
     k = torch.exp(-0.5 * (t / sigma[:, None]) ** 2)
-    return k / k.sum(1, keepdim=True)
+    k = k / k.sum(1, keepdim=True)
+    # Taps under 2^-24 (a small sigma's tails, down to 1e-22) change no pixel in [0, 1] by more than 1e-6 in all,
+    # but their products with small pixel values are subnormal floats, which make the CPU's blur ~2x slower.
+    return torch.where(k < 2 ** -24, 0.0, k)
 
 
 def blur_kernels(b, sigma, p, device):
@@ -851,17 +926,37 @@ def blur_kernels(b, sigma, p, device):
 
 def _blur_(x, kernels):
     """x: float (n, C, H, W) blurred in place, sample b by the separable kernel kernels[b] ((n, 2 r + 1)), edge
-    pixels repeated beyond the border (as PIL's GaussianBlur): a 1 x (2 r + 1) then a (2 r + 1) x 1 depthwise
-    convolution, one kernel per sample and channel, as a grouped conv2d over the batch folded into channels."""
-    n, c, h, w = x.shape
-    if n == 0:
-        return x
+    pixels repeated beyond the border (as PIL's GaussianBlur), only where samples take it (_runs, _blur_takes).
+    The blur along a line is a banded matrix (blur_matrices), so the blur is two batched matmuls as the crop's
+    resampling; 3-4x faster on the CPU than a grouped depthwise conv2d, whose kernel varies per sample."""
+    for s in _runs(_blur_takes(kernels)):
+        y, k = x[s], kernels[s].to(x.dtype)
+        n, c, h, w = y.shape
+        if n:
+            along_w = blur_matrices(k, w)
+            along_h = along_w if h == w else blur_matrices(k, h)
+            across = torch.matmul(y.reshape(n, c * h, w), along_w.transpose(1, 2))              # (n, C H, W)
+            torch.matmul(along_h.unsqueeze(1), across.view(n, c, h, w), out=y)
+    return x
+
+
+def _blur_takes(kernels):
+    """kernels (n, 2 r + 1) of blur_kernels -> bool (n,): the samples whose kernel is not the identity."""
     radius = kernels.shape[1] // 2
-    k = kernels.to(x.dtype).repeat_interleave(c, 0)                                  # (n C, 2 radius + 1)
-    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="replicate")
-    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
-    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
-    return x.copy_(y.view(n, c, h, w))
+    identity = torch.arange(-radius, radius + 1, device=kernels.device) == 0
+    return (kernels != identity).any(1)
+
+
+def blur_matrices(kernels, size):
+    """kernels (n, 2 r + 1) -> (n, size, size): matrix b times a line of size pixels is the line convolved with
+    kernels[b], edge pixels repeated beyond the ends (the taps that fall outside add to the edge pixel's
+    weight). Built as one matmul with a 0/1 tensor, not by scattering: deterministic on a GPU too."""
+    radius = kernels.shape[1] // 2
+    taps = torch.arange(-radius, radius + 1, device=kernels.device)
+    pixels = torch.arange(size, device=kernels.device)
+    source = (pixels + taps[:, None]).clamp_(0, size - 1)                # (2 r + 1, size): the pixel each tap reads
+    reads = (source[:, :, None] == pixels).to(kernels.dtype)            # (2 r + 1, size, size), 0/1 (one_hot syncs)
+    return torch.matmul(kernels, reads.view(len(taps), size * size)).view(-1, size, size)
 
 
 def gaussian_blur(x, sigma, radius):
@@ -886,7 +981,10 @@ def random_gaussian_blur(x, sigma, p):
 
 def _grayscale_(x, gray):
     """RGB x (n, 3, H, W), in place: the samples where gray (bool (n,)) become their luma in all channels."""
-    return torch.lerp(x, _luma(x).expand_as(x), gray.to(x.dtype).view(-1, 1, 1, 1), out=x)
+    for s in _runs(gray):
+        y = x[s]
+        torch.lerp(y, _luma(y).expand_as(y), gray[s].to(x.dtype).view(-1, 1, 1, 1), out=y)
+    return x
 
 
 def random_grayscale(x, p):
@@ -918,27 +1016,38 @@ def _lab_(x, scale, shift):
     """rgb_to_lab in place on float x (B, 3, H, W) in [0, 1], each Lab channel then multiplied by scale and
     shifted by shift (3 values each; normalize_lab's is (1 / LAB_STD, -LAB_MEAN / LAB_STD)).
 
-    Powers as exp(p log(t)), 2-3x faster than pow on the CPU; the XYZ matrix divided by the white point, and
-    Lab's linear map with the scale and shift, are one per-pixel 3 x 3 matmul each; each branch is chosen by a
-    0/1 blend (lerp: exact at 0 and 1). float32 also under autocast (CMC's features() runs inside the model's
-    autocast region: its matmuls would come out bfloat16/float16 and the in-place blends refuse mixed dtypes)."""
+    Both of Lab's piecewise curves (sRGB's gamma expansion, linear below 0.04045; f(t), linear below (6/29)^3)
+    are continuous at their knee, so curve(v) = power(max(v, knee)) - slope * max(knee - v, 0): two clamps in
+    place of a comparison and a blend, the two slowest passes on the CPU. Powers as exp(p log(t)), 2-3x faster
+    than pow there; the constant factor of the gamma power goes into the XYZ matrix (divided by the white
+    point); Lab's linear map with the scale and shift is one per-pixel 3 x 3 matmul with a bias. float32 also
+    under autocast (CMC's features() runs inside the model's autocast region: its matmuls would come out
+    bfloat16/float16 and the in-place passes refuse mixed dtypes)."""
     with torch.autocast(x.device.type, enabled=False):
         return _lab_float32_(x, scale, shift)
 
 
+_GAMMA_KNEE, _GAMMA_SLOPE = 0.04045, 1 / 12.92         # sRGB: v / 12.92 below the knee, ((v + a) / (1 + a))^2.4 above
+_GAMMA_A = 0.055
+_F_KNEE, _F_SLOPE = (6 / 29) ** 3, 1 / (3 * (6 / 29) ** 2)      # Lab's f: t / (3 delta^2) + 4/29 below, cbrt above
+
+
 def _lab_float32_(x, scale, shift):
     b, _, h, w = x.shape
-    above = torch.gt(x, 0.04045, out=torch.empty_like(x))
-    expanded = torch.mul(x, 1 / 1.055).add_(0.055 / 1.055).log_().mul_(2.4).exp_()
-    linear = torch.lerp(x.div_(12.92), expanded, above, out=expanded).view(b, 3, h * w)
-    delta = 6 / 29
-    xyz = torch.matmul(_constant(_XYZ_OVER_WHITE, x.device), linear)                 # (B, 3, H W)
-    above = torch.gt(xyz, delta ** 3, out=above.view(b, 3, h * w))
-    cube_root = torch.clamp(xyz, min=delta ** 3).log_().mul_(1 / 3).exp_()
-    f = torch.lerp(xyz.mul_(1 / (3 * delta ** 2)).add_(4 / 29), cube_root, above, out=cube_root)
+    x = x.view(b, 3, h * w)
+    # (v + a)^2.4, i.e. the gamma power times (1 + a)^2.4, whose inverse the XYZ matrix carries.
+    power_scale = (1 + _GAMMA_A) ** 2.4
+    below = torch.rsub(x, _GAMMA_KNEE).clamp_(min=0)
+    linear = x.clamp_(min=_GAMMA_KNEE).add_(_GAMMA_A).log_().mul_(2.4).exp_()
+    linear.sub_(below, alpha=_GAMMA_SLOPE * power_scale)
+    xyz_map = tuple(tuple(v / power_scale for v in row) for row in _XYZ_OVER_WHITE)
+    xyz = torch.matmul(_constant(xyz_map, x.device), linear)                       # (B, 3, H W)
+    below = torch.sub(xyz, _F_KNEE, out=below).neg_().clamp_(min=0)
+    # f's linear piece meets its cube root at the knee: cbrt(max(t, knee)) - slope * max(knee - t, 0).
+    f = xyz.clamp_(min=_F_KNEE).log_().mul_(1 / 3).exp_().sub_(below, alpha=_F_SLOPE)
     lab_map = tuple(tuple(s * v for v in row) for s, row in zip(scale, _LAB_FROM_F))
-    out = torch.matmul(_constant(lab_map, x.device), f, out=x.view(b, 3, h * w))
     bias = tuple(s * c + t for s, c, t in zip(scale, _LAB_OFFSET, shift))
+    out = torch.matmul(_constant(lab_map, x.device), f, out=linear)
     return out.add_(_constant(bias, x.device).view(1, 3, 1)).view(b, 3, h, w)
 
 

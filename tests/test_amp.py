@@ -254,10 +254,14 @@ def count_syncs(fn, *args):
 @pytest.mark.parametrize("kind,recipe,size", [("amdim", "cifar", 32), ("amdim", "stl", 80),
                                               ("moco_v1", "cifar", 40), ("moco_v2", "cifar", 40),
                                               ("cmc", "stl", 80)])
-def test_batched_augmentation_makes_no_host_device_sync(kind, recipe, size):
+def test_batched_augmentation_makes_no_host_device_sync(kind, recipe, size, monkeypatch):
     images = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8)
     views = augment.make_views(kind, recipe, batched=True)
     views(images)                    # the first call puts the constants on the device
+    # On the CPU the views read their draws to skip work (free there); a GPU runs the masked passes: check those.
+    # (CMC's views have no pass that only some samples take.)
+    assert (count_syncs(views, images) != []) == (kind != "cmc")
+    monkeypatch.setattr(augment, "SKIPS_ON", ())
     assert count_syncs(views, images) == []
     # The recorder sees what it is meant to: the per-sample gather this code once did.
     chosen = torch.rand(8) < 0.5

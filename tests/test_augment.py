@@ -359,6 +359,45 @@ def test_views_do_not_depend_on_the_cpu_chunk_size(kind, monkeypatch):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", augment.VIEW_KINDS)
+def test_skipping_the_samples_a_pass_leaves_alone_changes_no_view(kind, monkeypatch):
+    """The CPU sorts samples by the passes they take and runs each pass on its takers only; a GPU runs every
+    pass masked over the whole batch. Same draws, same views, sample by sample."""
+    images = _images(40, 96)
+    outs = []
+    for skips_on in (("cpu",), ()):
+        monkeypatch.setattr(augment, "SKIPS_ON", skips_on)
+        torch.manual_seed(18)
+        outs.append(augment.make_views(kind, "stl", batched=True)(images))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_runs_are_the_stretches_of_consecutive_takers():
+    takes = torch.tensor([1, 1, 0, 1, 0, 0, 1, 1, 1], dtype=torch.bool)
+    assert augment._runs(takes) == [slice(0, 2), slice(3, 4), slice(6, 9)]
+    assert augment._runs(torch.zeros(3, dtype=torch.bool)) == []
+    # Sorted by the passes taken, each of the jitter's six passes takes one run of samples.
+    coeffs, _, apply = augment.jitter_params(500, 0.4, 0.4, 0.4, 0.1, 0.8, "cpu")
+    takes = augment._jitter_takes(coeffs)
+    assert (takes.sum(1) == 3 * apply).all()        # a jittered sample scales three times: once per operation
+    order = torch.argsort(augment._takes_key(takes), stable=True)
+    for k in range(6):
+        assert len(augment._runs(takes[order, k])) == 1
+
+
+def test_blur_matrices_are_the_convolution_with_repeated_edges():
+    torch.manual_seed(19)
+    kernels = torch.rand(4, 7)
+    m = augment.blur_matrices(kernels, 10)
+    for b in range(4):
+        for i in range(10):
+            row = torch.zeros(10)
+            for t in range(7):
+                row[min(max(i + t - 3, 0), 9)] += kernels[b, t]
+            assert torch.allclose(m[b, i], row), (b, i)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", augment.VIEW_KINDS)
 def test_batched_views_on_cuda_never_sync_and_compute_what_the_cpu_does(kind):
