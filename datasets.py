@@ -447,6 +447,7 @@ class ImageCache:
     report: bool = True
     budget: int = imagecache.BUDGET_BYTES
     batched: bool = True           # the training split can take the batched augmentation
+    copies: int = 1                # training processes on this machine, each with its own copy
 
     def decode(self, folder, size, skip_bad_images, per_image_ok=False):
         """A DecodedSplit of an ImageFolder split, or None for the per-image path. per_image_ok: the split
@@ -459,7 +460,8 @@ class ImageCache:
                                 "--aug other than default, or pass --cache_images off")
             return None
         decoded = imagecache.decode_split(folder.root, folder.samples, folder.classes, size, self.mode,
-                                          loader=load_rgb, budget=self.budget, report=self.report)
+                                          loader=load_rgb, budget=self.budget, report=self.report,
+                                          copies=self.copies)
         return None if decoded is None else DecodedSplit(decoded, folder.samples, skip_bad_images, self.report)
 
 
@@ -514,7 +516,7 @@ class DecodedImages(torch.utils.data.Dataset):
 
 def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False,
                  batch_augment=True, views="amdim", subset=None, view_options=None, cache_images="off",
-                 report=True, cache_budget=imagecache.BUDGET_BYTES):
+                 report=True, cache_budget=imagecache.BUDGET_BYTES, cache_copies=1):
     """Training and test splits of a dataset; see Splits. phase: "self_supervised" or "classifiers" (only STL10
     differs: its unlabeled images join the self-supervised training split). views: the training views'
     augmentation kind (augment.make_views). skip_bad_images: instead of failing on an unreadable file (image
@@ -526,7 +528,8 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     view_options: CMC's crop_low, SwAV's crops); None: its defaults. cache_images: "auto", "on" or "off" (the
     default here; train.py's is auto): decode image folder splits into memory (imagecache.py), so that their
     training split takes the batched path too; report: this process prints that work's progress and counts
-    unreadable images (rank 0); cache_budget: auto's limit, in bytes per split."""
+    unreadable images (rank 0); cache_budget: auto's limit, in bytes per split; cache_copies: the training
+    processes on this machine, each caching its own copy (imagecache.decode_split's copies)."""
     view_options = view_options or {}
     size = encoder_size(name, image_size)
     if aug not in AUGMENTATIONS:
@@ -545,7 +548,7 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     else:
         make = lambda recipe, resize_first, batched_: make_views(views, recipe, aug=aug, resize_first=resize_first,
                                                                  batched=batched_, **view_options)
-        cache = ImageCache(cache_images, report, cache_budget, batched)
+        cache = ImageCache(cache_images, report, cache_budget, batched, cache_copies)
         train, test, n_classes, skippers, memory, augment = _image_folders(name, input_dir, size, make, views,
                                                                            skip_bad_images, subset, cache)
         return Splits(train=train, test=test, n_classes=n_classes, image_size=size, skippers=skippers,

@@ -63,7 +63,8 @@ class MixedSizes(Exception):
     """The split's images come in more than one size, and its recipe needs them as they are (no `size`)."""
 
 
-def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BYTES, processes=None, report=True):
+def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BYTES, processes=None, report=True,
+                 copies=1):
     """The images of one image folder split (samples: (path, label) in the folder's order; classes: its class
     names) decoded by `loader` (path -> PIL RGB image; raises UserError for an unreadable file), resized and
     centre-cropped to `size` px when size is given; see the module's docstring.
@@ -72,8 +73,10 @@ def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BY
     `budget` bytes or AUTO_RAM_FRACTION of the available memory, or come in several sizes without `size`) or
     "on" (a UserError where auto would give None, except that only ON_RAM_FRACTION of the available memory
     bounds it). processes: decoding processes (default: this process's CPUs). report: print progress (rank 0
-    of a job). The cache file goes in the first of cache_places that can be used; where none can, the images
-    stay in memory only.
+    of a job). copies: the training processes on this machine, each holding its own copy: they share the
+    fractions of the available memory, so that every one of them decides alike and all copies fit together.
+    The cache file goes in the first of cache_places that can be used; where none can, the images stay in
+    memory only.
 
     Returns Decoded, or None for the per-image path."""
     if mode == "off":
@@ -81,7 +84,7 @@ def decode_split(root, samples, classes, size, mode, *, loader, budget=BUDGET_BY
     n = len(samples)
     height, width = (size, size) if size else _first_size(samples, loader)
     nbytes = n * 3 * height * width
-    limit, what_limit = memory_limit(mode, budget)
+    limit, what_limit = memory_limit(mode, budget, copies)
     if nbytes > limit:
         return _not_cached(mode, report, f"the {n:,} images of {root} take {_gib(nbytes)} decoded, more than "
                                          f"{what_limit}")
@@ -123,14 +126,18 @@ def _gib(nbytes):
     return f"{nbytes / 1024 ** 3:.2f} GiB" if nbytes >= 1024 ** 3 else f"{nbytes / 1024 ** 2:.1f} MiB"
 
 
-def memory_limit(mode, budget):
-    """(bytes, description) a split may take decoded under `mode`."""
+def memory_limit(mode, budget, copies=1):
+    """(bytes, description) a split may take decoded under `mode`, in each of `copies` processes on this
+    machine (they share the fractions of the available memory; auto's budget is per process)."""
     available = available_memory()
-    if mode == "on":
-        return ON_RAM_FRACTION * available, f"{ON_RAM_FRACTION:.0%} of the available memory ({_gib(available)})"
-    if budget <= AUTO_RAM_FRACTION * available:
+    fraction = AUTO_RAM_FRACTION if mode == "auto" else ON_RAM_FRACTION
+    share = fraction * available / copies
+    what = f"{fraction:.0%} of the available memory ({_gib(available)})"
+    if copies > 1:
+        what = f"{what} shared by this machine's {copies} training processes"
+    if mode == "auto" and budget <= share:
         return budget, f"the --cache_images auto budget ({_gib(budget)})"
-    return AUTO_RAM_FRACTION * available, f"{AUTO_RAM_FRACTION:.0%} of the available memory ({_gib(available)})"
+    return share, what
 
 
 def available_memory():

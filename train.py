@@ -407,7 +407,7 @@ def load_data(args, dist, view_kind, view_options=None):
                                        aug=args.aug, skip_bad_images=args.skip_bad_images,
                                        batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset,
                                        view_options=view_options, cache_images=args.cache_images,
-                                       report=dist.is_main)
+                                       report=dist.is_main, cache_copies=utils.processes_on_this_machine())
     except UserError as e:
         if not dist.active:
             raise

@@ -126,6 +126,12 @@ def launched_by_torchrun():
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
+def processes_on_this_machine():
+    """How many of the job's training processes run on this machine: LOCAL_WORLD_SIZE (torchrun sets it, and
+    so does spawn), else 1."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 DIST_TIMEOUT_S = 1800
 SPAWN_GRACE_S = 5
 
@@ -188,7 +194,8 @@ def spawn(worker, nprocs, device_name, *args, timeout_s=DIST_TIMEOUT_S):
 def _spawned_rank(local_rank, nprocs, device_name, timeout_s, first_failure, worker, args):
     global _first_failure
     _first_failure = first_failure
-    os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(local_rank))
+    os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(local_rank),
+                      LOCAL_WORLD_SIZE=str(nprocs))
     try:
         run_main(lambda: _run_rank(local_rank, nprocs, local_rank, device_name, timeout_s, worker, args))
     except Exception:

@@ -10,6 +10,7 @@ from PIL import Image
 
 import datasets
 import imagecache
+import utils
 from test_resume import kill_mid_epoch, tensors
 from test_methods import TINY_FLAGS
 from utils import UserError
@@ -257,6 +258,24 @@ def test_auto_reads_image_by_image_above_its_budget_and_on_ignores_the_budget(tm
     assert isinstance(forced.train, datasets.UInt8Images)
 
 
+def test_the_processes_of_one_machine_share_its_memory(tmp_path, monkeypatch, capsys):
+    """Each training process on a machine caches its own copy: the memory fractions are split among them, so
+    that the copies fit together and every process decides alike."""
+    data = _folder(tmp_path)                       # 30 training images of 32 x 32 x 3 bytes: 92,160 bytes
+    monkeypatch.setattr(imagecache, "available_memory", lambda: 250_000)
+    alone = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="auto")
+    assert isinstance(alone.train, datasets.UInt8Images)                   # 50 % of 250,000 >= 92,160
+    two = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="auto",
+                                cache_copies=2)
+    assert two.batch_augment is None                                       # 25 % of 250,000 < 92,160
+    assert "shared by this machine's 2 training processes" in capsys.readouterr().out
+    with pytest.raises(UserError, match="shared by this machine's 3 training processes"):
+        datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="on", cache_copies=3)
+    assert imagecache.memory_limit("on", 1, copies=2)[0] == imagecache.ON_RAM_FRACTION * 250_000 / 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert utils.processes_on_this_machine() == 4
+
+
 def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch):
     data = _folder(tmp_path)
     monkeypatch.setattr(imagecache, "available_memory", lambda: 1000)
@@ -325,7 +344,7 @@ def test_training_on_a_cached_folder_resumes_bit_for_bit_after_a_kill(tmp_path):
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert "decoding 100" in straight.stdout and cache_files(tmp_path / "data" / "train")
     cpt = tmp_path / "killed" / "amdim_cpt.pth"
-    at_kill = kill_mid_epoch(_train_cmd(tmp_path, "killed"), cpt)
+    at_kill = kill_mid_epoch(_train_cmd(tmp_path, "killed"), cpt, env)     # one thread too: the same sums
     assert at_kill["cursor"]["info_epoch"] == 0 and at_kill["samples_done"] > 0
     resumed = subprocess.run(_train_cmd(tmp_path, "killed"), cwd=ROOT, capture_output=True, text=True,
                              timeout=600, env=env)

@@ -31,9 +31,10 @@ def read_checkpoint(path):
         return None
 
 
-def kill_mid_epoch(cmd, cpt):
-    """Start the run, SIGKILL it once a mid-epoch checkpoint after update 4 exists; returns that checkpoint."""
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_mid_epoch(cmd, cpt, env=None):
+    """Start the run (in env, default this process's), SIGKILL it once a mid-epoch checkpoint after update 4
+    exists; returns that checkpoint."""
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     seen = None
     while time.time() < deadline and p.poll() is None:
