@@ -593,7 +593,7 @@ def _runs(takes):
     """Where a pass should work, given which samples of a chunk take it (takes: bool (n,)): on SKIPS_ON devices
     the slices of consecutive samples that take it (none if no sample does); elsewhere the whole chunk
     (slice(None)), the pass masked so that it leaves the other samples unchanged."""
-    if takes.device.type not in SKIPS_ON:
+    if _masked(takes):
         return [slice(None)]
     runs, start = [], None
     for i, t in enumerate(takes.tolist() + [False]):
@@ -603,6 +603,12 @@ def _runs(takes):
             runs.append(slice(start, i))
             start = None
     return runs
+
+
+def _masked(t):
+    """Whether passes over t's samples run masked over the whole chunk (off SKIPS_ON devices) rather than on
+    the runs of samples that take them (_runs), where every sample of a run takes the pass."""
+    return t.device.type not in SKIPS_ON
 
 
 def _take(tensors, s):
@@ -664,11 +670,14 @@ def _mirror_output(line, flip):
 
 
 def _bicubic(t):
-    """PIL's bicubic kernel (a = -0.5; support 2) at offsets t, in pixels of the kernel's scale."""
+    """PIL's bicubic kernel (a = -0.5; support 2) at offsets t, in pixels of the kernel's scale: the cubic
+    `near` on |t| < 1, the cubic `far` on 1 <= |t| < 2, 0 beyond. Both vanish at 1 and far at 2, so the kernel
+    is near(min(|t|, 1)) + far(clamp(|t|, 1, 2)): clamps, where comparisons and selects were 4x slower."""
     a, t = -0.5, t.abs()
-    near = ((a + 2) * t - (a + 3)) * t * t + 1
-    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-    return torch.where(t < 1, near, torch.where(t < 2, far, 0.0))
+    u, v = t.clamp(max=1.0), t.clamp_(1.0, 2.0)
+    near = u.mul((a + 2)).sub_(a + 3).mul_(u).mul_(u).add_(1)
+    far = v.mul(a).sub_(5 * a).mul_(v).add_(8 * a).mul_(v).sub_(4 * a)
+    return near.add_(far)
 
 
 def _triangle(t):
@@ -833,7 +842,7 @@ def _color_jitter_(x, coeffs, shift, apply):
     for k in range(6):
         if k == 3:
             for s in _runs(apply):
-                _hue_(x[s], shift[s], apply[s])
+                _hue_(x[s], shift[s], apply[s] if _masked(x) else None)
         for s in _runs(takes[:, k]):
             _scale_(x[s], coeffs[s, k])
     return x
@@ -854,9 +863,9 @@ def _scale_(x, coeffs):
     return torch.addcmul(offset, x, a, out=x).clamp_(0, 1)
 
 
-def _hue_(x, shift, apply):
-    """RGB x (n, 3, H, W) in [0, 1], in place: the samples where apply (bool (n,)) get their HSV hue rotated by
-    shift (n,) sixths of the circle, as torchvision's adjust_hue (RGB -> HSV, shift, back) without forming
+def _hue_(x, shift, apply=None):
+    """RGB x (n, 3, H, W) in [0, 1], in place: the samples where apply (bool (n,); None: every sample) get
+    their HSV hue rotated by shift (n,) sixths of the circle, as torchvision's adjust_hue (RGB -> HSV, shift, back) without forming
     saturation and value: each pixel keeps its largest and smallest channel, and channel n (5 for red, 3 green,
     1 blue) becomes min + (max - min) clamp(| |k - 5| - 3 | - 1, 0, 1), k = n + hue mod 6 (the hue in sixths):
     HSV's v - v s clamp(min(k, 4 - k), 0, 1) with the trapezoid written as a distance to its centre."""
@@ -871,6 +880,8 @@ def _hue_(x, shift, apply):
     hue.sub_(hue.div(6).floor_(), alpha=6)           # mod 6: [0, 6] (6 and 0 are one hue)
     ramp = torch.add(hue.unsqueeze(1), _channels((0.0, -2.0, -4.0), x.device))        # k - 5, in [-4, 6]
     ramp.abs_().sub_(3).abs_().clamp_(1, 2)          # the distance to the trapezoid's centre, clamped to 1..2
+    if apply is None:
+        return torch.addcmul((low - delta).unsqueeze(1), delta.unsqueeze(1), ramp, out=x)
     shifted = torch.addcmul((low - delta).unsqueeze(1), delta.unsqueeze(1), ramp, out=ramp)
     return torch.lerp(x, shifted, apply.to(x.dtype).view(-1, 1, 1, 1), out=x)
 
@@ -983,7 +994,10 @@ def _grayscale_(x, gray):
     """RGB x (n, 3, H, W), in place: the samples where gray (bool (n,)) become their luma in all channels."""
     for s in _runs(gray):
         y = x[s]
-        torch.lerp(y, _luma(y).expand_as(y), gray[s].to(x.dtype).view(-1, 1, 1, 1), out=y)
+        if _masked(x):
+            torch.lerp(y, _luma(y).expand_as(y), gray[s].to(x.dtype).view(-1, 1, 1, 1), out=y)
+        else:
+            y.copy_(_luma(y).expand_as(y))
     return x
 
 
