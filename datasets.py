@@ -10,7 +10,6 @@ or lead out of their class folder (ImageFolder).
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
 import contextlib
-import fcntl
 import functools
 import multiprocessing
 import os
@@ -26,6 +25,7 @@ from PIL import Image
 from augment import AUGMENTATIONS, NORMALIZATION, RECIPE_OF_SIZE, _to_normalized_tensor, make_views, test_transform
 import imagecache
 import subset as subsets
+import utils
 from utils import UserError
 
 DATASETS = ("C10", "C100", "STL10", "IN128", "PLACES205", "FOLDER", "DIGITS")
@@ -253,29 +253,14 @@ DOWNLOAD_LOCK = ".download.lock"
 
 @contextlib.contextmanager
 def download_lock(root, name):
-    """Hold an exclusive flock on <root>/.download.lock: the processes of a job that share `root` (those of one
-    node, or every node on a shared filesystem) start together, and one downloads while the others wait here,
-    however long it takes (no timeout), then find the files. The kernel drops a flock when its holder dies, so
-    a killed download never blocks the next one. Where no lock can be had (a read-only `root`, a filesystem
-    without locks) this goes on without: the download then reports a read-only `root` itself."""
-    fd = None
-    try:
-        os.makedirs(root, exist_ok=True)
-        fd = os.open(os.path.join(root, DOWNLOAD_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"waiting for another process's download of {name} into {root}", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
-        if fd is not None:
-            os.close(fd)
-        fd = None
-    try:
+    """Hold an exclusive flock on <root>/.download.lock (utils.waiting_lock): the processes of a job that share
+    `root` (those of one node, or every node on a shared filesystem) start together, and one downloads while the
+    others wait here, however long it takes, then find the files. Where no lock can be had (a read-only `root`,
+    a filesystem without locks) this goes on without: the download then reports a read-only `root` itself."""
+    waiting = lambda: print(f"waiting for another process's download of {name} into {root}", file=sys.stderr,
+                            flush=True)
+    with utils.waiting_lock(root, DOWNLOAD_LOCK, waiting):
         yield
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _cifar_or_stl(name, root, phase, views, download, batched):

@@ -21,7 +21,6 @@ by hand or on a network filesystem, would kill the run with SIGBUS). A stale or 
 a one-line note.
 """
 import contextlib
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -37,6 +36,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+import utils
 from utils import UserError
 
 MODES = ("auto", "on", "off")
@@ -218,29 +218,12 @@ def writable(folder):
     return os.access(folder, os.W_OK) and (os.geteuid() != 0 or bool(mode & 0o222))
 
 
-@contextlib.contextmanager
 def _locked(folder, report):
-    """Hold an exclusive flock on <folder>/.amdim_cache.lock (created with the folder if needed); yields False
-    when the folder cannot be used. A process that waits here reads what the holder wrote. The kernel drops the
-    lock of a killed holder."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield False
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if report:
-                print(f"waiting for another process's image cache in {folder}", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass     # a filesystem without locks: go on without (the rename still keeps the file whole)
-        yield True
-    finally:
-        os.close(fd)
+    """Hold an exclusive flock on <folder>/.amdim_cache.lock (utils.waiting_lock; on a filesystem without
+    locks it goes on without, the rename still keeping the file whole); yields False when the folder cannot be
+    used. A process that waits here reads what the holder wrote."""
+    waiting = lambda: print(f"waiting for another process's image cache in {folder}", flush=True)
+    return utils.waiting_lock(folder, LOCK_NAME, waiting if report else None)
 
 
 def _remove_temporaries(path):

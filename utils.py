@@ -1,4 +1,5 @@
 """Process-level helpers: user-facing errors, distributed setup, seeding, meters and logging."""
+import contextlib
 import datetime
 import fcntl
 import json
@@ -646,6 +647,33 @@ class RunDirLock:
     def release_all(cls, failed):
         while cls.held:
             cls.held.pop().release(failed)
+
+
+@contextlib.contextmanager
+def waiting_lock(folder, name, on_wait=None):
+    """Hold an exclusive flock on <folder>/<name> (the folder and the file created if needed), waiting for it
+    however long another process holds it (no timeout), after calling on_wait() once if it must. Yields True
+    once held (also on a filesystem without locks, where it goes on unlocked), False where the lock file
+    cannot be made (the folder is not writable). The kernel drops the flock of a holder that dies, so a killed
+    process never blocks the next one."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield True
+    finally:
+        os.close(fd)
 
 
 def missing_dirs(path):
