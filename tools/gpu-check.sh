@@ -4,8 +4,8 @@
 # with a GPU visible; training and scoring on CUDA in float32, --amp auto, --amp_dtype float16 (GradScaler) and
 # --amp_dtype bfloat16 (refused on GPUs without native bfloat16, sm_75); a resume on CUDA; a run spawned over
 # every visible GPU, resumed with another CUDA_VISIBLE_DEVICES (fewer GPUs, or the CPU alone where there is one
-# GPU); and the training step benchmark on the GPU. Results go to stdout and, when $OUT is set, to
-# $OUT/gpu-check.log; the last line counts the checks that failed (the exit status is 1 if any did).
+# GPU); the training step and batched augmentation benchmarks on the GPU. Results go to stdout and, when $OUT
+# is set, to $OUT/gpu-check.log; the last line counts the checks that failed (the exit status is 1 if any did).
 #
 #     bash tools/gpu-check.sh                  # SKIP_TESTS=1 leaves out the test suite, PYTHON=... another python
 set -u
@@ -137,5 +137,7 @@ if [ -f bench/step.py ]; then
     say "bench/step.py has no --device flag: GPU step throughput not measured"
   fi
 fi
+# The batched augmentation on the GPU (its masked, sync-free passes) against the per-image path on one core.
+run $py bench/augment.py --device cuda --images 2048 --runs 3 --sizes 32 96; check "bench/augment.py on the GPU" $?
 say "$failed check(s) failed; log: $log"
 [ "$failed" -eq 0 ]
