@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
@@ -575,6 +574,8 @@ def _sorted_chunks(out, key):
         return
     order = torch.argsort(key, stable=True)
     chunks = _chunks(out)
+    if not chunks:                                   # an empty batch
+        return
     buffer = torch.empty_like(out[chunks[0]])
     for s in chunks:
         samples, x = order[s], buffer[:s.stop - s.start]
@@ -585,7 +586,7 @@ def _sorted_chunks(out, key):
 def _takes_key(*takes):
     """takes: bool tensors (B,) or (B, k), which passes each sample takes, the most costly first -> int (B,):
     their bits read as one binary number."""
-    bits = torch.cat([t.view(t.shape[0], -1) for t in takes], dim=1).long()
+    bits = torch.cat([t.unsqueeze(1) if t.dim() == 1 else t for t in takes], dim=1).long()
     return (bits << torch.arange(bits.shape[1] - 1, -1, -1, device=bits.device)).sum(1)
 
 
@@ -865,10 +866,11 @@ def _scale_(x, coeffs):
 
 def _hue_(x, shift, apply=None):
     """RGB x (n, 3, H, W) in [0, 1], in place: the samples where apply (bool (n,); None: every sample) get
-    their HSV hue rotated by shift (n,) sixths of the circle, as torchvision's adjust_hue (RGB -> HSV, shift, back) without forming
-    saturation and value: each pixel keeps its largest and smallest channel, and channel n (5 for red, 3 green,
-    1 blue) becomes min + (max - min) clamp(| |k - 5| - 3 | - 1, 0, 1), k = n + hue mod 6 (the hue in sixths):
-    HSV's v - v s clamp(min(k, 4 - k), 0, 1) with the trapezoid written as a distance to its centre."""
+    their HSV hue rotated by shift (n,) sixths of the circle, as torchvision's adjust_hue (RGB -> HSV, shift,
+    back) without forming saturation and value: each pixel keeps its largest and smallest channel, and channel
+    n (5 for red, 3 green, 1 blue) becomes min + (max - min) clamp(| |k - 5| - 3 | - 1, 0, 1), k = n + hue mod
+    6 (the hue in sixths): HSV's v - v s clamp(min(k, 4 - k), 0, 1) with the trapezoid written as a distance to
+    its centre."""
     high, low = x.amax(1), x.amin(1)                 # amax/amin: the index-returning max/min are ~20x slower
     delta = high - low
     r, g, b = x.unbind(1)

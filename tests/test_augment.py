@@ -371,6 +371,8 @@ def test_skipping_the_samples_a_pass_leaves_alone_changes_no_view(kind, monkeypa
         outs.append(augment.make_views(kind, "stl", batched=True)(images))
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    monkeypatch.setattr(augment, "SKIPS_ON", ("cpu",))
+    assert all(v.shape[0] == 0 for v in augment.make_views(kind, "stl", batched=True)(images[:0]))
 
 
 def test_runs_are_the_stretches_of_consecutive_takers():
