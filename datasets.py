@@ -1,12 +1,12 @@
 """Data sources: the datasets, their splits and image loading. The augmentation recipes are in augment.py.
 
-Every training item is (views, y, index): the augmented views of one image (augment.make_views: AMDIM's pair
-with a shared flip, MoCo's independent pair, CMC's L and ab, SwAV's crops), its label (-1 for unlabelled images,
-STL10's unlabeled split) and its position in the split. Test items are (x, y), or None for an unreadable image with --skip_bad_images.
-In-memory datasets can instead keep uint8 images, items (image, y, index), and augment whole batches on the
-training device (Splits.batch_augment); so can image folders, once decoded into memory (--cache_images,
-imagecache.py; ImageCache, DecodedSplit). Image folders skip hidden entries and refuse folder symlinks that loop
-or lead out of their class folder (ImageFolder).
+Every training item is (views, y, index): the augmented views of one image (augment.make_views: AMDIM's pair with a
+shared flip, MoCo's independent pair, CMC's L and ab, SwAV's crops), its label (-1 for unlabelled images, STL10's
+unlabeled split) and its position in the split. Test items are (x, y), or None for an unreadable image with
+--skip_bad_images. In-memory datasets can instead keep uint8 images, items (image, y, index), and augment whole
+batches on the training device (Splits.batch_augment); so can image folders, once decoded into memory
+(--cache_images, imagecache.py; ImageCache, DecodedSplit). Image folders skip hidden entries and refuse folder
+symlinks that loop or lead out of their class folder (ImageFolder).
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
 import contextlib

@@ -731,7 +731,8 @@ def resolved_config(run, encoder_size):
     cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),
                learning_rate=lrs[0], learning_rates=lrs, optimizer=type(run.optimizer).__name__,
                warmup_updates=recipes.warmup_updates(args, hp["method"]), world_size=run.dist.world_size,
-               amp_dtype=mp.dtype_name(run.amp), compiled=run.compiled.startswith("on"), per_process_batch=run.per_rank, data_seed=run.data_seed,
+               amp_dtype=mp.dtype_name(run.amp), compiled=run.compiled.startswith("on"),
+               per_process_batch=run.per_rank, data_seed=run.data_seed,
                train_images=len(run.splits.train), test_images=len(run.splits.test))
     return cfg
 

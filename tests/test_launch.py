@@ -46,8 +46,8 @@ DIST_TIMEOUT_S = 60
 
 def spawn_train(worker, flags, timeout=60, dist_timeout=DIST_TIMEOUT_S):
     """Run train.py's worker through utils.spawn with 2 gloo ranks, each calling tests.test_launch.<worker>(dist,
-    flags) (a test hook that ends in train_worker), in a fresh session: (CompletedProcess, seconds). On a timeout every process
-    of the job is killed (a hung rank ignores the launcher's SIGINT) and the test fails."""
+    flags) (a test hook that ends in train_worker), in a fresh session: (CompletedProcess, seconds). On a timeout
+    every process of the job is killed (a hung rank ignores the launcher's SIGINT) and the test fails."""
     code = ("import os, utils, tests.test_launch as t\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(utils.free_port()))\n"
             f"utils.spawn(t.{worker}, 2, 'cpu', {flags!r}, timeout_s={dist_timeout})\n")
