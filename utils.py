@@ -227,13 +227,21 @@ def _run_rank(rank, world_size, local_rank, device_name, timeout_s, worker, args
             raise SystemExit(1) from None
         raise
     finally:
-        if tdist.is_initialized():
-            # First free what only the cycle collector frees (the DDP model and its reducer hold the process
-            # group, and tensors that gloo's worker threads drop): left to the interpreter's final collection, a
-            # worker thread that drops a tensor cannot take the GIL there and aborts the process ("terminate
-            # called without an active exception", seen in about 1 of 60 two-rank runs on a loaded host).
-            gc.collect()
-            tdist.destroy_process_group()
+        leave_process_group()
+
+
+def leave_process_group():
+    """Destroy this process's process group, if it has one, so that nothing of it outlives the interpreter.
+
+    Collects cyclic garbage before and after: objects that only the cycle collector frees (a DDP model and
+    its reducer, tensors that gloo's worker threads still hold) would otherwise keep the group alive into the
+    interpreter's final collection, where a worker thread that drops a tensor cannot take the GIL and aborts
+    the process ("terminate called without an active exception"; a core dump showed it, in about 1 of 60
+    two-rank runs on a loaded host)."""
+    if tdist.is_initialized():
+        gc.collect()
+        tdist.destroy_process_group()
+        gc.collect()
 
 
 def init_distributed(rank, world_size, local_rank, device_name="auto", timeout_s=DIST_TIMEOUT_S):

@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
@@ -182,7 +181,7 @@ def _rank(rank, port, result_dir):
         cmc.after_step(out, dist)
     torch.save({"memory_l": cmc.memory_l, "memory_ab": cmc.memory_ab, "z_l": cmc.z_l, "z_ab": cmc.z_ab,
                 "losses": torch.stack(losses)}, os.path.join(result_dir, f"rank{rank}.pt"))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
@@ -231,7 +230,7 @@ def _rank_training(rank, port, result_dir):
                 "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab},
                os.path.join(result_dir, f"train{rank}.pt"))
     run.log.close()
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_two_process_training_keeps_both_banks_identical(tmp_path):

@@ -51,7 +51,7 @@ def _rank_costs(rank, port, result_dir):
                os.path.join(result_dir, f"rank{rank}.pt"))
     # The real training step (train.setup + train.update under DistributedDataParallel) on this rank's half.
     torch.save(_training_step(dist, result_dir), os.path.join(result_dir, f"step{rank}.pt"))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
     if rank == 0:          # the one-process reference on the whole batch, once this process left the group
         torch.save(_training_step(utils.Dist(), result_dir), os.path.join(result_dir, "step_single.pt"))
     del dist
@@ -159,7 +159,7 @@ def _rank_evaluate(rank, port, result_dir):
     model, data = _eval_setup()
     acc = engine.evaluate(model, engine.shard(data, dist), dist, amp=False, batch_size=4, num_workers=0)
     torch.save(acc, os.path.join(result_dir, f"acc{rank}.pt"))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def _eval_setup():
@@ -178,7 +178,7 @@ def _rank_knn(rank, port, result_dir):
     model, data = _eval_setup()
     top1 = engine.knn_accuracy(model.eval(), data, data, dist, amp=False, batch_size=4, num_workers=0, k=3)
     torch.save(top1, os.path.join(result_dir, f"knn{rank}.pt"))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_sharded_knn_equals_one_process(tmp_path):

@@ -142,7 +142,7 @@ def _rank_waits_for_a_late_peer(rank, port, result_dir):
     except utils.UserError as e:
         with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
             f.write(str(e))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_the_data_barrier_outlasts_the_collective_timeout_and_shares_errors(tmp_path):

@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
@@ -207,7 +206,7 @@ def _rank(rank, port, result_dir):
     back = dist.unshuffle(shuffled * 10, undo)
     torch.save({"terms": {n: v.item() for n, v in terms.items()}, "queue": moco.queue, "ptr": int(moco.queue_ptr),
                 "shuffled": shuffled, "back": back}, os.path.join(result_dir, f"rank{rank}.pt"))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_two_processes_fill_one_queue_and_match_one_process(tmp_path):

@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision.transforms as T
@@ -440,7 +439,7 @@ def _codes_rank(rank, port, result_dir):
         swav.after_step(out, dist)
     results["prototypes"] = swav.prototypes.weight.detach().clone()
     torch.save(results, os.path.join(result_dir, f"codes{rank}.pt"))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_two_processes_give_the_codes_of_one_process_on_everyones_rows_with_and_without_a_queue(tmp_path):
@@ -488,7 +487,7 @@ def _training_rank(rank, port, result_dir):
     torch.save({"state": run.model.state_dict(), "start": start, "losses": losses},
                os.path.join(result_dir, f"train{rank}.pt"))
     run.log.close()
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_two_process_training_keeps_prototypes_and_queues_identical(tmp_path):

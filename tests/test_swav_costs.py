@@ -5,7 +5,6 @@ import math
 import os
 
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 import costs
@@ -320,7 +319,7 @@ def _rank_sinkhorn(rank, port, result_dir):
            "no_iteration": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, 0, dist),
            "sum": dist.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]))}
     torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
-    tdist.destroy_process_group()
+    utils.leave_process_group()
 
 
 def test_two_processes_give_the_codes_of_one_process_on_the_whole_batch(tmp_path):
