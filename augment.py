@@ -430,7 +430,7 @@ class BatchTwoViews(_BatchViews):
             cols = _mirror_input(cols, flip, width)
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, *size, device=device)
-        for s, x in _sorted_chunks(out, _takes_key(_jitter_takes(jitter[0]), gray)):
+        for s, x in _sorted_chunks(out, _jitter_takes(jitter[0]), gray):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
             _color_jitter_(x, *_take(jitter, s))
             _grayscale_(x, _at(gray, s))
@@ -477,7 +477,7 @@ class BatchMoCoViews(_BatchViews):
         out = torch.empty(b, 3, self.size, self.size, device=device)
         takes = (_jitter_takes(jitter[0]), gray) if self.version == 1 else \
             (_blur_takes(blur), _jitter_takes(jitter[0]), gray)
-        for s, x in _sorted_chunks(out, _takes_key(*takes)):
+        for s, x in _sorted_chunks(out, *takes):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
             if self.version == 1:
                 _grayscale_(x, _at(gray, s))
@@ -537,7 +537,7 @@ class BatchMultiCropViews(_BatchViews):
         cols = _mirror_output(cols, _coin(b, 0.5, device))
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, size, size, device=device)
-        for s, x in _sorted_chunks(out, _takes_key(_blur_takes(blur), _jitter_takes(jitter[0]), gray)):
+        for s, x in _sorted_chunks(out, _blur_takes(blur), _jitter_takes(jitter[0]), gray):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
             _color_jitter_(x, *_take(jitter, s))
             _grayscale_(x, _at(gray, s))
@@ -560,19 +560,20 @@ def _chunks(out):
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def _sorted_chunks(out, key):
+def _sorted_chunks(out, *takes):
     """(samples, x) for each chunk of out's samples (B, ...) to work through in turn: x the chunk's buffer to
     fill and process in place, samples which of the batch's samples it holds, in x's order (a slice or an index
-    tensor, to index the per-sample draws and inputs with).
+    tensor, to index the per-sample draws and inputs with). takes: bool tensors (B,) or (B, k), which passes
+    each sample takes, the most costly first.
 
-    Off SKIPS_ON devices: _chunks, x a view of out. On the CPU the samples go in the order of key (B,) (what
-    they take, _takes_key, so that each pass's takers make few runs in a chunk: _runs); x is a reused buffer,
-    copied into out at the samples' places once its chunk is done."""
-    if out.device.type not in SKIPS_ON:
+    Off SKIPS_ON devices: _chunks, x a view of out. On the CPU the samples go in the order of what they take
+    (_takes_key), so that each pass's takers make few runs in a chunk (_runs); x is a reused buffer, copied
+    into out at the samples' places once its chunk is done."""
+    if _masked(out):
         for s in _chunks(out):
             yield s, out[s]
         return
-    order = torch.argsort(key, stable=True)
+    order = torch.argsort(_takes_key(*takes), stable=True)
     chunks = _chunks(out)
     if not chunks:                                   # an empty batch
         return
@@ -933,8 +934,7 @@ def blur_kernels(b, sigma, p, device):
     apply = _coin(b, p, device)
     sigmas = torch.empty(b, device=device).uniform_(*sigma)
     radius = math.ceil(3 * sigma[1])
-    identity = (torch.arange(-radius, radius + 1, device=device) == 0).float()
-    return torch.where(apply[:, None], gaussian_kernels(sigmas, radius), identity)
+    return torch.where(apply[:, None], gaussian_kernels(sigmas, radius), _identity_kernel(radius, device))
 
 
 def _blur_(x, kernels):
@@ -955,9 +955,12 @@ def _blur_(x, kernels):
 
 def _blur_takes(kernels):
     """kernels (n, 2 r + 1) of blur_kernels -> bool (n,): the samples whose kernel is not the identity."""
-    radius = kernels.shape[1] // 2
-    identity = torch.arange(-radius, radius + 1, device=kernels.device) == 0
-    return (kernels != identity).any(1)
+    return (kernels != _identity_kernel(kernels.shape[1] // 2, kernels.device)).any(1)
+
+
+def _identity_kernel(radius, device):
+    """The kernel (2 radius + 1,) that blurs nothing: a single 1 at the centre."""
+    return (torch.arange(-radius, radius + 1, device=device) == 0).float()
 
 
 def blur_matrices(kernels, size):
