@@ -1,5 +1,6 @@
 """Checkpoints: reading them safely (ours of every method, and the original AMDIM code's), rebuilding the model,
-and a training run's whole round trip (save_run / restore_run).
+where a run starts (find_start: its own checkpoint to resume, --checkpoint_path, or nothing) and a training run's
+whole round trip (save_run / restore_run).
 
 A checkpoint is a dict that torch.load(weights_only=True) can read (tensors, numbers, strings, lists, dicts):
     model        state_dict of the method (networks and state: momentum encoder, queue, ...)
@@ -17,6 +18,7 @@ import pickle
 import pickletools
 import re
 import shutil
+import sys
 import warnings
 import zipfile
 
@@ -25,6 +27,7 @@ import torch.nn as nn
 
 import config
 import methods
+import utils
 from model import Conv3x3
 from utils import Meters, UserError, all_gather_objects
 
@@ -281,6 +284,91 @@ def _fsync_dir(directory):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Where a run starts: its own resumable checkpoint, a given checkpoint, or nothing.
+
+def find_start(args, cpt_path, dist=None):
+    """(checkpoint dict or None, how, path): how is "resume" (this run's own file, or its .prev when the file is
+    unreadable) or "init" (--checkpoint_path).
+
+    Rank 0 decides, since only it writes checkpoints; every rank then reads the same file (its own cpt_path or
+    --checkpoint_path) and checks that it is rank 0's. A rank that cannot is an error on every rank: without a
+    filesystem they share, ranks on other nodes would start elsewhere and the job would hang."""
+    dist = dist or utils.Dist()
+    decision = None
+    if dist.is_main:
+        try:
+            ckpt, how, path = choose_start(args, cpt_path)
+            decision = {"how": how, "path": path, "fingerprint": fingerprint(ckpt, path),
+                        "suffix": path[len(cpt_path):] if how == "resume" else None}     # "" or ".prev"
+        except UserError as e:
+            decision = {"error": str(e)}
+    decision = utils.broadcast_object(decision, dist)
+    if "error" in decision:
+        raise UserError(decision["error"])
+    how = decision["how"]
+    if dist.is_main or how is None:
+        utils.agree(None, dist)
+        return (ckpt if dist.is_main else None), how, decision["path"]
+    # This rank's copy of rank 0's choice: its own run folder's file, or the --checkpoint_path both were given.
+    path = cpt_path + decision["suffix"] if how == "resume" else args.checkpoint_path
+    ckpt, error = read_as_rank_0(path, decision["fingerprint"], how, dist.rank)
+    utils.agree(error, dist)
+    return ckpt, how, path
+
+
+def choose_start(args, cpt_path):
+    """find_start's choice, from this process's files alone."""
+    if args.resume == "auto":
+        for candidate in (cpt_path, cpt_path + ".prev"):
+            if not os.path.isfile(candidate):
+                continue
+            try:
+                ckpt = read(candidate)
+            except UserError as e:
+                print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr, flush=True)
+                continue
+            phase = ckpt.get("phase")
+            if phase != args.phase:
+                raise UserError(f"{cpt_path} holds a {phase or 'foreign'} checkpoint that this "
+                                f"{args.phase} run would overwrite: pass another --run_name (and "
+                                f"--checkpoint_path {cpt_path} to start from it)")
+            return ckpt, "resume", candidate
+    if args.checkpoint_path:
+        return read(args.checkpoint_path), "init", args.checkpoint_path
+    return None, None, None
+
+
+def fingerprint(ckpt, path):
+    """What tells two copies of a checkpoint apart cheaply: its size, position in training and data seed."""
+    if ckpt is None:
+        return None
+    return [os.path.getsize(path), cursor(ckpt), int(ckpt.get("samples_done", 0)),
+            ckpt.get("data_seed")]
+
+
+def read_as_rank_0(path, expected, how, rank):
+    """(checkpoint, None) when this rank reads the checkpoint rank 0 starts from at `path`, else (None, the
+    error every rank reports)."""
+    reason = None
+    if not os.path.isfile(path):
+        reason = "no such file on this rank's machine"
+    else:
+        try:
+            ckpt = read(path)
+        except UserError as e:
+            reason = str(e)
+        else:
+            if fingerprint(ckpt, path) == expected:
+                return ckpt, None
+            reason = "this rank's copy differs from rank 0's"
+    flag = "--output_dir on a filesystem every node shares" if how == "resume" else \
+        "--checkpoint_path on a filesystem every node shares (or a copy of the same file on each node)"
+    verb = "resumes" if how == "resume" else "starts"
+    return None, (f"rank {rank} cannot read {path}, the checkpoint rank 0 {verb} from ({reason}): every process "
+                  f"must see rank 0's checkpoint; pass {flag}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Self-supervised methods. Each is one nn.Module that owns its networks and its state (momentum encoder, queue)
-as parameters and buffers, so checkpoints, DistributedDataParallel and exact resume carry them as they are.
+"""Self-supervised methods. Each is one nn.Module class that is the one place knowing its method: its networks and
+state (momentum encoder, queue, memory bank: parameters and buffers, so checkpoints, DistributedDataParallel and
+exact resume carry them as they are), its hyperparameters (PARAMS, checked by validate), its training views
+(training_views), its recipe (RECIPE, optimizer, schedule), how a fresh model fits its data (fit_to_data) and its
+hooks. A new method is one class here, its pure losses in costs.py, and one entry in METHODS.
 
 The interface the training loop uses (train.py never asks which method it runs):
-    view_kind                 the augmentation its training views come from (augment.make_views)
     forward(views, dist)      network outputs for a tuple of views (B, 3, S, S); out["logits"] holds the online
                               classifiers' (mlp, linear) logits on detached features of k views, (k*B, n_classes),
                               rows in view order, so the labels are the batch's repeated k times
@@ -15,24 +17,27 @@ The interface the training loop uses (train.py never asks which method it runs):
                               prototype normalisation and queue start); nothing by default
     before_optimizer_step(update)       called between backward and the optimizer step (SwAV's prototype freeze);
                               nothing by default
-    n_views                   how many views of each image forward takes (2 but for SwAV's multi-crop)
+    optimizer(args), schedule(hp, args, epochs, milestones, updates_per_epoch)   the recipe, built once per run
     features(x)               (B, n_features) frozen features for the classifiers and kNN
     classify(x)               (mlp, linear) logits of the evaluation classifiers
     evaluator                 the evaluation classifiers (model.Evaluator)
     hyperparams               the config dict that rebuilds the model (config.py)
 
-`dist` (utils.Dist) gives the collectives a method needs; in a single process they are identities.
+`dist` (distributed.Dist) gives the collectives a method needs; in a single process they are identities.
 """
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import costs
+import recipes
 from augment import MultiCrop, normalize_lab, rgb_to_lab
+from hparams import AT_LEAST_0, AT_LEAST_1, POSITIVE, Param, Range
 from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
+from utils import UserError
 
 
 @dataclass(frozen=True)
@@ -44,20 +49,66 @@ class TrainingData:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class ViewSpec:
+    """The views a phase trains on: augment.make_views' kind and keywords, and how many views of each image the
+    step takes."""
+    kind: str
+    options: dict = field(default_factory=dict)
+    count: int = 2
+
+
 class Method(nn.Module):
-    """What every method shares: hyperparams, the evaluation classifiers and the default hooks."""
-    view_kind = None
-    n_views = 2
+    """What every method shares: hyperparams, the evaluation classifiers, the default recipe and hooks.
+
+    Class-level knowledge (read without building the model): name, PARAMS (its own hyperparameters, besides the
+    backbone's), DERIVED (hyperparameters fit_to_data fills in: name -> type), RECIPE (the seed's optimiser and
+    schedule defaults), default_arch, validate, training_views, fit_to_data."""
+    name = None
+    PARAMS = ()
+    DERIVED = {}
+    RECIPE = None
+    VIEW_KIND = None
 
     def __init__(self, hp):
         super().__init__()
         self.hyperparams = dict(hp)
 
     @staticmethod
+    def default_arch(encoder_size):
+        """The backbone when --arch is not given."""
+        return "resnet50" if encoder_size >= 128 else "resnet18"
+
+    @classmethod
+    def validate(cls, hp):
+        """Raise a UserError for a combination of this method's hyperparameters that cannot work (each value's
+        own range is checked before, from PARAMS)."""
+
+    @classmethod
+    def training_views(cls, hp):
+        """The ViewSpec of its self-supervised training."""
+        return ViewSpec(cls.VIEW_KIND)
+
+    @property
+    def n_views(self):
+        return self.training_views(self.hyperparams).count
+
+    @staticmethod
     def fit_to_data(hp, data, note):
         """The hyperparameters of a fresh model of this method, adapted to its TrainingData `data` (a new dict;
         note(line) tells the user of any change); unchanged by default."""
         return dict(hp)
+
+    def optimizer(self, args):
+        """The optimiser of its self-supervised phase, from RECIPE and the run's flags."""
+        return recipes.make_optimizer(self, self.RECIPE, self.RECIPE.base_lr(args))
+
+    @classmethod
+    def schedule(cls, hp, args, epochs, milestones, updates_per_epoch):
+        """The learning-rate schedule of its self-supervised phase (recipes.StepSchedule from RECIPE: step decay at
+        the milestones, or --cos, after a linear warm-up); a UserError for run flags it cannot take."""
+        r = cls.RECIPE
+        return recipes.StepSchedule(epochs, milestones, r.decay, r.warmup(args), cosine=args.cos)
 
     def reset_evaluator(self, n_classes):
         """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205."""
@@ -88,6 +139,10 @@ class Method(nn.Module):
         return any(isinstance(m, GlobalEncoder) for m in self.modules())
 
 
+# The embedding width of CMC (each view's) and SwAV (the projection head's output): one flag, --feat_dim.
+FEAT_DIM = Param("feat_dim", int, 128, "embedding width", allowed=AT_LEAST_1)
+
+
 class AMDIM(Method):
     """Augmented Multiscale Deep InfoMax (Bachman et al. 2019): predict each view's local features (5x5, 7x7)
     from the other view's global (1x1) and local (5x5) features with NCE.
@@ -95,7 +150,22 @@ class AMDIM(Method):
     Two views that share a flip go through the encoder in separate passes (BatchNorm keeps per-view statistics,
     as the original); the classifiers read both views' r1. State-dict keys match the original code's model.
     """
-    view_kind = "amdim"
+    name = VIEW_KIND = "amdim"
+    PARAMS = (Param("tclip", float, 20.0, "NCE score soft clip", allowed=POSITIVE),)
+    # The original code: Adam (0.8, 0.999), weight decay 1e-5, lr 2e-4, linear warm-up over 500 updates, x0.2 at
+    # each milestone, one optimiser over encoder and online classifiers alike.
+    RECIPE = recipes.Recipe("adam", 2e-4, decay=0.2, warmup_updates=500, weight_decay=1e-5, epochs=300,
+                            milestones=(250, 280), by_dataset=(("IN128", 50, (30, 45)), ("PLACES205", 50, (30, 45))))
+
+    @staticmethod
+    def default_arch(encoder_size):
+        return "amdim"
+
+    @classmethod
+    def validate(cls, hp):
+        if hp["arch"] != "amdim":
+            raise UserError(f"--method amdim needs --arch amdim: its costs compare the encoder's 1x1, 5x5 and 7x7 "
+                            f"feature maps, which {hp['arch']} does not give; drop --arch or pick another --method")
 
     def __init__(self, hp):
         super().__init__(hp)
@@ -143,6 +213,43 @@ class MoCo(Method):
     (no gradients). Embeddings are L2-normalised. The queue holds the keys of the last moco_k images of every
     process, newest overwriting oldest.
     """
+    name = "moco"
+    # The seed's flags keep their hyphenated spellings (underscores work too). Temperatures and exponents scale
+    # scores: positive. Loss weights may be 0 (that loss off). Momentum 1 would keep the key encoder at its initial
+    # weights forever.
+    PARAMS = (
+        Param("moco_dim", int, 128, "embedding width", hyphenated=True, allowed=AT_LEAST_1),
+        Param("moco_k", int, 65536, "queue length: negative keys (capped at the training split's size)",
+              hyphenated=True, allowed=AT_LEAST_1),
+        Param("moco_m", float, 0.999, "key encoder momentum", hyphenated=True,
+              allowed=Range(minimum=0, below=1, why="1 never updates the key encoder")),
+        Param("mlp", bool, False, "MLP projection head (MoCo v2)", switch=True),
+        Param("aug_plus", bool, False, "MoCo v2 augmentation (blur, weaker hue jitter)", hyphenated=True,
+              switch=True),
+        Param("moco_align_w", float, 3.0, "weight of the alignment loss", hyphenated=True, allowed=AT_LEAST_0),
+        Param("moco_align_alpha", float, 2.0, "alignment exponent alpha", hyphenated=True, allowed=POSITIVE),
+        Param("moco_unif_w", float, 1.0, "weight of the uniformity loss", hyphenated=True, allowed=AT_LEAST_0),
+        Param("moco_unif_t", float, 3.0, "uniformity temperature t", hyphenated=True, allowed=POSITIVE),
+        Param("moco_unif_no_intra_batch", bool, False, "uniformity over query-queue pairs only", hyphenated=True,
+              switch=True),
+        Param("moco_contr_w", float, 0.0, "weight of the contrastive (InfoNCE) loss", hyphenated=True,
+              allowed=AT_LEAST_0),
+        Param("moco_contr_tau", float, 0.07, "contrastive temperature", hyphenated=True, allowed=POSITIVE),
+    )
+    # The seed's: SGD momentum 0.9, weight decay 1e-4, lr 0.03 per 128 images of batch, x0.1 at epochs 120 and 160
+    # of 200, or --cos; the online classifiers train in a second parameter group (lr 0.1, no weight decay).
+    RECIPE = recipes.Recipe("sgd", 0.03, lr_batch=128, decay=0.1, weight_decay=1e-4, classifier_lr=0.1, epochs=200,
+                            milestones=(120, 160))
+
+    @classmethod
+    def validate(cls, hp):
+        if hp["moco_align_w"] == hp["moco_unif_w"] == hp["moco_contr_w"] == 0:
+            raise UserError("every MoCo loss weight is 0: give --moco-align-w, --moco-unif-w or --moco-contr-w a "
+                            "positive value")
+
+    @classmethod
+    def training_views(cls, hp):
+        return ViewSpec("moco_v2" if hp["aug_plus"] else "moco_v1")
 
     def __init__(self, hp):
         super().__init__(hp)
@@ -155,10 +262,6 @@ class MoCo(Method):
         self.register_buffer("queue", F.normalize(torch.randn(hp["moco_k"], hp["moco_dim"]), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.evaluator = Evaluator(self.n_features, hp["n_classes"])
-
-    @property
-    def view_kind(self):
-        return view_kind(self.hyperparams)
 
     @staticmethod
     def fit_to_data(hp, data, note):
@@ -242,7 +345,28 @@ class CMC(Method):
     The evaluation classifiers and kNN read cat(L backbone, ab backbone) pooled features of RGB images, which
     features() converts to Lab: x arrives normalised by the training data's rgb_mean/rgb_std (hyperparams).
     """
-    view_kind = "cmc"
+    name = VIEW_KIND = "cmc"
+    # The seed's (HobbitLong/CMC) spellings. nce_m 1 would never move the memory bank.
+    PARAMS = (
+        FEAT_DIM,
+        Param("nce_k", int, 4096, "negatives per sample, drawn from the memory bank", allowed=AT_LEAST_1),
+        Param("nce_t", float, 0.07, "temperature of the scores (the seed uses 0.1 on STL10)", allowed=POSITIVE),
+        Param("nce_m", float, 0.5, "memory bank momentum",
+              allowed=Range(minimum=0, below=1, why="1 never updates the memory bank")),
+        Param("softmax", bool, False, "cross-entropy over [positive, negatives] instead of NCE", switch=True),
+        Param("crop_low", float, 0.2, "RandomResizedCrop's smallest area fraction (the seed's 0.08 is for 224 px)",
+              allowed=Range(above=0, maximum=1)),
+    )
+    DERIVED = {"n_data": int, "rgb_mean": lambda v: [float(x) for x in v], "rgb_std": lambda v: [float(x) for x in v]}
+    # The seed's: SGD momentum 0.9, weight decay 1e-4, lr 0.03 (not scaled with the batch), x0.1 at epochs 250, 300
+    # and 350 of 400 (the seed's commit; later versions: 120, 160, 200 of 240); the online classifiers in their own
+    # group (lr 0.1, no weight decay).
+    RECIPE = recipes.Recipe("sgd", 0.03, decay=0.1, weight_decay=1e-4, classifier_lr=0.1, epochs=400,
+                            milestones=(250, 300, 350))
+
+    @classmethod
+    def training_views(cls, hp):
+        return ViewSpec("cmc", {"crop_low": hp["crop_low"]})
 
     def __init__(self, hp):
         super().__init__(hp)
@@ -358,6 +482,21 @@ class CMC(Method):
         return ["memory_l", "memory_ab", "z_l", "z_ab"]
 
 
+def multi_crop_defaults(encoder_size, arch):
+    """SwAV's crops for a model built from scratch. The seed's ImageNet crops are 2 x 224 px (area 0.14-1) and
+    6 x 96 px (0.05-0.14); here the large crops have the encoder's input size and the small ones half of it
+    (32 px: 2 x 32 + 4 x 16; 64 px: 2 x 64 + 4 x 32; 128 px: 2 x 128 + 6 x 64), same area fractions. The AMDIM
+    encoder takes only its own input size, so on it the default is the two large crops alone."""
+    if arch == "amdim":
+        return dict(nmb_crops=[2], size_crops=[encoder_size], min_scale_crops=[0.14], max_scale_crops=[1.0])
+    return dict(nmb_crops=[2, 6 if encoder_size >= 128 else 4], size_crops=[encoder_size, encoder_size // 2],
+                min_scale_crops=[0.14, 0.05], max_scale_crops=[1.0, 0.14])
+
+
+def _crop_default(key):
+    return lambda encoder_size, arch: multi_crop_defaults(encoder_size, arch)[key]
+
+
 class SwAV(Method):
     """Swapping Assignments between multiple Views (Caron et al. 2020; the seed: facebookresearch/swav).
 
@@ -381,7 +520,99 @@ class SwAV(Method):
     starts a fresh queue). The classifiers read the backbone features of the first crop kind's crops (the large
     ones), rows in crop order.
     """
-    view_kind = "swav"
+    name = "swav"
+    # The seed's (facebookresearch/swav, main_swav.py) spellings and defaults, but for the crops, whose defaults
+    # scale with the image size (multi_crop_defaults), and freeze_prototypes_niters (see docs/methods.md).
+    PARAMS = (
+        Param("nmb_crops", int, _crop_default("nmb_crops"), "crops of each kind, e.g. 2 4: two large, four small",
+              many=True, allowed=AT_LEAST_1),
+        Param("size_crops", int, _crop_default("size_crops"), "output size (px) of each crop kind", many=True,
+              allowed=Range(minimum=4, why="the smallest size every backbone turns into features")),
+        Param("min_scale_crops", float, _crop_default("min_scale_crops"),
+              "RandomResizedCrop's smallest area fraction of each crop kind", many=True,
+              allowed=Range(above=0, maximum=1)),
+        Param("max_scale_crops", float, _crop_default("max_scale_crops"),
+              "RandomResizedCrop's largest area fraction of each crop kind", many=True,
+              allowed=Range(above=0, maximum=1)),
+        Param("crops_for_assign", int, (0, 1), "crops (0-based, in crop order) whose codes the others predict",
+              many=True, allowed=AT_LEAST_0),
+        Param("temperature", float, 0.1, "softmax temperature of the predicted assignments", allowed=POSITIVE),
+        Param("epsilon", float, 0.05, "entropy regularisation of Sinkhorn-Knopp (exp(scores / epsilon))",
+              allowed=POSITIVE),
+        Param("sinkhorn_iterations", int, 3, "Sinkhorn-Knopp iterations", allowed=AT_LEAST_1),
+        FEAT_DIM,
+        Param("nmb_prototypes", int, 3000, "prototypes (clusters) the codes assign to", allowed=AT_LEAST_1),
+        Param("queue_length", int, 0, "embeddings queued for the codes over all processes (0: no queue; rounded "
+                                      "down to a multiple of --batch_size)", allowed=AT_LEAST_0),
+        Param("epoch_queue_starts", int, 15, "0-based epoch from which the queue is kept", allowed=AT_LEAST_0),
+        Param("hidden_mlp", int, 2048, "hidden width of the projection head (0: a linear head)", allowed=AT_LEAST_0),
+        Param("freeze_prototypes_niters", int, 313, "updates during which the prototypes do not move",
+              allowed=AT_LEAST_0),
+        Param("base_lr", float, 0.6, "learning rate after the warm-up (not scaled with --batch_size, as the seed)",
+              allowed=POSITIVE),
+        Param("final_lr", float, 0.0006, "learning rate at the end of the cosine", allowed=AT_LEAST_0),
+        Param("start_warmup", float, 0.0, "learning rate at the first warm-up update", allowed=AT_LEAST_0),
+        Param("warmup_epochs", int, 0, "epochs of linear warm-up from --start_warmup to --base_lr",
+              allowed=AT_LEAST_0),
+        Param("wd", float, 1e-6, "weight decay (inside LARC)", allowed=AT_LEAST_0),
+    )
+    CROP_FLAGS = ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops")
+    # The seed's 200-epoch scripts: SGD momentum 0.9 wrapped in LARC (trust coefficient 0.001, no clipping), one
+    # parameter group over backbone, head and prototypes; rates, weight decay and the per-update warm-up and cosine
+    # are hyperparameters (--base_lr, --wd, ...: the seed's flags). The online classifiers train in their own group
+    # without LARC (plain SGD, lr 0.1 following the same curve, no weight decay).
+    RECIPE = recipes.Recipe("larc", None, decay=1.0, classifier_lr=0.1, epochs=200)
+
+    @classmethod
+    def training_views(cls, hp):
+        return ViewSpec("swav", {"crops": MultiCrop.from_hyperparams(hp)}, sum(hp["nmb_crops"]))
+
+    @classmethod
+    def validate(cls, hp):
+        """The crop lists: one entry per crop kind in each, area ranges that are ranges, at least two crops, the
+        assigned crops among them, and sizes the backbone takes."""
+        lengths = [len(hp[k]) for k in cls.CROP_FLAGS]
+        if len(set(lengths)) > 1:
+            raise UserError(f"--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need one value per "
+                            f"crop kind each (got {', '.join(map(str, lengths))} values): give them the same length")
+        for i, (low, high) in enumerate(zip(hp["min_scale_crops"], hp["max_scale_crops"])):
+            if low > high:
+                raise UserError(f"crop kind {i}: --min_scale_crops {low} is above --max_scale_crops {high}; swap "
+                                f"them")
+        n_crops = sum(hp["nmb_crops"])
+        if n_crops < 2:
+            raise UserError(f"--nmb_crops {' '.join(map(str, hp['nmb_crops']))} makes {n_crops} crop: SwAV predicts "
+                            f"one crop's codes from another, so give at least 2 crops")
+        assign = hp["crops_for_assign"]
+        if max(assign) >= n_crops or len(set(assign)) != len(assign):
+            raise UserError(f"--crops_for_assign {' '.join(map(str, assign))} must name distinct crops "
+                            f"0..{n_crops - 1} (--nmb_crops makes {n_crops}); pick crops from that range")
+        if hp["arch"] == "amdim" and set(hp["size_crops"]) != {hp["encoder_size"]}:
+            raise UserError(f"--arch amdim takes only {hp['encoder_size']} px inputs (its layers are fixed to the "
+                            f"image size), not --size_crops {' '.join(map(str, hp['size_crops']))}: give every crop "
+                            f"size {hp['encoder_size']}, or use --arch resnet18/resnet50 for smaller crops")
+
+    def optimizer(self, args):
+        """The seed's single LARC group; the online classifiers (on detached features, not in the seed) step as
+        plain SGD (recipes.make_larc)."""
+        hp = self.hyperparams
+        return recipes.make_larc(self, hp["base_lr"], hp["wd"], self.RECIPE.classifier_lr)
+
+    @classmethod
+    def schedule(cls, hp, args, epochs, milestones, updates_per_epoch):
+        """The seed's per-update warm-up and cosine (recipes.WarmupCosine), from the hyperparameters; the run's
+        own schedule flags do not apply."""
+        given = [flag for flag, value in (("--learning_rate", args.learning_rate), ("--warmup_updates",
+                 args.warmup_updates), ("--cos", args.cos or None)) if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --method swav, "
+                            f"whose learning rate follows --base_lr, --final_lr, --start_warmup and --warmup_epochs "
+                            f"(the seed's warm-up and cosine per update): use those")
+        if hp["warmup_epochs"] > epochs:
+            raise UserError(f"--warmup_epochs {hp['warmup_epochs']} is longer than the run's {epochs} epochs: lower "
+                            f"it or raise --epochs")
+        return recipes.WarmupCosine(hp["start_warmup"], hp["base_lr"], hp["final_lr"], hp["warmup_epochs"], epochs,
+                                    updates_per_epoch)
 
     @staticmethod
     def fit_to_data(hp, data, note):
@@ -402,10 +633,6 @@ class SwAV(Method):
         self.evaluator = Evaluator(self.n_features, hp["n_classes"])
         self._queue_on = False        # whether this update's epoch keeps the queue (start_update)
         self._queue_full = False      # whether the queue's last rows are filled (read from the buffer until so)
-
-    @property
-    def n_views(self):
-        return sum(self.hyperparams["nmb_crops"])
 
     def forward(self, views, dist=None):
         """views: the crops in crop order, each (B, 3, s, s) -> {"embedding": unit rows (n_crops B, feat_dim),
@@ -513,37 +740,10 @@ class SwAV(Method):
         return ["queue"]
 
 
-METHOD_CLASSES = {"amdim": AMDIM, "moco": MoCo, "cmc": CMC, "swav": SwAV}
+# The registry: --method's choices, and what a checkpoint's "method" names.
+METHODS = {cls.name: cls for cls in (AMDIM, MoCo, CMC, SwAV)}
 
 
 def build(hp):
     """A freshly initialised method from its hyperparameters (config.py)."""
-    return METHOD_CLASSES[hp["method"]](hp)
-
-
-def fit_to_data(hp, data, note=print):
-    """A fresh model's hyperparameters adapted to the training data by its method (Method.fit_to_data)."""
-    return METHOD_CLASSES[hp["method"]].fit_to_data(hp, data, note)
-
-
-def view_kind(hp):
-    """The augmentation a method's training views come from, without building the model (augment.make_views)."""
-    if hp["method"] == "moco":
-        return "moco_v2" if hp["aug_plus"] else "moco_v1"
-    if hp["method"] in ("cmc", "swav"):
-        return hp["method"]
-    return "amdim"
-
-
-def view_options(hp):
-    """make_views' keywords for the method's view kind: CMC's crop_low, SwAV's crops."""
-    if hp["method"] == "cmc":
-        return {"crop_low": hp["crop_low"]}
-    if hp["method"] == "swav":
-        return {"crops": MultiCrop.from_hyperparams(hp)}
-    return {}
-
-
-def n_views(hp):
-    """Views of each image the method trains on, without building the model."""
-    return sum(hp["nmb_crops"]) if hp["method"] == "swav" else 2
+    return METHODS[hp["method"]](hp)

@@ -1,22 +1,10 @@
-"""Optimisers and learning-rate schedules: each method's from its seed, and the classifier phase's, which every
-method shares so that their evaluations compare.
+"""Optimisers and learning-rate schedules: the pieces each method's recipe is made of (the method declares its seed's
+Recipe and which pieces it uses, methods.py) and the classifier phase's recipe, which every method shares so that
+their evaluations compare (AMDIM's Adam over the classifiers alone, no warm-up, x0.2 at each milestone).
 
-    amdim  Adam (0.8, 0.999), weight decay 1e-5, lr 2e-4, linear warm-up over --warmup_updates (500), x0.2 at
-           each milestone (the original code; one optimiser over encoder and online classifiers alike)
-    moco   SGD momentum 0.9, weight decay 1e-4, lr 0.03 per 128 images of batch, x0.1 at epochs 120 and 160 of
-           200, or --cos; the online classifiers train in a second parameter group (lr 0.1, no weight decay)
-    cmc    SGD momentum 0.9, weight decay 1e-4, lr 0.03 (not scaled with the batch, as the seed), x0.1 at epochs
-           250, 300 and 350 of 400 (the seed's commit; later versions: 120, 160, 200 of 240); the online
-           classifiers in their own group (lr 0.1, no weight decay)
-    swav   the seed's (facebookresearch/swav): SGD momentum 0.9 wrapped in LARC (trust coefficient 0.001, no
-           clipping), weight decay --wd 1e-6, one parameter group over backbone, head and prototypes; per update,
-           a linear warm-up over --warmup_epochs from --start_warmup to --base_lr (0.6), then a cosine down to
-           --final_lr (0.0006) at the last update; 200 epochs. The online classifiers train in their own group
-           without LARC (plain SGD, lr 0.1 following the same curve, no weight decay)
-    --classifiers (every method): AMDIM's Adam over the classifiers alone, no warm-up, x0.2 at each milestone
-
-The learning rate is a pure function of the training cursor (epoch, update), so a resumed run continues the
-schedule exactly; default milestones scale with --epochs, and a short run never starts decayed (see schedule).
+A schedule is built once per run and is a pure function of the training cursor (epoch, update), so a resumed run
+continues it exactly; default milestones scale with --epochs, and a short run never starts decayed
+(Recipe.epochs_and_milestones).
 """
 import math
 from dataclasses import dataclass
@@ -24,164 +12,154 @@ from dataclasses import dataclass
 import torch
 
 import larc
-from utils import UserError
-
-SELF_SUPERVISED, CLASSIFIERS = "self_supervised", "classifiers"
 
 
 @dataclass(frozen=True)
 class Recipe:
-    optimizer: str             # "adam" or "sgd"
-    lr: float                  # base learning rate, at batch size lr_batch
+    """A seed's optimiser and schedule defaults."""
+    optimizer: str             # "adam", "sgd" or "larc"
+    lr: float                  # base learning rate, at batch size lr_batch (None: the method's hyperparameters)
     lr_batch: int = None       # scale lr linearly with --batch_size / lr_batch (None: no scaling)
     decay: float = 0.2         # factor at each milestone
     warmup_updates: int = 0    # default linear warm-up length
     weight_decay: float = 0.0
     classifier_lr: float = None  # SGD recipes: the online classifiers' own parameter group
+    epochs: int = None         # the seed's run length ...
+    milestones: tuple = ()     # ... and its decay epochs
+    by_dataset: tuple = ()     # (dataset, epochs, milestones) where the seed's run differs by dataset
+
+    def default_schedule(self, dataset):
+        """(epochs, LR milestones) of the seed's run on `dataset`."""
+        for name, epochs, milestones in self.by_dataset:
+            if name == dataset:
+                return epochs, milestones
+        return self.epochs, self.milestones
+
+    def epochs_and_milestones(self, dataset, epochs=None):
+        """(epochs, milestones) for a run: `epochs` (--epochs) or the default, with the default milestones scaled
+        to it.
+
+        A scaled milestone is rounded to a whole epoch and kept only where it can act inside the run: epoch 0
+        always trains at the base learning rate (a milestone at 0 would start a short run decayed), so one rounding
+        to 0 moves to epoch 1; one at or after the last epoch would never apply and is dropped, so the start-up
+        line lists only real decays. Two that round to the same epoch count once: a double decay in one step is a
+        step the seed never takes. A 1-epoch run therefore has no milestones."""
+        default_epochs, default_milestones = self.default_schedule(dataset)
+        epochs = epochs or default_epochs
+        scaled = {max(1, round(m * epochs / default_epochs)) for m in default_milestones}
+        return epochs, tuple(sorted(m for m in scaled if m < epochs))
+
+    def base_lr(self, args):
+        """--learning_rate, or the recipe's, scaled to --batch_size where the seed scales it (None where the
+        method's hyperparameters give it)."""
+        if args.learning_rate is not None:
+            return args.learning_rate
+        if self.lr is None:
+            return None
+        return self.lr * (args.batch_size / self.lr_batch if self.lr_batch else 1.0)
+
+    def warmup(self, args):
+        """--warmup_updates, or the recipe's."""
+        return self.warmup_updates if args.warmup_updates is None else args.warmup_updates
 
 
-RECIPES = {
-    "amdim": Recipe("adam", 2e-4, decay=0.2, warmup_updates=500, weight_decay=1e-5),
-    "moco": Recipe("sgd", 0.03, lr_batch=128, decay=0.1, weight_decay=1e-4, classifier_lr=0.1),
-    "cmc": Recipe("sgd", 0.03, decay=0.1, weight_decay=1e-4, classifier_lr=0.1),
-    # Rates and weight decay are the model's hyperparameters (--base_lr, --wd, ...: the seed's flags).
-    "swav": Recipe("larc", None, decay=1.0, classifier_lr=0.1),
-}
-CLASSIFIER_RECIPE = Recipe("adam", 2e-4, decay=0.2, weight_decay=1e-5)
+CLASSIFIER_RECIPE = Recipe("adam", 2e-4, decay=0.2, weight_decay=1e-5, epochs=120, milestones=(80, 110),
+                           by_dataset=(("IN128", 30, (15, 25)), ("PLACES205", 15, (7, 12))))
 
 
-def recipe(phase, method):
-    return RECIPES[method] if phase == SELF_SUPERVISED else CLASSIFIER_RECIPE
+class StepSchedule:
+    """Step decay: x decay at each milestone epoch (or, cosine, a cosine over the epochs), times a linear warm-up
+    over the first `warmup_updates` updates of the run."""
+
+    def __init__(self, epochs, milestones, decay, warmup_updates=0, cosine=False):
+        self.epochs, self.milestones, self.decay = epochs, tuple(milestones), decay
+        self.warmup_updates, self.cosine = warmup_updates, cosine
+
+    def __call__(self, epoch, update):
+        """The multiplier of every group's base_lr at update `update` (counted over the whole run) of `epoch`."""
+        if self.cosine:
+            factor = 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+        else:
+            factor = self.decay ** sum(epoch >= m for m in self.milestones)
+        if self.warmup_updates > 0:
+            factor *= min(1.0, (update + 1) / self.warmup_updates)
+        return factor
+
+    def describe(self):
+        return f"LR milestones {list(self.milestones)}{' (cosine)' if self.cosine else ''}"
 
 
-def default_schedule(phase, method, dataset):
-    """(epochs, LR milestones) of the seed's schedule."""
-    if phase == CLASSIFIERS:
-        return {"IN128": (30, (15, 25)), "PLACES205": (15, (7, 12))}.get(dataset, (120, (80, 110)))
-    if method == "moco":
-        return 200, (120, 160)
-    if method == "cmc":
-        return 400, (250, 300, 350)
-    if method == "swav":
-        return 200, ()          # the seed's 200-epoch scripts; its schedule is per update (swav_lr)
-    return (50, (30, 45)) if dataset in ("IN128", "PLACES205") else (300, (250, 280))
+class WarmupCosine:
+    """The SwAV seed's per-update schedule over an `epochs` run of updates_per_epoch updates each: the learning
+    rate follows np.linspace(start, base, W) (both ends included) over the W = warmup_epochs x updates_per_epoch
+    first updates, then final + (base - final) (1 + cos(pi t / T)) / 2 for the t-th of the T remaining ones
+    (updates past the end, after a resume with a smaller batch, stay at t = T). As a multiplier: of base."""
+    warmup_updates = 0       # --warmup_updates does not apply; the warm-up is warmup_epochs'
+
+    def __init__(self, start, base, final, warmup_epochs, epochs, updates_per_epoch):
+        self.start, self.base, self.final = start, base, final
+        self.warmup_epochs, self.epochs, self.updates_per_epoch = warmup_epochs, epochs, updates_per_epoch
+
+    def lr(self, update):
+        """The learning rate at 0-based update `update`."""
+        start, base, final = self.start, self.base, self.final
+        warmup = self.warmup_epochs * self.updates_per_epoch
+        if update < warmup:
+            # np.linspace's arithmetic: start + i * step, the last point exactly base.
+            return base if update == warmup - 1 else start + update * ((base - start) / max(warmup - 1, 1))
+        total = self.updates_per_epoch * (self.epochs - self.warmup_epochs)
+        t = min(update - warmup, total)
+        return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t / max(total, 1)))
+
+    def __call__(self, epoch, update):
+        return self.lr(update) / self.base
+
+    def describe(self):
+        return (f"LR warm-up {self.warmup_epochs} epochs from {self.start:g} to {self.base:g}, then cosine per "
+                f"update to {self.final:g} (LARC)")
 
 
-def schedule(args, method):
-    """(epochs, milestones) for this run: --epochs or the default, with the default milestones scaled to it.
-
-    A scaled milestone is rounded to a whole epoch and kept only where it can act inside the run: epoch 0 always
-    trains at the base learning rate (a milestone at 0 would start a short run decayed: IN128 --classifiers
-    --epochs 1 gave [0, 1] and began at 4e-5), so one rounding to 0 moves to epoch 1; one at or after the last
-    epoch would never apply and is dropped, so the start-up line lists only real decays. Two that round to the
-    same epoch count once: a double decay in one step (x0.04, or x0.01 for MoCo) is a step the seed never takes.
-    A 1-epoch run therefore has no milestones."""
-    default_epochs, default_milestones = default_schedule(args.phase, method, args.dataset)
-    epochs = args.epochs or default_epochs
-    scaled = {max(1, round(m * epochs / default_epochs)) for m in default_milestones}
-    return epochs, tuple(sorted(m for m in scaled if m < epochs))
+def _fused(params):
+    """fused on the CPU: one kernel over every tensor instead of a loop of small ops per parameter (the AMDIM
+    default config's Adam step took 0.67 s fused against 3.9 s unfused there). On CUDA torch's default is already
+    the multi-tensor (foreach) step, and fused SGD under fp16's GradScaler turned CMC's loss NaN on an H100, so
+    CUDA keeps the default."""
+    return all(p.device.type == "cpu" for p in params)
 
 
-def base_lr(args, method):
-    """--learning_rate, or the recipe's, scaled to --batch_size where the seed scales it (SwAV: its --base_lr
-    hyperparameter instead, see make_optimizer)."""
-    if args.learning_rate is not None:
-        return args.learning_rate
-    r = recipe(args.phase, method)
-    return r.lr * (args.batch_size / r.lr_batch if r.lr_batch else 1.0)
-
-
-def warmup_updates(args, method):
-    if args.phase == CLASSIFIERS:
-        return 0
-    return recipe(args.phase, method).warmup_updates if args.warmup_updates is None else args.warmup_updates
-
-
-def lr_factor(args, method, epoch, step, epochs, milestones, hp=None, updates_per_epoch=None):
-    """The schedule's multiplier of the base learning rates at update `step` (counted over the whole run) of
-    `epoch`: step decay at each milestone (or, with --cos, a cosine over the epochs), times the linear warm-up.
-    SwAV's self-supervised phase: swav_lr relative to --base_lr, from the model's hyperparams hp and the
-    updates of one epoch."""
-    if method == "swav" and args.phase == SELF_SUPERVISED:
-        return swav_lr(hp, step, epochs, updates_per_epoch) / hp["base_lr"]
-    if getattr(args, "cos", False) and args.phase == SELF_SUPERVISED:
-        factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-    else:
-        factor = recipe(args.phase, method).decay ** sum(epoch >= m for m in milestones)
-    warmup = warmup_updates(args, method)
-    if warmup > 0:
-        factor *= min(1.0, (step + 1) / warmup)
-    return factor
-
-
-def swav_lr(hp, iteration, epochs, updates_per_epoch):
-    """The seed's learning rate at 0-based update `iteration` of an `epochs` run of updates_per_epoch updates
-    each: np.linspace(start_warmup, base_lr, W) (both ends included) over the W = warmup_epochs x
-    updates_per_epoch first updates, then final_lr + (base_lr - final_lr) (1 + cos(pi t / T)) / 2 for the t-th of
-    the T remaining ones (updates past the end, after a resume with a smaller batch, stay at t = T)."""
-    start, base, final = hp["start_warmup"], hp["base_lr"], hp["final_lr"]
-    warmup = hp["warmup_epochs"] * updates_per_epoch
-    if iteration < warmup:
-        # np.linspace's arithmetic: start + i * step, the last point exactly base.
-        return base if iteration == warmup - 1 else start + iteration * ((base - start) / max(warmup - 1, 1))
-    total = updates_per_epoch * (epochs - hp["warmup_epochs"])
-    t = min(iteration - warmup, total)
-    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t / max(total, 1)))
-
-
-def check_flags(args, hp, epochs):
-    """Refuse schedule flags that the run's recipe does not have: SwAV's schedule has its own (the seed's)."""
-    if hp["method"] != "swav" or args.phase != SELF_SUPERVISED:
-        return
-    given = [flag for flag, value in (("--learning_rate", args.learning_rate), ("--warmup_updates",
-             args.warmup_updates), ("--cos", args.cos or None)) if value is not None]
-    if given:
-        raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --method swav, whose "
-                        f"learning rate follows --base_lr, --final_lr, --start_warmup and --warmup_epochs (the "
-                        f"seed's warm-up and cosine per update): use those")
-    if hp["warmup_epochs"] > epochs:
-        raise UserError(f"--warmup_epochs {hp['warmup_epochs']} is longer than the run's {epochs} epochs: lower it "
-                        f"or raise --epochs")
-
-
-def describe_schedule(args, hp, milestones):
-    """The schedule for the start-up line."""
-    if hp["method"] == "swav" and args.phase == SELF_SUPERVISED:
-        return (f"LR warm-up {hp['warmup_epochs']} epochs from {hp['start_warmup']:g} to {hp['base_lr']:g}, then "
-                f"cosine per update to {hp['final_lr']:g} (LARC)")
-    return f"LR milestones {list(milestones)}{' (cosine)' if getattr(args, 'cos', False) else ''}"
-
-
-def make_optimizer(model, args):
-    """The phase's optimiser over the model's trainable parameters; each group's "base_lr" is what lr_factor
-    multiplies."""
-    method = model.hyperparams["method"]
-    r = recipe(args.phase, method)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    lr = base_lr(args, method) if r.lr is not None else None
-    # fused on the CPU: one kernel over every tensor instead of a loop of small ops per parameter (the AMDIM
-    # default config's Adam step took 0.67 s fused against 3.9 s unfused there). On CUDA torch's default is
-    # already the multi-tensor (foreach) step, and fused SGD under fp16's GradScaler turned CMC's loss NaN from
-    # update 3 on an H100 (torch 2.11; unfused trains), so CUDA keeps the default.
-    fused = all(p.device.type == "cpu" for p in trainable)
-    if r.optimizer == "adam":
-        groups = [dict(params=trainable, base_lr=lr)]
-        return torch.optim.Adam(groups, lr=lr, betas=(0.8, 0.999), weight_decay=r.weight_decay, eps=1e-8,
-                                fused=fused)
+def _split_classifiers(model, trainable):
+    """(the model's trainable parameters but the online classifiers', the classifiers')."""
     classifier = {id(p) for p in model.evaluator.parameters()}
-    if r.optimizer == "larc":
-        # The seed's single LARC group; the online classifiers (on detached features, not in the seed) step as
-        # plain SGD: LARC would hold each step to 1e-3 of the weights' norm, too slow for freshly drawn ones.
-        hp = model.hyperparams
-        groups = [dict(params=[p for p in trainable if id(p) not in classifier], base_lr=hp["base_lr"]),
-                  dict(params=[p for p in trainable if id(p) in classifier], base_lr=r.classifier_lr,
-                       weight_decay=0.0, larc=False)]
-        return larc.LARC([g for g in groups if g["params"]], lr=hp["base_lr"], momentum=0.9,
-                         weight_decay=hp["wd"], trust_coefficient=0.001)
-    groups = [dict(params=[p for p in trainable if id(p) not in classifier], base_lr=lr),
-              dict(params=[p for p in trainable if id(p) in classifier], base_lr=r.classifier_lr, weight_decay=0.0)]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9, weight_decay=r.weight_decay,
+    return [p for p in trainable if id(p) not in classifier], [p for p in trainable if id(p) in classifier]
+
+
+def make_optimizer(model, recipe, lr):
+    """An Adam or SGD recipe's optimiser over the model's trainable parameters at base learning rate `lr`; SGD
+    trains the online classifiers in a group of their own (recipe.classifier_lr, no weight decay). Each group's
+    "base_lr" is what the schedule's factor multiplies."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused = _fused(trainable)
+    if recipe.optimizer == "adam":
+        groups = [dict(params=trainable, base_lr=lr)]
+        return torch.optim.Adam(groups, lr=lr, betas=(0.8, 0.999), weight_decay=recipe.weight_decay, eps=1e-8,
+                                fused=fused)
+    rest, classifiers = _split_classifiers(model, trainable)
+    groups = [dict(params=rest, base_lr=lr),
+              dict(params=classifiers, base_lr=recipe.classifier_lr, weight_decay=0.0)]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9, weight_decay=recipe.weight_decay,
                            fused=fused)
+
+
+def make_larc(model, lr, weight_decay, classifier_lr):
+    """SGD momentum 0.9 in LARC (trust coefficient 0.001, no clipping) over the model's trainable parameters; the
+    online classifiers step as plain SGD in a group of their own (classifier_lr, no weight decay): LARC would hold
+    each step to 1e-3 of the weights' norm, too slow for freshly drawn ones."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rest, classifiers = _split_classifiers(model, trainable)
+    groups = [dict(params=rest, base_lr=lr),
+              dict(params=classifiers, base_lr=classifier_lr, weight_decay=0.0, larc=False)]
+    return larc.LARC([g for g in groups if g["params"]], lr=lr, momentum=0.9, weight_decay=weight_decay,
+                     trust_coefficient=0.001)
 
 
 def set_learning_rates(optimizer, factor):

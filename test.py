@@ -20,7 +20,7 @@ import checkpoint
 import datasets
 import engine
 import imagecache
-from recipes import CLASSIFIERS, SELF_SUPERVISED
+from phases import CLASSIFIERS, SELF_SUPERVISED
 from utils import Dist, UserError, pick_device, reap_children_at_exit, run_main, seed_everything
 
 CHECKPOINT_ARG = "test.py's checkpoint argument"     # how checkpoint.read's messages name where the path came from

@@ -13,7 +13,6 @@ files and metrics.jsonl. Re-running the same command resumes from that checkpoin
 import argparse
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,20 +25,22 @@ import config
 import costs
 import datasets
 import engine
+import hparams
 import imagecache
 import methods
 import mixed_precision as mp
+import phases
 import recipes
 import utils
 import views_grid
-from recipes import CLASSIFIERS, SELF_SUPERVISED
+from phases import CLASSIFIERS, SELF_SUPERVISED
 from utils import Meters, RunLog, UserError, run_main, seed_everything
 
 
 def parse_args(argv=None):
-    """Every number is range-checked as argparse reads it (config.number), so a bad value is a usage error naming
+    """Every number is range-checked as argparse reads it (hparams.number), so a bad value is a usage error naming
     that flag before any check that combines flags runs and before anything is written."""
-    count, positive = config.non_negative_int, config.positive_int
+    count, positive = hparams.non_negative_int, hparams.positive_int
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=config.HelpFormatter)
     p.add_argument("--dataset", type=str.upper, default="STL10", choices=datasets.DATASETS,
                    help="what to train and test on (FOLDER: train/ and val/ class folders under --input_dir)")
@@ -60,14 +61,14 @@ def parse_args(argv=None):
                         "training augments whole batches on the device, as for the in-memory datasets; auto does "
                         "where the decoded images take at most 2 GiB and half the available memory")
     p.add_argument("--batch_size", default=200, help="global batch (two views of each image)",
-                   type=config.number(int, config.Range(minimum=2, why="train-mode BatchNorm needs 2 images")))
+                   type=hparams.number(int, hparams.Range(minimum=2, why="train-mode BatchNorm needs 2 images")))
     # 0 is allowed: it freezes every weight, a sanity check the tests use.
-    p.add_argument("--learning_rate", "--lr", type=config.non_negative_float,
+    p.add_argument("--learning_rate", "--lr", type=hparams.non_negative_float,
                    help="default: the method's (amdim 2e-4; moco 0.03 * batch_size / 128; --classifiers 2e-4)")
     p.add_argument("--cos", action="store_true", help="cosine learning-rate schedule instead of step decay "
                                                       "(self-supervised phase)")
     p.add_argument("--seed", default=1, help="seeds weights, augmentation and data order",
-                   type=config.number(int, config.Range(minimum=0, maximum=2 ** 32 - 1, why="NumPy's seeds")))
+                   type=hparams.number(int, hparams.Range(minimum=0, maximum=2 ** 32 - 1, why="NumPy's seeds")))
     p.add_argument("--amp", action="store_true", help="mixed precision through torch.autocast")
     p.add_argument("--amp_dtype", choices=mp.AMP_DTYPES,
                    help="--amp's dtype: auto (the default) is bfloat16 where the device computes it natively, "
@@ -113,7 +114,7 @@ def parse_args(argv=None):
                    help="on a NaN/inf loss: stop (keeping the last checkpoint) or skip that update (counted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: every visible CUDA GPU (one process each), else the CPU")
-    p.add_argument("--dist_timeout", type=config.positive_float, default=utils.DIST_TIMEOUT_S,
+    p.add_argument("--dist_timeout", type=hparams.positive_float, default=utils.DIST_TIMEOUT_S,
                    help="seconds a process waits for the others in a collective, which also bounds work one of them "
                         "does alone meanwhile (rank 0 writing a checkpoint); downloads are not bounded by it")
     p.add_argument("--log_every", type=positive, default=50,
@@ -154,9 +155,11 @@ class Run:
     stop: utils.StopRequest
     splits: datasets.Splits
     model: methods.Method                # the plain module: checkpoints, BN refresh, evaluation
+    phase: object                        # what the run trains (phases.SelfSupervised or phases.Classifiers)
     step_model: torch.nn.Module          # what the training step calls (DDP/compiled method, or classifiers)
     compiled: str                        # whether the step is compiled, and why (compiling.decide)
     optimizer: torch.optim.Optimizer
+    schedule: object                     # the learning-rate multiplier at (epoch, update) (recipes.py)
     amp: object                          # the autocast dtype (mixed_precision.resolve), None for float32
     scaler: torch.amp.GradScaler
     cursor: dict                         # {info,classifier}_{epoch,step}; see checkpoint.py
@@ -165,102 +168,16 @@ class Run:
     data_seed: int                       # the data order's seed, kept across resumes
     per_rank: int                        # images per process per update
     n_views: int                         # views per image the phase trains on
-    updates_per_epoch: int = 0           # full batches of an epoch (schedules per update: SwAV's)
     non_finite_skipped: int = 0
     bn_loader: object = field(default=None)
 
     @property
     def epoch_key(self):
-        return "info_epoch" if self.args.phase == SELF_SUPERVISED else "classifier_epoch"
+        return self.phase.epoch_key
 
     @property
     def step_key(self):
-        return "info_step" if self.args.phase == SELF_SUPERVISED else "classifier_step"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Where to start: a resumable checkpoint of this run, a given checkpoint, or nothing.
-
-def find_start(args, cpt_path, dist=None):
-    """(checkpoint dict or None, how, path): how is "resume" (this run's own file, or its .prev when the file is
-    unreadable) or "init" (--checkpoint_path).
-
-    Rank 0 decides, since only it writes checkpoints; every rank then reads the same file (its own cpt_path or
-    --checkpoint_path) and checks that it is rank 0's. A rank that cannot is an error on every rank: without a
-    filesystem they share, ranks on other nodes would start elsewhere and the job would hang."""
-    dist = dist or utils.Dist()
-    decision = None
-    if dist.is_main:
-        try:
-            ckpt, how, path = choose_start(args, cpt_path)
-            decision = {"how": how, "path": path, "fingerprint": fingerprint(ckpt, path),
-                        "suffix": path[len(cpt_path):] if how == "resume" else None}     # "" or ".prev"
-        except UserError as e:
-            decision = {"error": str(e)}
-    decision = utils.broadcast_object(decision, dist)
-    if "error" in decision:
-        raise UserError(decision["error"])
-    how = decision["how"]
-    if dist.is_main or how is None:
-        utils.agree(None, dist)
-        return (ckpt if dist.is_main else None), how, decision["path"]
-    # This rank's copy of rank 0's choice: its own run folder's file, or the --checkpoint_path both were given.
-    path = cpt_path + decision["suffix"] if how == "resume" else args.checkpoint_path
-    ckpt, error = read_as_rank_0(path, decision["fingerprint"], how, dist.rank)
-    utils.agree(error, dist)
-    return ckpt, how, path
-
-
-def choose_start(args, cpt_path):
-    """find_start's choice, from this process's files alone."""
-    if args.resume == "auto":
-        for candidate in (cpt_path, cpt_path + ".prev"):
-            if not os.path.isfile(candidate):
-                continue
-            try:
-                ckpt = checkpoint.read(candidate)
-            except UserError as e:
-                print(f"warning: {e}; trying the previous checkpoint", file=sys.stderr, flush=True)
-                continue
-            phase = ckpt.get("phase")
-            if phase != args.phase:
-                raise UserError(f"{cpt_path} holds a {phase or 'foreign'} checkpoint that this "
-                                f"{args.phase} run would overwrite: pass another --run_name (and "
-                                f"--checkpoint_path {cpt_path} to start from it)")
-            return ckpt, "resume", candidate
-    if args.checkpoint_path:
-        return checkpoint.read(args.checkpoint_path), "init", args.checkpoint_path
-    return None, None, None
-
-
-def fingerprint(ckpt, path):
-    """What tells two copies of a checkpoint apart cheaply: its size, position in training and data seed."""
-    if ckpt is None:
-        return None
-    return [os.path.getsize(path), checkpoint.cursor(ckpt), int(ckpt.get("samples_done", 0)),
-            ckpt.get("data_seed")]
-
-
-def read_as_rank_0(path, expected, how, rank):
-    """(checkpoint, None) when this rank reads the checkpoint rank 0 starts from at `path`, else (None, the
-    error every rank reports)."""
-    reason = None
-    if not os.path.isfile(path):
-        reason = "no such file on this rank's machine"
-    else:
-        try:
-            ckpt = checkpoint.read(path)
-        except UserError as e:
-            reason = str(e)
-        else:
-            if fingerprint(ckpt, path) == expected:
-                return ckpt, None
-            reason = "this rank's copy differs from rank 0's"
-    flag = "--output_dir on a filesystem every node shares" if how == "resume" else \
-        "--checkpoint_path on a filesystem every node shares (or a copy of the same file on each node)"
-    verb = "resumes" if how == "resume" else "starts"
-    return None, (f"rank {rank} cannot read {path}, the checkpoint rank 0 {verb} from ({reason}): every process "
-                  f"must see rank 0's checkpoint; pass {flag}")
+        return self.phase.step_key
 
 
 def resolve_hyperparams(args, ckpt, encoder_size):
@@ -278,27 +195,22 @@ def resolve_hyperparams(args, ckpt, encoder_size):
     return hp
 
 
-def build_model(args, ckpt, how, hp, splits, log):
-    """The model, its weights restored from `ckpt`, with classifiers reset where the phase needs fresh ones."""
+def build_model(args, ckpt, how, hp, splits, phase_cls, log):
+    """The model, its weights restored from `ckpt`, with new classifiers where the phase starts them afresh or the
+    data has another number of classes."""
     n_classes = splits.n_classes
     if ckpt is None:
         data = methods.TrainingData(n_images=len(splits.train), mean_std=splits.mean_std, batch_size=args.batch_size)
-        return checkpoint.build_model(methods.fit_to_data(dict(hp, n_classes=n_classes), data, log.print))
+        hp = methods.METHODS[hp["method"]].fit_to_data(dict(hp, n_classes=n_classes), data, log.print)
+        return checkpoint.build_model(hp)
     model = checkpoint.model_from(ckpt)
-    fresh_classifiers = how == "init" and args.phase == CLASSIFIERS
-    if fresh_classifiers or hp["n_classes"] != n_classes:
+    if phase_cls.classifiers_restart(how) or hp["n_classes"] != n_classes:
         model.reset_evaluator(n_classes)
     return model
 
 
-def prepare_model(model, args, dist, compile_step=False, warn=print):
-    """Place the model for training: memory format, SyncBatchNorm, DistributedDataParallel, torch.compile (with
-    eager execution and a warning where compilation fails).
-
-    Returns (model, step_model): the plain module and the wrapper the training step calls, which is the whole
-    method in the self-supervised phase and only the classifiers in the classifier phase (the frozen encoder
-    runs outside it, without gradients).
-    """
+def place_model(model, args, dist):
+    """The model on the training device: SyncBatchNorm where asked, the device and the memory format."""
     if args.sync_bn and dist.active:
         if dist.device.type != "cuda":
             raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop it "
@@ -306,18 +218,23 @@ def prepare_model(model, args, dist, compile_step=False, warn=print):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(dist.device, memory_format=engine.layout(args.memory_format))
     tune_cudnn(dist.device)
-    step_model = model if args.phase == SELF_SUPERVISED else model.evaluator
+    return model
+
+
+def wrap_step(phase, dist, compile_step=False, warn=print):
+    """What the training step calls: the phase's step module (the whole method, or the classifiers alone) in
+    DistributedDataParallel across processes, and torch.compile'd where asked (eager execution and a warning where
+    compilation fails)."""
+    step_model = phase.step_module()
     if dist.active:
-        if step_model is model:
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, model.ddp_ignored_state())
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_model, phase.ddp_ignored_state())
         step_model = DistributedDataParallel(step_model, device_ids=[dist.device.index] if
                                              dist.device.type == "cuda" else None,
-                                             find_unused_parameters=step_model is model and
-                                             model.has_unused_parameters())
+                                             find_unused_parameters=phase.has_unused_parameters())
     if compile_step:
         compiling.cache_dir()
         step_model = compiling.EagerFallback(step_model, warn)
-    return model, step_model
+    return step_model
 
 
 def tune_cudnn(device):
@@ -354,43 +271,38 @@ def setup(dist, args):
     run_dir = os.path.join(args.output_dir, args.run_name)
     cpt_path = os.path.join(run_dir, args.cpt_name)
     prepare_output(run_dir, args.cpt_name, dist)
-    ckpt, how, ckpt_from = find_start(args, cpt_path, dist)
+    ckpt, how, ckpt_from = checkpoint.find_start(args, cpt_path, dist)
     if how != "resume":
         set_aside_old_logs(run_dir, dist)
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
     hp = resolve_hyperparams(args, ckpt, encoder_size)
-    # Classifiers train on the evaluation protocol's views (AMDIM's recipe) whichever method made the encoder.
-    view_kind = methods.view_kind(hp) if args.phase == SELF_SUPERVISED else "amdim"
-    splits = load_data(args, dist, view_kind, methods.view_options(hp) if args.phase == SELF_SUPERVISED else {})
+    phase_cls = phases.PHASES[args.phase]
+    views = phase_cls.views(hp)
+    splits = load_data(args, dist, views.kind, views.options)
     if len(splits.train) < args.batch_size:
         raise UserError(f"the {args.dataset} training split has {len(splits.train)} images, fewer than "
                         f"--batch_size {args.batch_size}; lower --batch_size")
     log = RunLog(run_dir, enabled=dist.is_main)
-    model = build_model(args, ckpt, how, hp, splits, log)
-    if args.phase == CLASSIFIERS:
-        model.requires_grad_(False)
-        model.evaluator.requires_grad_(True)
+    model = place_model(build_model(args, ckpt, how, hp, splits, phase_cls, log), args, dist)
+    phase = phase_cls(model, args)
     cursor = checkpoint.cursor(ckpt if ckpt is not None else {})
-    if how == "init" and args.phase == CLASSIFIERS:
-        cursor.update(classifier_epoch=0, classifier_step=0)
-    epochs, milestones = recipes.schedule(args, model.hyperparams["method"])
-    recipes.check_flags(args, model.hyperparams, epochs)
-    epoch_key = "info_epoch" if args.phase == SELF_SUPERVISED else "classifier_epoch"
+    if phase.classifiers_restart(how):
+        cursor.update({phase.epoch_key: 0, phase.step_key: 0})
+    epochs, milestones = phase.recipe(model.hyperparams).epochs_and_milestones(args.dataset, args.epochs)
     # Each rank's share, len // world_size images, makes (len // world_size) // (batch_size // world_size) full
     # batches: the same number (nested floor divisions).
     updates_per_epoch = len(splits.train) // args.batch_size
-    updates_left = max(0, epochs - cursor[epoch_key]) * updates_per_epoch
-    compile_step, compiled = compiling.decide(args.compile, args.phase == SELF_SUPERVISED, updates_left,
-                                              dist.device)
-    model, step_model = prepare_model(model, args, dist, compile_step, warn=log.print)
+    schedule = phase.schedule(model.hyperparams, args, epochs, milestones, updates_per_epoch)
+    updates_left = max(0, epochs - cursor[phase.epoch_key]) * updates_per_epoch
+    compile_step, compiled = compiling.decide(args.compile, phase.compiles, updates_left, dist.device)
+    step_model = wrap_step(phase, dist, compile_step, warn=log.print)
     # The data order follows the seed the run started with, also if a resumed run is given another --seed.
     data_seed = int(ckpt.get("data_seed", args.seed)) if how == "resume" else args.seed
     run = Run(args=args, dist=dist, cpt_path=cpt_path, log=log, stop=utils.StopRequest(), splits=splits,
-              model=model, step_model=step_model, compiled=compiled, optimizer=recipes.make_optimizer(model, args),
-              amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
+              model=model, phase=phase, step_model=step_model, compiled=compiled, optimizer=phase.optimizer(args),
+              schedule=schedule, amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
               milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
-              n_views=model.n_views if args.phase == SELF_SUPERVISED else 1,
-              updates_per_epoch=updates_per_epoch)
+              n_views=views.count)
     epoch_so_far = EpochProgress()
     if how == "resume":
         epoch_so_far.samples, epoch_so_far.seconds, epoch_so_far.meters = checkpoint.restore_run(run, ckpt)
@@ -434,33 +346,26 @@ def make_loaders(run):
 # One update of either phase.
 
 def loss_terms(run, batch, shared_seed):
-    """Forward pass and every loss term (a dict of scalars) for one batch of the current phase. shared_seed: a
-    seed that every rank gets alike at this update (for draws the ranks must agree on, e.g. CMC's negatives).
+    """Forward pass and every loss term (a dict of scalars) for one batch of the current phase: the phase's own
+    terms, then the online classifiers'. shared_seed: a seed that every rank gets alike at this update (for draws
+    the ranks must agree on, e.g. CMC's negatives).
 
-    Returns (terms, (logits, labels), out): the classifiers' logits with their rows' labels, and the method's
-    outputs for its after-step hook (None in the classifier phase)."""
-    args, dist, model = run.args, run.dist, run.model
+    Returns (terms, (logits, labels), out): the classifiers' logits with their rows' labels, and the phase's
+    outputs for its after-step hook."""
+    args, dist = run.args, run.dist
     views, y, index = engine.training_views(batch, run.splits.batch_augment, dist.device, run.n_views,
                                             args.memory_format)
-    if args.phase == SELF_SUPERVISED:
-        with mp.autocast(dist.device, run.amp):
-            out = run.step_model(views, dist)
-        out["index"] = index.to(dist.device, non_blocking=True)     # dataset indices, for methods with a bank
-        out["shared_seed"] = shared_seed
-        with mp.float32(dist.device):
-            out32 = mp.to_float32(out)
-            terms = model.loss_terms(out32, dist)
-            logits = out32["logits"]
-            labels = y.repeat(logits[0].shape[0] // y.shape[0])      # one copy per classified view
-            terms.update(classifier_terms(logits, labels))
-        return terms, (logits, labels), out
-    with torch.no_grad(), mp.autocast(dist.device, run.amp):
-        features = model.features(views[0])       # the frozen encoder: no graph is kept for it
     with mp.autocast(dist.device, run.amp):
-        logits = run.step_model(features)
+        out = run.phase.forward(run.step_model, views, dist)
+    out["index"] = index.to(dist.device, non_blocking=True)     # dataset indices, for methods with a bank
+    out["shared_seed"] = shared_seed
     with mp.float32(dist.device):
-        terms = classifier_terms(logits, y)
-    return terms, (logits, y), None
+        out32 = mp.to_float32(out)
+        terms = run.phase.loss_terms(out32, dist)
+        logits = out32["logits"]
+        labels = y.repeat(logits[0].shape[0] // y.shape[0])      # one copy per classified view
+        terms.update(classifier_terms(logits, labels))
+    return terms, (logits, labels), out
 
 
 def classifier_terms(logits, labels):
@@ -469,20 +374,15 @@ def classifier_terms(logits, labels):
 
 
 def update(run, batch, epoch):
-    """One optimisation step on one batch: forward, loss, backward, optimizer step, with the method's hooks around
+    """One optimisation step on one batch: forward, loss, backward, optimizer step, with the phase's hooks around
     them (start_update before the forward, before_optimizer_step, after_step).
 
     Returns (values, stop): every logged number as floats (None for a skipped non-finite update), and whether
     any rank was asked to stop."""
-    args, dist, cur = run.args, run.dist, run.cursor
+    dist, cur = run.dist, run.cursor
     reseed(run, cur[run.step_key])
-    hp = run.model.hyperparams
-    factor = recipes.lr_factor(args, hp["method"], epoch, cur[run.step_key], run.epochs, run.milestones, hp=hp,
-                               updates_per_epoch=run.updates_per_epoch)
-    lr = recipes.set_learning_rates(run.optimizer, factor)
-    self_supervised = args.phase == SELF_SUPERVISED
-    if self_supervised:
-        run.model.start_update(epoch, cur[run.step_key], dist)
+    lr = recipes.set_learning_rates(run.optimizer, run.schedule(epoch, cur[run.step_key]))
+    run.phase.start_update(epoch, cur[run.step_key], dist)
     terms, (logits, labels), out = loss_terms(run, batch, shared_seed_at(run, cur[run.step_key]))
     loss = sum(terms.values())
     run.optimizer.zero_grad(set_to_none=True)
@@ -495,12 +395,10 @@ def update(run, batch, epoch):
     if non_finite:
         handle_non_finite(run, values, epoch)
         return None, stop
-    if self_supervised:
-        run.model.before_optimizer_step(cur[run.step_key])
+    run.phase.before_optimizer_step(cur[run.step_key])
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    if out is not None:
-        run.model.after_step(out, dist)
+    run.phase.after_step(out, dist)
     cur[run.step_key] += 1
     values["lr"] = lr
     return values, stop
@@ -515,7 +413,7 @@ def train_epoch(run, loader, progress_so_far, save_midway):
     Returns the epoch's means, averaged over all processes, with its last learning rate and wall time."""
     args, dist, cur = run.args, run.dist, run.cursor
     epoch = cur[run.epoch_key]
-    engine.set_train_mode(run.model, args.phase == CLASSIFIERS and args.eval_encoder)
+    engine.set_train_mode(run.model, run.phase.eval_encoder)
     done, seconds_before = progress_so_far, progress_so_far.seconds       # updated in place as the epoch goes
     n_batches = loader.sampler.batches()
     progress = utils.Progress(n_batches, f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
@@ -599,13 +497,12 @@ def handle_non_finite(run, values, epoch):
 def reseed(run, *where):
     """Seed every generator from the run's seed, this rank, the phase and `where` in training (an update count,
     an epoch's test): a resumed run then draws exactly what the uninterrupted run drew from there on."""
-    utils.reseed(utils.stream_seed(run.data_seed, run.dist.rank, run.args.phase == CLASSIFIERS, *where),
-                 run.dist.device)
+    utils.reseed(utils.stream_seed(run.data_seed, run.dist.rank, run.phase.seed_key, *where), run.dist.device)
 
 
 def shared_seed_at(run, *where):
     """The same seed on every rank at `where` in training (reseed's streams differ per rank)."""
-    return utils.stream_seed(run.data_seed, SHARED_STREAM, run.args.phase == CLASSIFIERS, *where)
+    return utils.stream_seed(run.data_seed, SHARED_STREAM, run.phase.seed_key, *where)
 
 
 def train_accuracy(logits, labels):
@@ -627,7 +524,7 @@ def test_accuracy(run, epoch):
     rank, then every test image scored once across the ranks; kNN top-1 every --knn_every epochs."""
     args, dist = run.args, run.dist
     reseed(run, epoch, TEST_STREAM)
-    eval_encoder = args.phase == CLASSIFIERS and args.eval_encoder
+    eval_encoder = run.phase.eval_encoder
     images = engine.first_view(run.splits.batch_augment, dist.device, args.memory_format) \
         if args.bn_warmup == "train" else None
     engine.refresh_bn(run.model, run.bn_loader, dist.device, run.amp, eval_encoder=eval_encoder, images=images)
@@ -699,11 +596,11 @@ def announce(run, ckpt_from, how, encoder_size):
     n_params = sum(p.numel() for p in run.model.parameters())
     groups = ", ".join(f"{g['base_lr']:.3g}" for g in run.optimizer.param_groups)
     log.print(f"model {hp} ({n_params / 1e6:.2f} M parameters); {type(run.optimizer).__name__} base LR {groups}; "
-              f"epochs {run.epochs}, {recipes.describe_schedule(args, hp, run.milestones)}")
+              f"epochs {run.epochs}, {run.schedule.describe()}")
     if how is not None:
         log.print(f"{'resuming' if how == 'resume' else 'starting'} from {ckpt_from} at {run.cursor}")
-    elif args.phase == CLASSIFIERS:
-        log.print("no --checkpoint_path: training classifiers on a randomly initialised encoder (baseline)")
+    elif run.phase.scratch_note:
+        log.print(run.phase.scratch_note)
     log.print(f"torch.compile {run.compiled}")
     log.print(f"writing {run.cpt_path}, TensorBoard events and metrics.jsonl in {os.path.dirname(run.cpt_path)}")
     env = info["environment"]
@@ -730,7 +627,7 @@ def resolved_config(run, encoder_size):
     lrs = [g["base_lr"] for g in run.optimizer.param_groups]
     cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),
                learning_rate=lrs[0], learning_rates=lrs, optimizer=type(run.optimizer).__name__,
-               warmup_updates=recipes.warmup_updates(args, hp["method"]), world_size=run.dist.world_size,
+               warmup_updates=run.schedule.warmup_updates, world_size=run.dist.world_size,
                amp_dtype=mp.dtype_name(run.amp), compiled=run.compiled.startswith("on"),
                per_process_batch=run.per_rank, data_seed=run.data_seed,
                train_images=len(run.splits.train), test_images=len(run.splits.test))

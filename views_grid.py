@@ -88,16 +88,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     size = datasets.encoder_size(args.dataset, args.image_size)
     hp = config.from_flags(args, size, n_classes=0)
+    views = methods.METHODS[hp["method"]].training_views(hp)
     splits = datasets.build_splits(args.dataset, args.input_dir, "self_supervised", image_size=args.image_size,
-                                   batch_augment=not args.per_image_aug, views=methods.view_kind(hp),
-                                   view_options=methods.view_options(hp))
-    picture = grid(splits, args.images, methods.n_views(hp))
+                                   batch_augment=not args.per_image_aug, views=views.kind, view_options=views.options)
+    picture = grid(splits, args.images, views.count)
     try:
         torchvision.utils.save_image(picture, args.out)
     except OSError as e:
         raise UserError(f"cannot write {args.out} ({e.strerror}); pass another --out") from None
     print(f"wrote {args.out}: {args.images} {args.dataset} images and their {hp['method']} views "
-          f"({methods.view_kind(hp)})")
+          f"({views.kind})")
 
 
 if __name__ == "__main__":

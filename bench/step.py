@@ -69,7 +69,7 @@ def measure(config_name, variant, steps, warmup):
     import augment
     import checkpoint
     import config
-    import recipes
+    import phases
     import train
     import utils
     method, size, batch, flags = CONFIGS[config_name]
@@ -83,14 +83,16 @@ def measure(config_name, variant, steps, warmup):
         hp["moco_k"] = 4096           # a queue of a CIFAR-sized run's order of magnitude
     if method == "cmc":               # banks of a CIFAR-sized training split; nce_k stays the seed's 4096
         hp.update(n_data=50000, rgb_mean=[0.5, 0.5, 0.5], rgb_std=[0.25, 0.25, 0.25])
-    model, step_model = train.prepare_model(checkpoint.build_model(hp), args, dist, compile_step)
+    model = train.place_model(checkpoint.build_model(hp), args, dist)
+    phase = phases.SelfSupervised(model, args)
+    step_model = train.wrap_step(phase, dist, compile_step)
     if method == "swav":              # a full queue from the first step (rows of unit length, as embeddings)
         model.queue = torch.nn.functional.normalize(torch.randn(len(hp["crops_for_assign"]), hp["queue_length"],
                                                                 hp["feat_dim"]), dim=2)
-    optimizer = recipes.make_optimizer(model, args)
+    optimizer = phase.optimizer(args)
     for group in optimizer.param_groups:
         group["fused"] = group.get("fused") and fused       # as train.py's optimizer, or unfused
-    run = SimpleNamespace(args=args, dist=dist, model=model, step_model=step_model, n_views=model.n_views,
+    run = SimpleNamespace(args=args, dist=dist, model=model, phase=phase, step_model=step_model, n_views=model.n_views,
                           amp=None, splits=SimpleNamespace(batch_augment=None))
     g = torch.Generator().manual_seed(1)
     if method == "cmc":                                         # CMC's views: Lab's L and ab

@@ -10,7 +10,8 @@ import pytest
 
 import config
 import datasets
-import recipes
+import methods
+import phases
 import train
 from utils import UserError
 
@@ -152,7 +153,7 @@ def test_help_shows_every_default(capsys, monkeypatch):
     assert "(default: 128)" in entries["--ndf"] and "amdim 2e-4" in entries["--learning_rate"]
 
 
-COMBINATIONS = [(d, m, c) for d in datasets.DATASETS for m in sorted(recipes.RECIPES) for c in (False, True)]
+COMBINATIONS = [(d, m, c) for d in datasets.DATASETS for m in sorted(methods.METHODS) for c in (False, True)]
 
 
 def args_for(dataset, method, classifiers, epochs):
@@ -166,27 +167,29 @@ def test_short_runs_start_at_the_base_learning_rate(dataset, method, classifiers
     """Every milestone falls inside the run (epochs 1 .. epochs-1), and the first update after any warm-up
     trains at the base LR; the default schedule itself is unchanged."""
     args = args_for(dataset, method, classifiers, None)
-    assert recipes.schedule(args, method) == recipes.default_schedule(args.phase, method, dataset)
     hp = config.from_flags(args, datasets.encoder_size(dataset, args.image_size), 10)
+    phase = phases.PHASES[args.phase]
+    recipe = phase.recipe(hp)
+    assert recipe.epochs_and_milestones(dataset, args.epochs) == recipe.default_schedule(dataset)
     per_epoch = 7                                         # SwAV's schedule runs per update
     swav = method == "swav" and not classifiers
     for epochs in (1, 2, 3):
         args = args_for(dataset, method, classifiers, epochs)
-        n, milestones = recipes.schedule(args, method)
+        n, milestones = recipe.epochs_and_milestones(dataset, args.epochs)
         assert n == epochs and list(milestones) == sorted(set(milestones))
         assert all(1 <= m < epochs for m in milestones), milestones
-        step = max(recipes.warmup_updates(args, method) - 1, 0)
-        factor = lambda epoch, step: recipes.lr_factor(args, method, epoch, step, n, milestones, hp=hp,
-                                                       updates_per_epoch=per_epoch)
+        factor = phase.schedule(hp, args, n, milestones, per_epoch)
+        step = max(factor.warmup_updates - 1, 0)
         assert factor(0, step) == (pytest.approx(1.0, rel=1e-12) if swav else 1.0)
         last = factor(epochs - 1, 10 ** 6)
-        assert last == pytest.approx(hp["final_lr"] / hp["base_lr"] if swav else
-                                     recipes.recipe(args.phase, method).decay ** len(milestones))
+        assert last == pytest.approx(hp["final_lr"] / hp["base_lr"] if swav else recipe.decay ** len(milestones))
 
 
 def test_in128_classifiers_one_epoch_trains_at_2e_4():
     args = args_for("IN128", "amdim", True, 1)
-    epochs, milestones = recipes.schedule(args, "amdim")
+    recipe = phases.Classifiers.recipe(None)
+    epochs, milestones = recipe.epochs_and_milestones("IN128", args.epochs)
     assert milestones == ()
-    assert recipes.base_lr(args, "amdim") * recipes.lr_factor(args, "amdim", 0, 0, epochs, milestones) == 2e-4
-    assert recipes.schedule(args_for("IN128", "amdim", True, 2), "amdim") == (2, (1,))
+    schedule = phases.Classifiers.schedule(None, args, epochs, milestones, 10)
+    assert recipe.base_lr(args) * schedule(0, 0) == 2e-4
+    assert recipe.epochs_and_milestones("IN128", 2) == (2, (1,))

@@ -12,7 +12,6 @@ import checkpoint
 import config
 import costs
 import methods
-import recipes
 import utils
 
 N_DATA, FEAT, K = 20, 8, 6
@@ -143,12 +142,11 @@ def test_config_recipe_and_schedule():
         train.parse_args(["--method", "cmc", "--nce_m", "1"])
     with pytest.raises(SystemExit):
         train.parse_args(["--method", "cmc", "--crop_low", "0"])
-    assert methods.view_kind(hp) == "cmc"
-    args.phase = recipes.SELF_SUPERVISED
-    assert recipes.schedule(args, "cmc") == (400, (250, 300, 350))
-    args.epochs = 240
-    assert recipes.schedule(args, "cmc") == (240, (150, 180, 210))
-    assert recipes.base_lr(args, "cmc") == 0.03
+    assert methods.CMC.training_views(hp).kind == "cmc"
+    recipe = methods.CMC.RECIPE
+    assert recipe.epochs_and_milestones(args.dataset, None) == (400, (250, 300, 350))
+    assert recipe.epochs_and_milestones(args.dataset, 240) == (240, (150, 180, 210))
+    assert recipe.base_lr(args) == 0.03
     stored = config.normalise(_hp())
     assert stored["n_data"] == N_DATA and stored["rgb_std"] == [0.2, 0.25, 0.3]
 

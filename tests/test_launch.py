@@ -282,15 +282,15 @@ def test_every_rank_reads_the_file_rank_0_chose(tmp_path, train, checkpoint, mon
     checkpoint.save_run(run)                                   # amdim_cpt.pth at step 3, .prev at step 0
     utils.RunDirLock.release_all(failed=False)
     cpt = os.path.join(str(tmp_path), "default_run", "amdim_cpt.pth")
-    prev = train.fingerprint(checkpoint.read(cpt + ".prev"), cpt + ".prev")
+    prev = checkpoint.fingerprint(checkpoint.read(cpt + ".prev"), cpt + ".prev")
     decision = {"how": "resume", "path": cpt + ".prev", "fingerprint": prev, "suffix": ".prev"}
     monkeypatch.setattr(utils, "broadcast_object", lambda obj, dist: decision)
     agreed = []
     monkeypatch.setattr(utils, "agree", lambda error, dist: agreed.append(error))
-    ckpt, how, path = train.find_start(args, cpt, utils.Dist(rank=1, world_size=2))
+    ckpt, how, path = checkpoint.find_start(args, cpt, utils.Dist(rank=1, world_size=2))
     assert (how, path, agreed) == ("resume", cpt + ".prev", [None]) and ckpt["cursor"]["info_step"] == 0
     decision["suffix"] = ""                                    # rank 0 chose a file whose copy here differs
-    ckpt, _, _ = train.find_start(args, cpt, utils.Dist(rank=1, world_size=2))
+    ckpt, _, _ = checkpoint.find_start(args, cpt, utils.Dist(rank=1, world_size=2))
     assert ckpt is None and "this rank's copy differs from rank 0's" in agreed[-1]
 
 

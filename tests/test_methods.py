@@ -32,10 +32,10 @@ ORIGINAL = os.path.join(ROOT, "tests", "fixtures", "amdim_original_c10_tiny.pth"
 
 
 def test_every_registered_method_has_a_tiny_config():
-    assert set(TINY_FLAGS) == set(methods.METHOD_CLASSES)
+    assert set(TINY_FLAGS) == set(methods.METHODS)
 
 
-@pytest.mark.parametrize("method", sorted(methods.METHOD_CLASSES))
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_method_contract(method, tmp_path):
     """Finite named loss terms, a real update, a state-dict round trip through a checkpoint file, test.py (with
     kNN) on the result."""
@@ -83,7 +83,7 @@ def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
 
 def test_hub_loads_the_frozen_encoder_of_every_kind_of_checkpoint(tmp_path):
     paths = {"original": ORIGINAL}
-    for method in sorted(methods.METHOD_CLASSES):
+    for method in sorted(methods.METHODS):
         args = train.parse_args(BASE + TINY_FLAGS[method] + ["--output_dir", str(tmp_path), "--run_name", method])
         run, _ = train.setup(utils.Dist(), args)
         checkpoint.save_run(run)
@@ -133,7 +133,7 @@ def test_each_method_fits_a_fresh_model_to_its_training_data():
     def fit(method, *flags):
         hp = config.from_flags(train.parse_args(["--dataset", "DIGITS", "--method", method, *flags]), 32, 10)
         notes = []
-        fitted = methods.fit_to_data(hp, data, notes.append)
+        fitted = methods.METHODS[method].fit_to_data(hp, data, notes.append)
         assert fitted is not hp
         return hp, fitted, notes
 

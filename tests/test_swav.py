@@ -18,7 +18,6 @@ import augment
 import config
 import costs
 import methods
-import recipes
 import train
 import utils
 from test_methods import AMDIM_ENCODER, BASE
@@ -157,7 +156,7 @@ def test_batched_crops_follow_the_per_image_distribution():
 def test_forward_runs_the_backbone_once_per_crop_size_and_the_head_once_on_all_crops():
     torch.manual_seed(0)
     swav = methods.SwAV(_hp(*TINY_RESNET))
-    assert swav.n_views == 6 and methods.n_views(swav.hyperparams) == 6
+    assert swav.n_views == 6 and methods.SwAV.training_views(swav.hyperparams).count == 6
     backbone_rows, head_rows = [], []
     swav.backbone.register_forward_hook(lambda m, args, out: backbone_rows.append(tuple(args[0].shape)))
     swav.head.register_forward_hook(lambda m, args, out: head_rows.append(args[0].shape[0]))
@@ -325,6 +324,12 @@ def test_a_checkpoints_queue_loads_with_its_shape_and_another_layout_starts_afre
 # ----------------------------------------------------------------------------------------------------------
 # Learning rate, config.
 
+def _schedule(hp, epochs, per_epoch):
+    """SwAV's schedule as a run of `epochs` epochs of `per_epoch` updates builds it."""
+    args = train.parse_args(["--dataset", "C10", "--method", "swav"])
+    return methods.SwAV.schedule(hp, args, epochs, (), per_epoch)
+
+
 def _seed_schedule(hp, epochs, per_epoch):
     """main_swav.py's lr_schedule array."""
     warmup = np.linspace(hp["start_warmup"], hp["base_lr"], per_epoch * hp["warmup_epochs"])
@@ -337,16 +342,17 @@ def _seed_schedule(hp, epochs, per_epoch):
 def test_learning_rate_is_the_seeds_warm_up_then_cosine_per_update():
     hp = _hp("--base_lr", "4.8", "--final_lr", "0.0048", "--warmup_epochs", "3", "--start_warmup", "0.3")
     expected = _seed_schedule(hp, 10, 7)
-    got = [recipes.swav_lr(hp, i, 10, 7) for i in range(70)]
+    schedule = _schedule(hp, 10, 7)
+    got = [schedule.lr(i) for i in range(70)]
     assert got == expected.tolist()                           # exactly, float for float
-    assert got[0] == 0.3 and got[20] == 4.8 and recipes.swav_lr(hp, 10 ** 6, 10, 7) == 0.0048
+    assert got[0] == 0.3 and got[20] == 4.8 and schedule.lr(10 ** 6) == 0.0048
     hp = _hp()                                                # the defaults: no warm-up, 0.6 -> 0.0006
-    assert [recipes.swav_lr(hp, i, 4, 5) for i in range(20)] == _seed_schedule(hp, 4, 5).tolist()
+    assert [_schedule(hp, 4, 5).lr(i) for i in range(20)] == _seed_schedule(hp, 4, 5).tolist()
 
 
 def test_the_loop_sets_the_schedules_rate_on_the_larc_group_and_the_classifiers_follow(tmp_path):
     run, loader = _tiny_run(tmp_path, "--warmup_epochs", "1", "--start_warmup", "0.1", "--epochs", "3")
-    assert run.updates_per_epoch == 15
+    assert run.schedule.updates_per_epoch == 15
     opt = run.optimizer
     import larc
     assert isinstance(opt, larc.LARC) and opt.trust_coefficient == 0.001 and len(opt.param_groups) == 2
@@ -377,7 +383,8 @@ def test_flag_defaults_scale_with_the_image_size():
     assert hp["sinkhorn_iterations"] == 3 and hp["feat_dim"] == 128 and hp["nmb_prototypes"] == 3000
     assert hp["queue_length"] == 0 and hp["epoch_queue_starts"] == 15 and hp["hidden_mlp"] == 2048
     assert hp["base_lr"] == 0.6 and hp["final_lr"] == 0.0006 and hp["wd"] == 1e-6 and hp["warmup_epochs"] == 0
-    assert methods.view_kind(hp) == "swav" and methods.view_options(hp)["crops"] == augment.MultiCrop(
+    views = methods.SwAV.training_views(hp)
+    assert views.kind == "swav" and views.options["crops"] == augment.MultiCrop(
         (2, 4), (32, 16), (0.14, 0.05), (1.0, 0.14))
     stored = config.normalise(dict(hp, size_crops=[32.0, 16.0]))
     assert stored["size_crops"] == [32, 16] and stored == config.normalise(hp)

@@ -15,7 +15,7 @@ import checkpoint
 import datasets
 import engine
 import methods
-import recipes
+import phases
 import train
 import utils
 
@@ -135,37 +135,42 @@ def test_classifier_run_resumes_with_its_trained_classifiers(ss_run, tmp_path):
     assert torch.equal(first["model"][lin], second["model"][lin])
 
 
-def _lr(args, epoch, step, epochs, milestones, method="amdim"):
-    return recipes.base_lr(args, method) * recipes.lr_factor(args, method, epoch, step, epochs, milestones)
+def _schedule(args, method="amdim"):
+    """(epochs, milestones, base LR, schedule) of a run with these flags, as train.setup builds them."""
+    phase = phases.PHASES[args.phase]
+    hp = {"method": method}
+    recipe = phase.recipe(hp)
+    epochs, milestones = recipe.epochs_and_milestones(args.dataset, args.epochs)
+    return epochs, milestones, recipe.base_lr(args), phase.schedule(hp, args, epochs, milestones, 10)
 
 
 def test_learning_rate_warmup_and_milestones():
     args = train.parse_args(["--dataset", "DIGITS", "--learning_rate", "1.0", "--warmup_updates", "4"])
-    epochs, milestones = recipes.schedule(args, "amdim")
+    epochs, milestones, lr, schedule = _schedule(args)
     assert (epochs, milestones) == (300, (250, 280))
-    lrs = [_lr(args, 0, k, epochs, milestones) for k in range(6)]
+    lrs = [lr * schedule(0, k) for k in range(6)]
     assert lrs == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert _lr(args, 250, 10 ** 6, epochs, milestones) == pytest.approx(0.2)
-    assert _lr(args, 280, 10 ** 6, epochs, milestones) == pytest.approx(0.04)
+    assert lr * schedule(250, 10 ** 6) == pytest.approx(0.2)
+    assert lr * schedule(280, 10 ** 6) == pytest.approx(0.04)
     args = train.parse_args(["--dataset", "IN128", "--epochs", "10", "--classifiers"])
-    epochs, milestones = recipes.schedule(args, "amdim")
+    epochs, milestones, lr, schedule = _schedule(args)
     assert (epochs, milestones) == (10, (5, 8))          # 30 [15, 25] scaled to 10 epochs
-    assert _lr(args, 0, 0, epochs, milestones) == 2e-4   # no warm-up
+    assert lr * schedule(0, 0) == 2e-4                   # no warm-up
 
 
 def test_moco_schedule_follows_its_seed():
     """SGD at 0.03 per 128 images, x0.1 at epochs 120 and 160 of 200 (scaled), or a cosine with --cos."""
     args = train.parse_args(["--dataset", "DIGITS", "--method", "moco", "--batch_size", "256", "--epochs", "20"])
-    epochs, milestones = recipes.schedule(args, "moco")
+    epochs, milestones, lr, schedule = _schedule(args, "moco")
     assert (epochs, milestones) == (20, (12, 16))
-    assert recipes.base_lr(args, "moco") == pytest.approx(0.06)
-    assert [_lr(args, e, 10 ** 6, epochs, milestones, "moco") for e in (0, 11, 12, 16)] == \
-        pytest.approx([0.06, 0.06, 0.006, 0.0006])
-    assert _lr(args, 0, 0, epochs, milestones, "moco") == pytest.approx(0.06)        # no warm-up by default
+    assert lr == pytest.approx(0.06)
+    assert [lr * schedule(e, 10 ** 6) for e in (0, 11, 12, 16)] == pytest.approx([0.06, 0.06, 0.006, 0.0006])
+    assert lr * schedule(0, 0) == pytest.approx(0.06)        # no warm-up by default
     cos = train.parse_args(["--dataset", "DIGITS", "--method", "moco", "--cos", "--epochs", "20"])
+    _, _, lr, schedule = _schedule(cos, "moco")
     for e in (0, 5, 10, 19):
         want = 0.03 * 200 / 128 * 0.5 * (1 + math.cos(math.pi * e / 20))
-        assert _lr(cos, e, 10 ** 6, 20, milestones, "moco") == pytest.approx(want)
+        assert lr * schedule(e, 10 ** 6) == pytest.approx(want)
 
 
 def test_bn_refresh_uses_at_most_50_batches():

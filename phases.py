@@ -1,0 +1,138 @@
+"""What a training run trains: the self-supervised phase (the method itself) or, with --classifiers, the evaluation
+classifiers alone on the frozen encoder. train.py's one loop calls either like a method, through the same hooks,
+and never asks which phase it runs.
+
+Each phase class gives, before the model exists: name (what checkpoints record), the cursor's entries it advances
+(epoch_key, step_key), seed_key (keeps the phases' random streams apart), views(hp) (a methods.ViewSpec), recipe(hp)
+(its epochs and milestones), compiles (whether --compile auto may compile its step) and classifiers_restart(how)
+(whether a start trains new classifiers, counted from epoch 0), schedule(hp, args, epochs, milestones,
+updates_per_epoch) (the learning-rate multiplier at (epoch, update)). An instance, built on the model, gives what
+the step needs: step_module (what DistributedDataParallel wraps and the step calls), forward, loss_terms, the
+method hooks, optimizer, eval_encoder (BatchNorm of the frozen encoder in eval mode) and scratch_note.
+"""
+import torch
+
+import recipes
+from methods import METHODS, ViewSpec
+
+SELF_SUPERVISED, CLASSIFIERS = "self_supervised", "classifiers"
+
+
+class SelfSupervised:
+    """The method's own training: every parameter, on its views, with its recipe and hooks."""
+    name, epoch_key, step_key, seed_key = SELF_SUPERVISED, "info_epoch", "info_step", 0
+    compiles = True
+    eval_encoder = False
+    scratch_note = None
+
+    @staticmethod
+    def views(hp):
+        return METHODS[hp["method"]].training_views(hp)
+
+    @staticmethod
+    def recipe(hp):
+        return METHODS[hp["method"]].RECIPE
+
+    @staticmethod
+    def classifiers_restart(how):
+        return False
+
+    def __init__(self, model, args):
+        self.model = model
+
+    def step_module(self):
+        return self.model
+
+    def ddp_ignored_state(self):
+        return self.model.ddp_ignored_state()
+
+    def has_unused_parameters(self):
+        return self.model.has_unused_parameters()
+
+    def forward(self, step_model, views, dist):
+        return step_model(views, dist)
+
+    def loss_terms(self, out, dist):
+        return self.model.loss_terms(out, dist)
+
+    def start_update(self, epoch, update, dist):
+        self.model.start_update(epoch, update, dist)
+
+    def before_optimizer_step(self, update):
+        self.model.before_optimizer_step(update)
+
+    def after_step(self, out, dist):
+        self.model.after_step(out, dist)
+
+    def optimizer(self, args):
+        return self.model.optimizer(args)
+
+    @staticmethod
+    def schedule(hp, args, epochs, milestones, updates_per_epoch):
+        return METHODS[hp["method"]].schedule(hp, args, epochs, milestones, updates_per_epoch)
+
+
+class Classifiers:
+    """--classifiers: the evaluation classifiers alone, on the frozen encoder's features of one view of AMDIM's
+    recipe whichever method made the encoder, with the recipe every method shares (recipes.CLASSIFIER_RECIPE), so
+    that their evaluations compare."""
+    name, epoch_key, step_key, seed_key = CLASSIFIERS, "classifier_epoch", "classifier_step", 1
+    compiles = False         # two small heads on frozen features: compiling would not repay itself
+    scratch_note = "no --checkpoint_path: training classifiers on a randomly initialised encoder (baseline)"
+
+    @staticmethod
+    def views(hp):
+        return ViewSpec("amdim", count=1)
+
+    @staticmethod
+    def recipe(hp):
+        return recipes.CLASSIFIER_RECIPE
+
+    @staticmethod
+    def classifiers_restart(how):
+        """A start from another run's checkpoint (--checkpoint_path) trains new classifiers on its encoder."""
+        return how == "init"
+
+    def __init__(self, model, args):
+        self.model = model
+        self.eval_encoder = args.eval_encoder
+        model.requires_grad_(False)
+        model.evaluator.requires_grad_(True)
+
+    def step_module(self):
+        return self.model.evaluator
+
+    def ddp_ignored_state(self):
+        return []
+
+    def has_unused_parameters(self):
+        return False
+
+    def forward(self, step_model, views, dist):
+        """views: (images (B, 3, S, S),) -> {"logits": the classifiers' (mlp, linear) logits, each (B, n_classes)};
+        the frozen encoder runs outside the step module, without a graph."""
+        with torch.no_grad():
+            features = self.model.features(views[0])
+        return {"logits": step_model(features)}
+
+    def loss_terms(self, out, dist):
+        return {}      # the loop adds the classifiers' own terms, as in every phase
+
+    def start_update(self, epoch, update, dist):
+        pass
+
+    def before_optimizer_step(self, update):
+        pass
+
+    def after_step(self, out, dist):
+        pass
+
+    def optimizer(self, args):
+        return recipes.make_optimizer(self.model, recipes.CLASSIFIER_RECIPE, recipes.CLASSIFIER_RECIPE.base_lr(args))
+
+    @staticmethod
+    def schedule(hp, args, epochs, milestones, updates_per_epoch):
+        return recipes.StepSchedule(epochs, milestones, recipes.CLASSIFIER_RECIPE.decay)
+
+
+PHASES = {cls.name: cls for cls in (SelfSupervised, Classifiers)}
