@@ -24,7 +24,7 @@ MODEL = ["--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1",
          "--batch_size", "100", "--num_workers", "2", "--log_every", "100000", "--resume", "never"]
 # Each method's self-supervised flags beyond its defaults.
 # CMC: nce_k below DIGITS' 1500 training images. DIGITS is greyscale, so CMC's ab view is constant there: its
-# encoder can only learn what the L view alone lets the NCE tell apart (see the README).
+# encoder can only learn what the L view alone lets the NCE tell apart (see docs/methods.md).
 # SwAV: the AMDIM encoder takes 32 px crops only (two); prototypes, queue (3 batches from epoch 5) and the prototype
 # freeze (one epoch: 15 updates) scaled to 1,500 images in batches of 100. With the seed's crop areas (0.14-1) and
 # epsilon (0.05) the codes went uniform (loss at ln K, scores' spread shrinking) and the encoder fell below the
@@ -38,7 +38,7 @@ METHOD_FLAGS = {"amdim": ["--warmup_updates", "50"], "moco": ["--method", "moco"
 
 # Self-supervised epochs: 30, but SwAV's 60. Its swapped prediction learns more slowly on 1,500 images: after 30
 # epochs its encoder's MLP classifier only matched the random encoder's (53.3 against 51.4 over seeds 1-5, seed 1
-# below it), after 60 it is above it on every seed (README).
+# below it), after 60 it is above it on every seed (docs/methods.md).
 SS_EPOCHS = {"swav": 60}
 
 
