@@ -48,8 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--image_size", type=int, choices=(32, 64, 128),
                    help="encoder input size; FOLDER needs it, the other datasets fix it (default: C10, C100, "
                         "DIGITS 32; STL10 64; IN128, PLACES205 128)")
-    p.add_argument("--subset", help="IN128/PLACES205/FOLDER: a file of class folder names, one a line, to train and test "
-                                    "on those classes only (assets/imagenet100_classes.txt: ImageNet-100; "
+    p.add_argument("--subset", help="IN128/PLACES205/FOLDER: a file of class folder names, one a line, to train "
+                                    "and test on those classes only (assets/imagenet100_classes.txt: ImageNet-100; "
                                     "default: every class)")
     p.add_argument("--aug", default="default", choices=datasets.AUGMENTATIONS,
                    help="AMDIM's augmentation: its default recipe, or with a policy added")
