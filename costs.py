@@ -67,8 +67,8 @@ def select_locations(r5, locs):
 class DenseGrad(torch.autograd.Function):
     """Identity whose backward hands the gradient back dense, in the memory format of its input (NCHW or
     channels_last). The costs cut the 5x5 and 7x7 maps' gradients out of one (M, R, 74) gradient: strided views
-    that match neither format, on which the encoder's BatchNorm backward takes a generic CPU path 5-8x slower
-    than on a dense gradient (80 ms against 10 ms for a (100, 512, 7, 7) map). One copy here is far cheaper.
+    that match neither format, on which the encoder's BatchNorm backward takes a generic, much slower CPU path
+    (docs/benchmarks.md). One copy here is far cheaper.
 
     x: (N, C, H, W) -> the same tensor."""
 
@@ -121,7 +121,7 @@ def classifier_loss(logits, labels):
     """Loss of one classifier: CE(10 * tanh(logits / 10)) over labelled rows + 1e-3 * mean(logits^2) over all.
 
     logits: (B, C); labels: (B,) int64, -1 for unlabelled rows. A batch with no labelled row contributes 0 to
-    the cross-entropy (the original returned NaN).
+    the cross-entropy.
     """
     labelled = labels >= 0
     clipped = tanh_clip(logits[labelled], 10.0)

@@ -54,8 +54,8 @@ class LARC(torch.optim.SGD):
         """Every parameter's gradient g <- (g + wd w) a in place, or left as it is where ||w|| or ||g|| is 0.
 
         Batched over the tensors of one device and dtype with foreach kernels (a Python loop over ResNet-50's 161
-        tensors made the whole step 33 ms on an H100, against 8.6 ms so: bench/swav_costs.py), and each choice
-        made by torch.where on the device rather than tested on the host: no synchronisation.
+        tensors is launch-bound on a GPU: bench/swav_costs.py), and each choice made by torch.where on the device
+        rather than tested on the host: no synchronisation.
         """
         kinds = {}
         for p in params:

@@ -75,7 +75,8 @@ class ConvResNxN(nn.Module):
 
     def _conv1(self, x):
         """conv1, as a matrix product where its kernel covers the whole unpadded input (the encoder's last unit:
-        3x3 on 3x3 -> 1x1): the same sum, which oneDNN's convolution computes 5-10x slower on CPU than a GEMM."""
+        3x3 on 3x3 -> 1x1): the same sum, which oneDNN's convolution computes several times slower on CPU than a
+        GEMM."""
         if self.pad == 0 and x.shape[-2:] == (self.width, self.width):
             return F.linear(x.flatten(1), self.conv1.weight.flatten(1))[:, :, None, None]
         return self.conv1(x)

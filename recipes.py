@@ -120,10 +120,9 @@ class WarmupCosine:
 
 
 def _fused(params):
-    """fused on the CPU: one kernel over every tensor instead of a loop of small ops per parameter (the AMDIM
-    default config's Adam step took 0.67 s fused against 3.9 s unfused there). On CUDA torch's default is already
-    the multi-tensor (foreach) step, and fused SGD under fp16's GradScaler turned CMC's loss NaN on an H100, so
-    CUDA keeps the default."""
+    """fused on the CPU: one kernel over every tensor instead of a loop of small ops per parameter. On CUDA
+    torch's default is already the multi-tensor (foreach) step, and fused SGD under fp16's GradScaler is not
+    trusted there (docs/training.md), so CUDA keeps the default."""
     return all(p.device.type == "cpu" for p in params)
 
 

@@ -102,8 +102,8 @@ def parse_args(argv=None):
                    help="also save every N updates mid-epoch (0: only at the end of each epoch)")
     p.add_argument("--sync_bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     p.add_argument("--memory_format", choices=("channels_last", "contiguous"), default="channels_last",
-                   help="layout of images and convolution weights; channels_last measured 1.2-1.5x faster on "
-                        "CPU (bench/step.py)")
+                   help="layout of images and convolution weights; channels_last is faster on CPU "
+                        "(bench/step.py)")
     p.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the training step's model; auto: for self-supervised runs with at least "
                         f"{compiling.AUTO_MIN_UPDATES} updates to go, where a compiler toolchain is found "
