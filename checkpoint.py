@@ -25,8 +25,10 @@ import torch.nn as nn
 
 import config
 import methods
+from distributed import all_gather_objects
 from model import Conv3x3
-from utils import Meters, UserError, all_gather_objects
+from runlog import Meters
+from utils import UserError
 
 _BN_KEY = re.compile(r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 

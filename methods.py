@@ -21,7 +21,7 @@ The interface the training loop uses (train.py never asks which method it runs):
     evaluator                 the evaluation classifiers (model.Evaluator)
     hyperparams               the config dict that rebuilds the model (config.py)
 
-`dist` (utils.Dist) gives the collectives a method needs; in a single process they are identities.
+`dist` (distributed.Dist) gives the collectives a method needs; in a single process they are identities.
 """
 import copy
 from dataclasses import dataclass
