@@ -26,10 +26,11 @@ import torch
 import torch.nn as nn
 
 import config
+import distributed
 import methods
-import utils
 from model import Conv3x3
-from utils import Meters, UserError, all_gather_objects
+from runlog import Meters
+from utils import UserError
 
 _BN_KEY = re.compile(r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
@@ -296,7 +297,7 @@ def find_start(args, cpt_path, dist=None):
     Rank 0 decides, since only it writes checkpoints; every rank then reads the same file (its own cpt_path or
     --checkpoint_path) and checks that it is rank 0's. A rank that cannot is an error on every rank: without a
     filesystem they share, ranks on other nodes would start elsewhere and the job would hang."""
-    dist = dist or utils.Dist()
+    dist = dist or distributed.Dist()
     decision = None
     if dist.is_main:
         try:
@@ -305,17 +306,17 @@ def find_start(args, cpt_path, dist=None):
                         "suffix": path[len(cpt_path):] if how == "resume" else None}     # "" or ".prev"
         except UserError as e:
             decision = {"error": str(e)}
-    decision = utils.broadcast_object(decision, dist)
+    decision = distributed.broadcast_object(decision, dist)
     if "error" in decision:
         raise UserError(decision["error"])
     how = decision["how"]
     if dist.is_main or how is None:
-        utils.agree(None, dist)
+        distributed.agree(None, dist)
         return (ckpt if dist.is_main else None), how, decision["path"]
     # This rank's copy of rank 0's choice: its own run folder's file, or the --checkpoint_path both were given.
     path = cpt_path + decision["suffix"] if how == "resume" else args.checkpoint_path
     ckpt, error = read_as_rank_0(path, decision["fingerprint"], how, dist.rank)
-    utils.agree(error, dist)
+    distributed.agree(error, dist)
     return ckpt, how, path
 
 
@@ -380,7 +381,7 @@ def save_run(run, progress=None):
     progress: the interrupted epoch's train.EpochProgress when saving mid-epoch (None at an epoch's end): the
     images of the epoch already trained, its wall time so far, and every rank's meters (gathered here), so the
     resumed epoch continues the same data and reports the whole epoch's means."""
-    meters = all_gather_objects(progress.meters.state() if progress is not None else None)
+    meters = distributed.all_gather_objects(progress.meters.state() if progress is not None else None)
     if not run.dist.is_main:
         return
     args = run.args

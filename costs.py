@@ -4,7 +4,7 @@ prediction loss, and the classifiers' loss.
 
 Pure functions of their inputs. Callers decide precision (the trainer runs these in float32; sinkhorn alone
 computes in float32 whatever it is given) and, for multi-process training, pass target maps gathered from every
-process together with the offset of their own samples in that global batch, or (sinkhorn) the utils.Dist whose
+process together with the offset of their own samples in that global batch, or (sinkhorn) the distributed.Dist whose
 collectives take its sums over every process.
 """
 import math
@@ -247,7 +247,7 @@ def sinkhorn(scores, epsilon, n_iters, dist=None):
 
     scores: (B, K) this process's prototype scores, any queue rows first and the batch's last (the caller keeps
     the last rows of the codes) -> codes (B, K), float32 (float64 stays float64), every row summing to 1 once
-    n_iters >= 1. dist: a utils.Dist whose collectives take the sums over every process (None: one process).
+    n_iters >= 1. dist: a distributed.Dist whose collectives take the sums over every process (None: one process).
 
     The seed's order (main_swav.py, distributed_sinkhorn), with Q = exp(scores / epsilon) over the N rows of all
     processes together (queues included): Q /= its total; then n_iters times, every prototype's sum (a column

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+import distributed
 import knn
 import mixed_precision as mp
 import utils
@@ -34,7 +35,7 @@ def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_la
 def worker_context(num_workers):
     """fork on Linux, else the platform's default (None).
 
-    A rank that utils.spawn started (several GPUs) has spawn as its default, and a spawned worker re-imports
+    A rank that distributed.spawn started (several GPUs) has spawn as its default, and a spawned worker re-imports
     train.py and unpickles the whole dataset (2.9 GB for per-image STL-10) every epoch. Forked workers share
     those pages copy-on-write and start at once. Fork after CUDA is initialised is safe for them because they
     never use CUDA: items, SeededItems' re-seeding (CPU generators only), collate_present and worker_init_fn
@@ -175,7 +176,7 @@ def evaluate(model, dataset, dist, amp, batch_size, num_workers):
             mlp, lin = model.classify(x.to(dist.device, non_blocking=True))
         correct += torch.stack([(mlp.argmax(1) == y).sum(), (lin.argmax(1) == y).sum(),
                                 torch.tensor(y.shape[0], device=y.device)]).double()
-    correct_mlp, correct_lin, total = utils.all_reduce_sum(correct.tolist(), dist.device)
+    correct_mlp, correct_lin, total = distributed.all_reduce_sum(correct.tolist(), dist.device)
     total = int(total)
     return {"n_images": total, "top1_mlp": 100.0 * correct_mlp / max(total, 1),
             "top1_linear": 100.0 * correct_lin / max(total, 1)}
@@ -206,14 +207,14 @@ def knn_accuracy(model, memory_set, query_set, dist, amp, batch_size, num_worker
         memory, memory_labels = gather_uneven(memory, dist), gather_uneven(memory_labels, dist)
     n_classes = model.hyperparams["n_classes"]
     pred = knn.knn_predict(memory, memory_labels, queries, n_classes, k=k, temperature=temperature)
-    correct, total = utils.all_reduce_sum([(pred == query_labels).sum().item(), query_labels.shape[0]],
+    correct, total = distributed.all_reduce_sum([(pred == query_labels).sum().item(), query_labels.shape[0]],
                                           dist.device)
     return 100.0 * correct / max(total, 1)
 
 
 def gather_uneven(tensor, dist):
     """Concatenate every rank's (N_r, ...) tensor in rank order, where N_r differ (padded to the largest)."""
-    sizes = [int(s) for s in utils.all_gather_objects(tensor.shape[0])]
+    sizes = [int(s) for s in distributed.all_gather_objects(tensor.shape[0])]
     padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     padded[:tensor.shape[0]] = tensor
     everything = dist.all_gather(padded)

@@ -17,7 +17,7 @@ AMP_DTYPES = ("auto", "bfloat16", "float16")
 
 def native_bfloat16(device):
     """Whether `device` computes bfloat16 in hardware. On CUDA this asks about the current device, which is the
-    rank's own (utils.init_distributed sets it). including_emulation=False: sm_75 passes the default check
+    rank's own (distributed.init_distributed sets it). including_emulation=False: sm_75 passes the default check
     by emulating bfloat16, far slower than its float16 tensor cores."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)

@@ -20,8 +20,9 @@ import checkpoint
 import datasets
 import engine
 import imagecache
+from distributed import Dist, pick_device
 from phases import CLASSIFIERS, SELF_SUPERVISED
-from utils import Dist, UserError, pick_device, reap_children_at_exit, run_main, seed_everything
+from utils import UserError, reap_children_at_exit, run_main, seed_everything
 
 CHECKPOINT_ARG = "test.py's checkpoint argument"     # how checkpoint.read's messages name where the path came from
 TRAIN_BATCH_SIZE = 200                               # train.py's default --batch_size

@@ -24,6 +24,7 @@ import compiling
 import config
 import costs
 import datasets
+import distributed
 import engine
 import hparams
 import imagecache
@@ -31,10 +32,12 @@ import methods
 import mixed_precision as mp
 import phases
 import recipes
+import runlog
 import utils
 import views_grid
 from phases import CLASSIFIERS, SELF_SUPERVISED
-from utils import Meters, RunLog, UserError, run_main, seed_everything
+from runlog import Meters, RunLog
+from utils import UserError, run_main, seed_everything
 
 
 def parse_args(argv=None):
@@ -114,7 +117,7 @@ def parse_args(argv=None):
                    help="on a NaN/inf loss: stop (keeping the last checkpoint) or skip that update (counted)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: every visible CUDA GPU (one process each), else the CPU")
-    p.add_argument("--dist_timeout", type=hparams.positive_float, default=utils.DIST_TIMEOUT_S,
+    p.add_argument("--dist_timeout", type=hparams.positive_float, default=distributed.DIST_TIMEOUT_S,
                    help="seconds a process waits for the others in a collective, which also bounds work one of them "
                         "does alone meanwhile (rank 0 writing a checkpoint); downloads are not bounded by it")
     p.add_argument("--log_every", type=positive, default=50,
@@ -149,10 +152,10 @@ class Run:
     """Everything one training process holds for a run: its arguments and place in the job, the model and how
     it trains, the data, the position in training, and the logs."""
     args: argparse.Namespace
-    dist: utils.Dist
+    dist: distributed.Dist
     cpt_path: str
     log: RunLog
-    stop: utils.StopRequest
+    stop: distributed.StopRequest
     splits: datasets.Splits
     model: methods.Method                # the plain module: checkpoints, BN refresh, evaluation
     phase: object                        # what the run trains (phases.SelfSupervised or phases.Classifiers)
@@ -248,14 +251,14 @@ def prepare_output(run_dir, cpt_name, dist):
     """Create the run directory and lock it (rank 0, until locked_worker ends: one run per directory), then
     remove temporary files of a killed save."""
     if dist.is_main:
-        utils.RunDirLock.claim(run_dir)
+        runlog.RunDirLock.claim(run_dir)
         # Only under the lock: another run's save in progress would look like a killed one.
         checkpoint.remove_stale_temporaries(os.path.join(run_dir, cpt_name))
 
 
 def set_aside_old_logs(run_dir, dist):
     """A start that does not resume this run's checkpoint writes fresh logs: the earlier ones move aside."""
-    moved_to = utils.set_aside_logs(run_dir) if dist.is_main else None
+    moved_to = runlog.set_aside_logs(run_dir) if dist.is_main else None
     if moved_to:
         print(f"starting over: the earlier metrics.jsonl and TensorBoard events moved to {moved_to}", flush=True)
 
@@ -298,7 +301,7 @@ def setup(dist, args):
     step_model = wrap_step(phase, dist, compile_step, warn=log.print)
     # The data order follows the seed the run started with, also if a resumed run is given another --seed.
     data_seed = int(ckpt.get("data_seed", args.seed)) if how == "resume" else args.seed
-    run = Run(args=args, dist=dist, cpt_path=cpt_path, log=log, stop=utils.StopRequest(), splits=splits,
+    run = Run(args=args, dist=dist, cpt_path=cpt_path, log=log, stop=distributed.StopRequest(), splits=splits,
               model=model, phase=phase, step_model=step_model, compiled=compiled, optimizer=phase.optimizer(args),
               schedule=schedule, amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
               milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
@@ -319,12 +322,12 @@ def load_data(args, dist, view_kind, view_options=None):
                                        aug=args.aug, skip_bad_images=args.skip_bad_images,
                                        batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset,
                                        view_options=view_options, cache_images=args.cache_images,
-                                       report=dist.is_main, cache_copies=utils.processes_on_this_machine())
+                                       report=dist.is_main, cache_copies=distributed.processes_on_this_machine())
     except UserError as e:
         if not dist.active:
             raise
-        utils.wait_for_every_rank(dist, "data", error=str(e))      # raises it on every rank
-    utils.wait_for_every_rank(dist, "data")
+        distributed.wait_for_every_rank(dist, "data", error=str(e))      # raises it on every rank
+    distributed.wait_for_every_rank(dist, "data")
     return splits
 
 
@@ -391,7 +394,7 @@ def update(run, batch, epoch):
     stats = dict(terms, loss=loss, **train_accuracy(logits, labels))
     values = dict(zip(stats, torch.stack([v.detach().float() for v in stats.values()]).tolist()))
     # Ranks must agree before stepping (a rank that stopped alone would hang the others).
-    non_finite, stop = utils.any_rank([not math.isfinite(values["loss"]), run.stop.requested], dist)
+    non_finite, stop = distributed.any_rank([not math.isfinite(values["loss"]), run.stop.requested], dist)
     if non_finite:
         handle_non_finite(run, values, epoch)
         return None, stop
@@ -416,7 +419,7 @@ def train_epoch(run, loader, progress_so_far, save_midway):
     engine.set_train_mode(run.model, run.phase.eval_encoder)
     done, seconds_before = progress_so_far, progress_so_far.seconds       # updated in place as the epoch goes
     n_batches = loader.sampler.batches()
-    progress = utils.Progress(n_batches, f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
+    progress = runlog.Progress(n_batches, f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
                               run.log)
     t0, seen, lr = time.perf_counter(), 0, None
     for i, batch in enumerate(loader):
@@ -473,7 +476,8 @@ def handle_non_finite(run, values, epoch):
     (--nan_policy skip) drop the update. The message names the rank(s) whose loss was not finite, with the
     first one's values."""
     update = run.cursor[run.step_key] + 1
-    failed = [(rank, v) for rank, v in enumerate(utils.all_gather_objects(values)) if not math.isfinite(v["loss"])]
+    failed = [(rank, v) for rank, v in enumerate(distributed.all_gather_objects(values))
+              if not math.isfinite(v["loss"])]
     failed = failed or [(run.dist.rank, values)]     # never empty (any_rank agreed on it); a guard only
     ranks = [rank for rank, _ in failed]
     where = ""
@@ -528,7 +532,7 @@ def test_accuracy(run, epoch):
     images = engine.first_view(run.splits.batch_augment, dist.device, args.memory_format) \
         if args.bn_warmup == "train" else None
     engine.refresh_bn(run.model, run.bn_loader, dist.device, run.amp, eval_encoder=eval_encoder, images=images)
-    utils.broadcast_buffers(run.model)
+    distributed.broadcast_buffers(run.model)
     acc = engine.evaluate(run.model, engine.shard(run.splits.test, dist), dist, run.amp, run.per_rank,
                           args.num_workers)
     if args.knn_every and (epoch + 1) % args.knn_every == 0:
@@ -566,7 +570,7 @@ def worker(dist, args):
         run.cursor[run.epoch_key] = epoch + 1
         checkpoint.save_run(run)
         report_epoch(run, epoch, means, acc)
-        if utils.any_rank([run.stop.requested], dist)[0] and run.cursor[run.epoch_key] < run.epochs:
+        if distributed.any_rank([run.stop.requested], dist)[0] and run.cursor[run.epoch_key] < run.epochs:
             run.log.print(f"interrupted: checkpoint saved after epoch {epoch + 1} in {run.cpt_path}; re-run the "
                           f"same command to resume")
             return None
@@ -615,7 +619,7 @@ def run_info(run, how, ckpt_from, encoder_size):
     here = os.path.dirname(os.path.abspath(__file__))
     return {"phase": run.args.phase, "start": {"resume": "resume", "init": "checkpoint_path"}.get(how, "scratch"),
             "from": ckpt_from, "cursor": dict(run.cursor), "config": resolved_config(run, encoder_size),
-            "environment": utils.environment(here)}
+            "environment": runlog.environment(here)}
 
 
 def resolved_config(run, encoder_size):
@@ -636,7 +640,7 @@ def resolved_config(run, encoder_size):
 
 def report_epoch(run, epoch, means, acc):
     scores = {k: v for k, v in acc.items() if k != "n_images"}
-    skipped = utils.all_reduce_sum([run.splits.skipped_images(), run.non_finite_skipped], run.dist.device)
+    skipped = distributed.all_reduce_sum([run.splits.skipped_images(), run.non_finite_skipped], run.dist.device)
     means = dict(means, skipped_images=int(skipped[0]), skipped_updates=int(skipped[1] / run.dist.world_size))
     run.log.scalars(f"{run.args.phase}/epoch", dict(means, **scores), epoch + 1)
     run.log.record(dict(event="epoch", phase=run.args.phase, epoch=epoch + 1, step=run.cursor[run.step_key],
@@ -651,7 +655,7 @@ def report_epoch(run, epoch, means, acc):
 
 def main(argv=None):
     args = parse_args(argv)
-    return utils.launch(locked_worker, args.device, args, timeout_s=args.dist_timeout)
+    return distributed.launch(locked_worker, args.device, args, timeout_s=args.dist_timeout)
 
 
 def locked_worker(dist, args):
@@ -660,9 +664,9 @@ def locked_worker(dist, args):
     try:
         result = worker(dist, args)
     except BaseException:
-        utils.RunDirLock.release_all(failed=True)
+        runlog.RunDirLock.release_all(failed=True)
         raise
-    utils.RunDirLock.release_all(failed=False)
+    runlog.RunDirLock.release_all(failed=False)
     return result
 
 

@@ -71,12 +71,12 @@ def measure(config_name, variant, steps, warmup):
     import config
     import phases
     import train
-    import utils
+    import distributed
     method, size, batch, flags = CONFIGS[config_name]
     memory_format, compile_step, fused = VARIANTS[variant]
     args = train.parse_args(["--dataset", DATASET_OF_SIZE[size], "--method", method, "--batch_size", str(batch),
                              "--memory_format", memory_format, *flags])
-    dist = utils.Dist()
+    dist = distributed.Dist()
     torch.manual_seed(0)
     hp = config.from_flags(args, size, n_classes=10)
     if method == "moco":

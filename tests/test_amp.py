@@ -9,7 +9,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import augment
 import checkpoint
+import distributed
 import mixed_precision as mp
+import runlog
 import train
 import utils
 from utils import UserError
@@ -23,13 +25,13 @@ def _setup(tmp_path, *extra):
     """A training run's Run on the CPU (no update yet), as train.worker builds it."""
     args = train.parse_args(TINY + ["--output_dir", str(tmp_path)] + list(extra))
     utils.seed_everything(args.seed)
-    run, _ = train.setup(utils.Dist(), args)
+    run, _ = train.setup(distributed.Dist(), args)
     return run
 
 
 def _close(run):
     run.log.close()
-    utils.RunDirLock.release_all(failed=False)
+    runlog.RunDirLock.release_all(failed=False)
 
 
 def _fake_gpu(monkeypatch, native_bfloat16, capability=(7, 5), name="Tesla T4"):

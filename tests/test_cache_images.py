@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import datasets
+import distributed
 import imagecache
-import utils
 from test_resume import kill_mid_epoch, tensors
 from test_methods import TINY_FLAGS
 from utils import UserError
@@ -273,7 +273,7 @@ def test_the_processes_of_one_machine_share_its_memory(tmp_path, monkeypatch, ca
         datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="on", cache_copies=3)
     assert imagecache.memory_limit("on", 1, copies=2)[0] == imagecache.ON_RAM_FRACTION * 250_000 / 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert utils.processes_on_this_machine() == 4
+    assert distributed.processes_on_this_machine() == 4
 
 
 def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import augment
 import checkpoint
 import config
 import costs
+import distributed
 import methods
 import utils
 
@@ -71,7 +72,7 @@ def test_nce_terms_score_each_view_against_the_other_bank_and_fix_z_at_the_first
     torch.manual_seed(2)
     cmc = methods.CMC(_hp())
     f_l, f_ab, index = _unit(4, FEAT, 3), _unit(4, FEAT, 4), torch.tensor([1, 5, 9, 2])
-    terms = cmc.loss_terms(_out(f_l, f_ab, index, seed=10), utils.Dist())
+    terms = cmc.loss_terms(_out(f_l, f_ab, index, seed=10), distributed.Dist())
     idx = cmc.draw_indices(index, 10)
     s_l = costs.cmc_scores(f_l, cmc.memory_ab[idx], 0.07)           # L features against the ab bank
     s_ab = costs.cmc_scores(f_ab, cmc.memory_l[idx], 0.07)
@@ -80,16 +81,16 @@ def test_nce_terms_score_each_view_against_the_other_bank_and_fix_z_at_the_first
     assert terms["cmc_l"].item() == pytest.approx(costs.cmc_nce_loss(s_l / z_l, N_DATA).item(), rel=1e-5)
     assert terms["cmc_ab"].item() == pytest.approx(costs.cmc_nce_loss(s_ab / z_ab, N_DATA).item(), rel=1e-5)
     # Later updates keep the constants, also in a model rebuilt from a checkpoint's state.
-    cmc.loss_terms(_out(_unit(4, FEAT, 5), _unit(4, FEAT, 6), index), utils.Dist())
+    cmc.loss_terms(_out(_unit(4, FEAT, 5), _unit(4, FEAT, 6), index), distributed.Dist())
     assert cmc.z_l.item() == pytest.approx(z_l, rel=1e-6)
     resumed = checkpoint.model_from({"model": cmc.state_dict(), "hyperparams": cmc.hyperparams})
     assert resumed.z_l.item() == cmc.z_l.item() and resumed.z_ab.item() == cmc.z_ab.item()
-    resumed.loss_terms(_out(_unit(4, FEAT, 7), _unit(4, FEAT, 8), index), utils.Dist())
+    resumed.loss_terms(_out(_unit(4, FEAT, 7), _unit(4, FEAT, 8), index), distributed.Dist())
     assert resumed.z_l.item() == cmc.z_l.item() and resumed.z_ab.item() == cmc.z_ab.item()
     # A model that has set its constants and then loads a state without them sets them again at its next update.
     cmc.load_state_dict(methods.CMC(_hp()).state_dict())
     assert cmc.z_l.item() < 0
-    terms = cmc.loss_terms(_out(f_l, f_ab, index), utils.Dist())
+    terms = cmc.loss_terms(_out(f_l, f_ab, index), distributed.Dist())
     assert cmc.z_l.item() > 0 and cmc.z_ab.item() > 0 and all(torch.isfinite(v) for v in terms.values())
 
 
@@ -97,7 +98,7 @@ def test_softmax_terms_are_cross_entropy_over_positive_and_negatives():
     torch.manual_seed(3)
     cmc = methods.CMC(_hp(softmax=True))
     f_l, f_ab, index = _unit(3, FEAT, 9), _unit(3, FEAT, 10), torch.tensor([4, 8, 0])
-    terms = cmc.loss_terms(_out(f_l, f_ab, index, seed=11), utils.Dist())
+    terms = cmc.loss_terms(_out(f_l, f_ab, index, seed=11), distributed.Dist())
     idx = cmc.draw_indices(index, 11)
     logits_l = torch.log(costs.cmc_scores(f_l, cmc.memory_ab[idx], 0.07))
     assert terms["cmc_l"].item() == pytest.approx(costs.nce_softmax_loss(logits_l).item(), rel=1e-5)
@@ -109,7 +110,7 @@ def test_bank_update_writes_the_batchs_rows_only_and_keeps_them_unit():
     cmc = methods.CMC(_hp())
     f_l, f_ab, index = _unit(3, FEAT, 12), _unit(3, FEAT, 13), torch.tensor([2, 11, 17])
     before_l, before_ab = cmc.memory_l.clone(), cmc.memory_ab.clone()
-    cmc.after_step(_out(f_l, f_ab, index), utils.Dist())
+    cmc.after_step(_out(f_l, f_ab, index), distributed.Dist())
     assert torch.allclose(cmc.memory_l[index], costs.memory_update(before_l[index], f_l, 0.5))
     assert torch.allclose(cmc.memory_ab[index], costs.memory_update(before_ab[index], f_ab, 0.5))
     assert torch.allclose(cmc.memory_l[index].norm(dim=1), torch.ones(3))
@@ -122,7 +123,7 @@ def test_bank_update_writes_the_batchs_rows_only_and_keeps_them_unit():
 def test_forward_gives_unit_embeddings_and_features_read_both_backbones():
     torch.manual_seed(5)
     cmc = methods.CMC(_hp())
-    out = cmc(_views(4, 14), utils.Dist())
+    out = cmc(_views(4, 14), distributed.Dist())
     assert out["l"].shape == (4, FEAT) and torch.allclose(out["l"].norm(dim=1), torch.ones(4))
     assert out["ab"].shape == (4, FEAT) and torch.allclose(out["ab"].norm(dim=1), torch.ones(4))
     assert out["logits"][0].shape == (4, 3)
@@ -165,7 +166,7 @@ def _batch(step):
 
 def _rank(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     torch.manual_seed(0)
     cmc = methods.CMC(_hp())
     mine = slice(rank, None, WORLD)                     # the sampler deals the global batch round-robin
@@ -179,11 +180,11 @@ def _rank(rank, port, result_dir):
         cmc.after_step(out, dist)
     torch.save({"memory_l": cmc.memory_l, "memory_ab": cmc.memory_ab, "z_l": cmc.z_l, "z_ab": cmc.z_ab,
                 "losses": torch.stack(losses)}, os.path.join(result_dir, f"rank{rank}.pt"))
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
-    mp.spawn(_rank, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
         assert torch.equal(results[0][key], results[1][key]), key
@@ -195,10 +196,10 @@ def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
     for step in range(STEPS):
         f_l, f_ab, index = _batch(step)
         out = _out(f_l, f_ab, index, seed=step)
-        terms = single.loss_terms(out, utils.Dist())
+        terms = single.loss_terms(out, distributed.Dist())
         mean_of_ranks = (results[0]["losses"][step] + results[1]["losses"][step]) / 2
         assert torch.allclose(mean_of_ranks, torch.stack([terms["cmc_l"], terms["cmc_ab"]]), rtol=1e-5), step
-        single.after_step(out, utils.Dist())
+        single.after_step(out, distributed.Dist())
     for key in ("z_l", "z_ab"):
         assert results[0][key].item() == pytest.approx(single.state_dict()[key].item(), rel=1e-6)
     assert torch.allclose(results[0]["memory_l"], single.memory_l, atol=1e-6)
@@ -213,7 +214,7 @@ def _rank_training(rank, port, result_dir):
     import train
     from test_methods import BASE
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
     args = train.parse_args(BASE + ["--method", "cmc", "--arch", "resnet18", "--nce_k", "64", "--feat_dim", "16",
                                     "--batch_size", "16", "--output_dir", result_dir, "--run_name", "ddp"])
     utils.seed_everything(args.seed)
@@ -228,11 +229,11 @@ def _rank_training(rank, port, result_dir):
                 "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab},
                os.path.join(result_dir, f"train{rank}.pt"))
     run.log.close()
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_two_process_training_keeps_both_banks_identical(tmp_path):
-    mp.spawn(_rank_training, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_training, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     a, b = (torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(WORLD))
     for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
         assert torch.equal(a[key], b[key]), key

@@ -12,6 +12,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 import costs
+import distributed
 import engine
 import utils
 
@@ -38,22 +39,22 @@ def _reference():
 
 def _rank_costs(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     (f1, f2), (l1, l2) = _features()
     n = N // WORLD
     part = slice(rank * n, (rank + 1) * n)
     leaves = [t[part].clone().requires_grad_() for t in f1 + f2]
     out = costs.infomax_costs(leaves[:3], leaves[3:], 20.0, l1[part], l2[part],
-                              gather=utils.all_gather_autograd, pos_offset=rank * n)
+                              gather=distributed.all_gather_autograd, pos_offset=rank * n)
     total = sum(out.values())
     grads = torch.autograd.grad(total, leaves)
     torch.save({"losses": {k: v.item() for k, v in out.items()}, "grads": grads},
                os.path.join(result_dir, f"rank{rank}.pt"))
     # The real training step (train.setup + train.update under DistributedDataParallel) on this rank's half.
     torch.save(_training_step(dist, result_dir), os.path.join(result_dir, f"step{rank}.pt"))
-    utils.leave_process_group()
+    distributed.leave_process_group()
     if rank == 0:          # the one-process reference on the whole batch, once this process left the group
-        torch.save(_training_step(utils.Dist(), result_dir), os.path.join(result_dir, "step_single.pt"))
+        torch.save(_training_step(distributed.Dist(), result_dir), os.path.join(result_dir, "step_single.pt"))
     del dist
 
 
@@ -110,7 +111,7 @@ def two_ranks(tmp_path_factory):
     """One 2-process gloo job (mp.spawn) that computes both the cost functions' and the training step's
     results; each test reads its part."""
     result_dir = tmp_path_factory.mktemp("two_ranks")
-    mp.spawn(_rank_costs, args=(utils.free_port(), str(result_dir)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_costs, args=(distributed.free_port(), str(result_dir)), nprocs=WORLD, join=True)
     return result_dir
 
 
@@ -155,11 +156,11 @@ def test_training_step_of_two_ranks_equals_one_process_on_the_whole_batch(two_ra
 
 def _rank_evaluate(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     model, data = _eval_setup()
     acc = engine.evaluate(model, engine.shard(data, dist), dist, amp=False, batch_size=4, num_workers=0)
     torch.save(acc, os.path.join(result_dir, f"acc{rank}.pt"))
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def _eval_setup():
@@ -174,27 +175,27 @@ def _eval_setup():
 
 def _rank_knn(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     model, data = _eval_setup()
     top1 = engine.knn_accuracy(model.eval(), data, data, dist, amp=False, batch_size=4, num_workers=0, k=3)
     torch.save(top1, os.path.join(result_dir, f"knn{rank}.pt"))
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_sharded_knn_equals_one_process(tmp_path):
     """Each rank extracts its shard of memory and queries; the memory is gathered (shards of 6 and 5 items)."""
-    mp.spawn(_rank_knn, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_knn, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     model, data = _eval_setup()
-    single = engine.knn_accuracy(model.eval(), data, data, utils.Dist(), amp=False, batch_size=4, num_workers=0,
+    single = engine.knn_accuracy(model.eval(), data, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0,
                                  k=3)
     for r in range(WORLD):
         assert torch.load(tmp_path / f"knn{r}.pt", weights_only=True) == pytest.approx(single)
 
 
 def test_sharded_test_accuracy_equals_one_process(tmp_path):
-    mp.spawn(_rank_evaluate, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_evaluate, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     model, data = _eval_setup()
-    single = engine.evaluate(model, data, utils.Dist(), amp=False, batch_size=4, num_workers=0)
+    single = engine.evaluate(model, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0)
     for r in range(WORLD):
         assert torch.load(tmp_path / f"acc{r}.pt", weights_only=True) == single
     assert single["n_images"] == 11          # 11 images over 2 ranks: no padded duplicates
@@ -208,10 +209,10 @@ def _worker_that_fails(dist):
 
 
 def test_a_dying_rank_ends_the_job_quickly_with_nonzero_exit():
-    """utils.spawn, the launcher train.py uses for several GPUs, here with 2 gloo processes."""
-    code = ("import os, utils, tests.test_distributed as t\n"
-            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(utils.free_port()))\n"
-            "utils.spawn(t._worker_that_fails, 2, 'cpu')\n")
+    """distributed.spawn, the launcher train.py uses for several GPUs, here with 2 gloo processes."""
+    code = ("import os, distributed, tests.test_distributed as t\n"
+            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
+            "distributed.spawn(t._worker_that_fails, 2, 'cpu')\n")
     start = time.monotonic()
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr

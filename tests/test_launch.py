@@ -18,7 +18,9 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from PIL import Image
 
+import distributed
 import engine
+import runlog
 import utils
 
 # Spawned ranks import this module by name to find their hooks: train and checkpoint (torchvision, ~half of the
@@ -45,12 +47,12 @@ DIST_TIMEOUT_S = 60
 
 
 def spawn_train(worker, flags, timeout=60, dist_timeout=DIST_TIMEOUT_S):
-    """Run train.py's worker through utils.spawn with 2 gloo ranks, each calling tests.test_launch.<worker>(dist,
+    """Run train.py's worker through distributed.spawn with 2 gloo ranks, each calling tests.test_launch.<worker>(dist,
     flags) (a test hook that ends in train_worker), in a fresh session: (CompletedProcess, seconds). On a timeout
     every process of the job is killed (a hung rank ignores the launcher's SIGINT) and the test fails."""
-    code = ("import os, utils, tests.test_launch as t\n"
-            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(utils.free_port()))\n"
-            f"utils.spawn(t.{worker}, 2, 'cpu', {flags!r}, timeout_s={dist_timeout})\n")
+    code = ("import os, distributed, tests.test_launch as t\n"
+            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
+            f"distributed.spawn(t.{worker}, 2, 'cpu', {flags!r}, timeout_s={dist_timeout})\n")
     start = time.monotonic()
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -132,23 +134,23 @@ def test_first_use_downloads_once_while_the_other_rank_waits(tmp_path):
 
 def _rank_waits_for_a_late_peer(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, 2, rank, "cpu", timeout_s=4)
+    dist = distributed.init_distributed(rank, 2, rank, "cpu", timeout_s=4)
     if rank == 1:
         time.sleep(5)                     # a download longer than the collectives' timeout
-    utils.wait_for_every_rank(dist, "late")
+    distributed.wait_for_every_rank(dist, "late")
     tdist.all_reduce(torch.ones(1))       # the group still works
     try:
-        utils.wait_for_every_rank(dist, "second", error="no data here" if rank == 1 else None)
+        distributed.wait_for_every_rank(dist, "second", error="no data here" if rank == 1 else None)
     except utils.UserError as e:
         with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
             f.write(str(e))
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_the_data_barrier_outlasts_the_collective_timeout_and_shares_errors(tmp_path):
     """A collective (here with a 4 s timeout) would give up on a rank that downloads for 5 s: the barrier that
     load_data uses waits through the job's store instead."""
-    mp.spawn(_rank_waits_for_a_late_peer, args=(utils.free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_waits_for_a_late_peer, args=(distributed.free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         assert (tmp_path / f"{rank}.txt").read_text() == "rank 1: no data here"
 
@@ -230,8 +232,8 @@ def _rank_measuring_its_workers(dist, out):
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux's /proc")
 def test_loader_workers_of_a_spawned_rank_share_the_dataset_memory(tmp_path):
     out = tmp_path / "memory.json"
-    code = ("import os, utils, tests.test_launch as t\n"
-            f"utils.spawn(t._rank_measuring_its_workers, 1, 'cpu', {str(out)!r})\n")
+    code = ("import os, distributed, tests.test_launch as t\n"
+            f"distributed.spawn(t._rank_measuring_its_workers, 1, 'cpu', {str(out)!r})\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -258,10 +260,10 @@ def _worker_with_its_own_output_dir(dist, flags):
 def test_a_rank_without_rank_0s_checkpoint_stops_the_job_naming_a_shared_output_dir(tmp_path, train, checkpoint):
     flags = ["--dataset", "DIGITS", "--batch_size", "100", "--output_dir", str(tmp_path / "out"), *TINY,
              "--epochs", "2"]
-    run, _ = train.setup(utils.Dist(), train.parse_args(flags))
+    run, _ = train.setup(distributed.Dist(), train.parse_args(flags))
     run.cursor.update(info_epoch=1, info_step=15)            # rank 0 resumes at epoch 2, rank 1 would start over
     checkpoint.save_run(run)
-    utils.RunDirLock.release_all(failed=False)
+    runlog.RunDirLock.release_all(failed=False)
     r, _ = spawn_train("_worker_with_its_own_output_dir", flags)
     assert r.returncode == 2, r.stderr[-3000:]
     lines = error_lines(r.stderr)
@@ -276,21 +278,21 @@ def test_every_rank_reads_the_file_rank_0_chose(tmp_path, train, checkpoint, mon
     refuses a copy that differs from rank 0's."""
     flags = ["--dataset", "DIGITS", "--batch_size", "100", "--output_dir", str(tmp_path), *TINY]
     args = train.parse_args(flags)
-    run, _ = train.setup(utils.Dist(), args)
+    run, _ = train.setup(distributed.Dist(), args)
     checkpoint.save_run(run)
     run.cursor.update(info_step=3)
     checkpoint.save_run(run)                                   # amdim_cpt.pth at step 3, .prev at step 0
-    utils.RunDirLock.release_all(failed=False)
+    runlog.RunDirLock.release_all(failed=False)
     cpt = os.path.join(str(tmp_path), "default_run", "amdim_cpt.pth")
     prev = checkpoint.fingerprint(checkpoint.read(cpt + ".prev"), cpt + ".prev")
     decision = {"how": "resume", "path": cpt + ".prev", "fingerprint": prev, "suffix": ".prev"}
-    monkeypatch.setattr(utils, "broadcast_object", lambda obj, dist: decision)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, dist: decision)
     agreed = []
-    monkeypatch.setattr(utils, "agree", lambda error, dist: agreed.append(error))
-    ckpt, how, path = checkpoint.find_start(args, cpt, utils.Dist(rank=1, world_size=2))
+    monkeypatch.setattr(distributed, "agree", lambda error, dist: agreed.append(error))
+    ckpt, how, path = checkpoint.find_start(args, cpt, distributed.Dist(rank=1, world_size=2))
     assert (how, path, agreed) == ("resume", cpt + ".prev", [None]) and ckpt["cursor"]["info_step"] == 0
     decision["suffix"] = ""                                    # rank 0 chose a file whose copy here differs
-    ckpt, _, _ = checkpoint.find_start(args, cpt, utils.Dist(rank=1, world_size=2))
+    ckpt, _, _ = checkpoint.find_start(args, cpt, distributed.Dist(rank=1, world_size=2))
     assert ckpt is None and "this rank's copy differs from rank 0's" in agreed[-1]
 
 
@@ -303,7 +305,7 @@ def test_a_ranks_gpu_is_its_local_rank_modulo_the_gpus_it_sees(monkeypatch, visi
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    dist = utils.init_distributed(local_rank, 1, local_rank, "cuda")
+    dist = distributed.init_distributed(local_rank, 1, local_rank, "cuda")
     assert dist.device == torch.device("cuda", expected) and chosen == [dist.device]
 
 
@@ -313,16 +315,16 @@ def test_dist_timeout_reaches_the_process_group(monkeypatch, train):
     seen = {}
     monkeypatch.setattr(tdist, "init_process_group", lambda backend, **kw: seen.update(kw))
     monkeypatch.setattr(tdist, "is_initialized", lambda: False)
-    monkeypatch.setattr(utils, "init_distributed", lambda *a: seen.update(args=a) or utils.Dist())
+    monkeypatch.setattr(distributed, "init_distributed", lambda *a: seen.update(args=a) or distributed.Dist())
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    utils.launch(lambda dist: None, "cpu", timeout_s=7200)
+    distributed.launch(lambda dist: None, "cpu", timeout_s=7200)
     assert seen["args"] == (0, 2, 0, "cpu", 7200)
     monkeypatch.undo()
     monkeypatch.setattr(tdist, "init_process_group", lambda backend, **kw: seen.update(kw))
     monkeypatch.setattr(tdist, "is_initialized", lambda: False)
-    utils.init_distributed(0, 2, 0, "cpu", timeout_s=7200)
+    distributed.init_distributed(0, 2, 0, "cpu", timeout_s=7200)
     assert seen["timeout"] == datetime.timedelta(seconds=7200)
 
 
@@ -340,7 +342,8 @@ printed = []
 
 
 def _fake_run(tmp_path, rank, nan_policy="stop"):
-    return SimpleNamespace(cursor={"info_step": 16}, step_key="info_step", dist=utils.Dist(rank=rank, world_size=2),
+    return SimpleNamespace(cursor={"info_step": 16}, step_key="info_step",
+                           dist=distributed.Dist(rank=rank, world_size=2),
                            args=SimpleNamespace(nan_policy=nan_policy), cpt_path=str(tmp_path / "none.pth"),
                            optimizer=SimpleNamespace(zero_grad=lambda set_to_none: None), non_finite_skipped=0,
                            log=SimpleNamespace(print=lambda *a: printed.append(" ".join(a))))
@@ -349,38 +352,38 @@ def _fake_run(tmp_path, rank, nan_policy="stop"):
 def test_a_non_finite_loss_is_reported_with_the_failing_ranks_values(tmp_path, monkeypatch, train):
     finite = {"loss": 1.5, "1t5": 0.75, "class_lin": 2.25, "n_labelled": 3}
     broken = {"loss": float("nan"), "1t5": float("nan"), "class_lin": 2.5, "n_labelled": 3}
-    monkeypatch.setattr(utils, "all_gather_objects", lambda values: [finite, broken])
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda values: [finite, broken])
     with pytest.raises(utils.UserError) as e:
         train.handle_non_finite(_fake_run(tmp_path, rank=0), finite, epoch=1)   # rank 0's own values are finite
     assert "non-finite loss at update 17 (epoch 2) on rank 1: 1t5=nan, class_lin=2.5; stopped" in str(e.value)
-    monkeypatch.setattr(utils, "all_gather_objects", lambda values: [broken, finite, broken])
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda values: [broken, finite, broken])
     train.handle_non_finite(_fake_run(tmp_path, rank=0, nan_policy="skip"), broken, epoch=1)
     assert "on ranks 0, 2 (rank 0's values): 1t5=nan" in printed[-1]
 
 
 def test_gpus_that_torch_cannot_use_are_named_once_at_start_up(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(utils, "nvidia_gpus_present", lambda: True)
-    assert utils.pick_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(distributed, "nvidia_gpus_present", lambda: True)
+    assert distributed.pick_device("auto") == torch.device("cpu")
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("warning: NVIDIA GPUs are present but torch") and "training on the CPU" in line
-    utils.pick_device("cpu")
+    distributed.pick_device("cpu")
     monkeypatch.setenv("LOCAL_RANK", "1")                      # one line per machine, from its first process
-    utils.pick_device("auto")
+    distributed.pick_device("auto")
     assert capsys.readouterr().err == ""
     with pytest.raises(utils.UserError, match="NVIDIA GPUs are present but torch .* cannot use them"):
-        utils.pick_device("cuda")
+        distributed.pick_device("cuda")
 
 
 def test_nvidia_gpus_are_found_by_device_file_or_nvidia_smi(monkeypatch):
     monkeypatch.setattr(os.path, "exists", lambda path: False)
-    monkeypatch.setattr(utils.shutil, "which", lambda name: None)
-    assert not utils.nvidia_gpus_present()
-    monkeypatch.setattr(utils.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: None)
+    assert not distributed.nvidia_gpus_present()
+    monkeypatch.setattr(distributed.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     listing = SimpleNamespace(returncode=0, stdout="GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\n")
-    monkeypatch.setattr(utils.subprocess, "run", lambda *a, **kw: listing)
-    assert utils.nvidia_gpus_present()
+    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, **kw: listing)
+    assert distributed.nvidia_gpus_present()
     listing.returncode, listing.stdout = 9, "NVIDIA-SMI has failed because it couldn't communicate with the driver"
-    assert not utils.nvidia_gpus_present()
+    assert not distributed.nvidia_gpus_present()
     monkeypatch.setattr(os.path, "exists", lambda path: path == "/dev/nvidia0")
-    assert utils.nvidia_gpus_present()
+    assert distributed.nvidia_gpus_present()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import checkpoint
+import distributed
 import methods
 import test as test_py
 import train
@@ -41,7 +42,7 @@ def test_method_contract(method, tmp_path):
     kNN) on the result."""
     args = train.parse_args(BASE + TINY_FLAGS[method] + ["--output_dir", str(tmp_path), "--run_name", method])
     utils.seed_everything(args.seed)
-    run, _ = train.setup(utils.Dist(), args)
+    run, _ = train.setup(distributed.Dist(), args)
     assert run.model.hyperparams["method"] == method
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     batch = next(iter(train.make_loaders(run)))
@@ -71,7 +72,7 @@ def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
     args = train.parse_args(["--dataset", "DIGITS", "--method", "moco", "--arch", "resnet18", "--batch_size", "8",
                              "--num_workers", "0", "--device", "cpu", "--mlp", "--aug-plus", "--view_grid", "0",
                              "--output_dir", str(tmp_path)])
-    run, _ = train.setup(utils.Dist(), args)
+    run, _ = train.setup(distributed.Dist(), args)
     assert run.model.hyperparams["moco_k"] == 1500           # capped at the training split
     assert isinstance(run.optimizer, torch.optim.SGD) and len(run.optimizer.param_groups) == 2
     values, _ = train.update(run, next(iter(train.make_loaders(run))), epoch=0)
@@ -85,7 +86,7 @@ def test_hub_loads_the_frozen_encoder_of_every_kind_of_checkpoint(tmp_path):
     paths = {"original": ORIGINAL}
     for method in sorted(methods.METHODS):
         args = train.parse_args(BASE + TINY_FLAGS[method] + ["--output_dir", str(tmp_path), "--run_name", method])
-        run, _ = train.setup(utils.Dist(), args)
+        run, _ = train.setup(distributed.Dist(), args)
         checkpoint.save_run(run)
         run.log.close()
         paths[method] = str(tmp_path / method / "amdim_cpt.pth")
@@ -108,7 +109,7 @@ def test_knn_accuracy_matches_features_scored_by_hand_and_test_py_reports_it():
     import knn
     splits = datasets.build_splits("DIGITS", "./data", "classifiers")
     model = checkpoint.load_model(ORIGINAL).eval()
-    got = engine.knn_accuracy(model, splits.memory, splits.test, utils.Dist(), amp=False, batch_size=64,
+    got = engine.knn_accuracy(model, splits.memory, splits.test, distributed.Dist(), amp=False, batch_size=64,
                               num_workers=0, k=50)
     with torch.no_grad():
         memory = torch.cat([model.features(x[None]) for x, _ in splits.memory])

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 import checkpoint
 import config
 import costs
+import distributed
 import methods
 import model as M
-import utils
 
 
 def _unit(n, d, seed):
@@ -118,7 +118,7 @@ def test_momentum_update_moves_keys_towards_queries_and_pushes_the_batch():
             p.add_(torch.randn_like(p))
     before = {n: p.clone() for n, p in k_params.items()}
     keys = F.normalize(torch.randn(4, 8), dim=1)
-    moco.after_step({"k": keys}, utils.Dist())
+    moco.after_step({"k": keys}, distributed.Dist())
     for name, p in k_params.items():
         assert torch.allclose(p, 0.9 * before[name] + 0.1 * q_params[name], atol=1e-6), name
     assert torch.equal(moco.queue[:4], keys) and int(moco.queue_ptr) == 4
@@ -128,8 +128,8 @@ def test_key_encoder_gets_no_gradient_and_losses_are_finite():
     torch.manual_seed(0)
     moco = methods.MoCo(_hp())
     views = (torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))
-    out = moco(views, utils.Dist())
-    terms = moco.loss_terms(out, utils.Dist())
+    out = moco(views, distributed.Dist())
+    terms = moco.loss_terms(out, distributed.Dist())
     assert set(terms) == {"align", "uniform", "contrastive"}
     sum(terms.values()).backward()
     assert all(p.grad is None for p in moco.backbone_k.parameters())
@@ -191,7 +191,7 @@ def _global_batch():
 
 def _rank(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     torch.manual_seed(0)
     moco = methods.MoCo(_hp(moco_k=10, moco_unif_w=0.0))
     q, k = _global_batch()
@@ -206,16 +206,16 @@ def _rank(rank, port, result_dir):
     back = dist.unshuffle(shuffled * 10, undo)
     torch.save({"terms": {n: v.item() for n, v in terms.items()}, "queue": moco.queue, "ptr": int(moco.queue_ptr),
                 "shuffled": shuffled, "back": back}, os.path.join(result_dir, f"rank{rank}.pt"))
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_two_processes_fill_one_queue_and_match_one_process(tmp_path):
-    mp.spawn(_rank, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     torch.manual_seed(0)
     single = methods.MoCo(_hp(moco_k=10, moco_unif_w=0.0))
     q, k = _global_batch()
-    terms = single.loss_terms({"q": q, "k": k}, utils.Dist())
+    terms = single.loss_terms({"q": q, "k": k}, distributed.Dist())
     # Both queues hold both processes' keys in rank order, and equal one process pushing the whole batch.
     single.push(k)
     single.push(torch.cat([k[r * N_LOCAL:(r + 1) * N_LOCAL].flip(0) for r in range(WORLD)]))

@@ -19,6 +19,7 @@ import torch
 import torchvision
 
 import checkpoint
+import runlog
 import train
 import utils
 
@@ -49,7 +50,7 @@ def stop_after_setup(monkeypatch):
 
 
 def lock_is_free(run_dir):
-    fd = os.open(os.path.join(run_dir, utils.RunDirLock.NAME), os.O_RDWR)
+    fd = os.open(os.path.join(run_dir, runlog.RunDirLock.NAME), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -76,7 +77,7 @@ def run_cli(argv):
 def test_a_second_run_on_a_run_directory_is_refused_until_the_first_dies(tmp_path, stop_after_setup, capsys):
     flags = TINY + ["--output_dir", str(tmp_path), "--run_name", "r"]
     run_dir = tmp_path / "r"
-    lock = run_dir / utils.RunDirLock.NAME
+    lock = run_dir / runlog.RunDirLock.NAME
     first = subprocess.Popen([sys.executable, "train.py", *flags, "--epochs", "100"], cwd=ROOT, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -115,7 +116,7 @@ def test_the_lock_ends_with_its_process_though_forked_children_live_on(tmp_path)
     holder = os.fork()
     if holder == 0:                                 # the run: takes the lock, forks a worker, dies at once
         try:
-            utils.RunDirLock.claim(run_dir)
+            runlog.RunDirLock.claim(run_dir)
             worker = os.fork()
             if worker == 0:
                 time.sleep(60)
@@ -165,7 +166,7 @@ def test_every_record_is_timestamped_and_the_start_record_holds_the_resolved_con
     env = start["environment"]
     assert env["torch"] == torch.__version__ and env["torchvision"] == torchvision.__version__
     assert env["python"] == platform.python_version() and env["host"] == socket.gethostname()
-    commit = utils.git_commit(ROOT)
+    commit = runlog.git_commit(ROOT)
     assert env.get("git_commit") == commit
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit)
     epoch = recs[1]
@@ -232,14 +233,15 @@ def test_a_failed_start_removes_the_run_directory_it_created(tmp_path, monkeypat
 
 
 def test_git_commit_is_left_out_without_a_checkout_or_git(tmp_path, monkeypatch):
-    assert utils.git_commit(str(tmp_path)) is None
+    assert runlog.git_commit(str(tmp_path)) is None
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert utils.git_commit(ROOT) is None
+    assert runlog.git_commit(ROOT) is None
 
 
 SHUTDOWN = """
 import atexit, sys, time
 sys.path.insert(0, {root!r})
+import distributed
 import utils
 
 def slow_shutdown():
@@ -251,7 +253,7 @@ def slow_shutdown():
 
 def main():
     atexit.register(slow_shutdown)
-    stop = utils.StopRequest()
+    stop = distributed.StopRequest()
     stop.install()
     print("ready", flush=True)
     while not stop.requested:

@@ -17,6 +17,7 @@ from PIL import Image
 import augment
 import config
 import costs
+import distributed
 import methods
 import train
 import utils
@@ -196,7 +197,7 @@ def _tiny_run(tmp_path, *flags, name="run"):
     args = train.parse_args(BASE + TINY_AMDIM + ["--method", "swav", "--output_dir", str(tmp_path), "--run_name",
                                                  name, *flags])
     utils.seed_everything(args.seed)
-    run, _ = train.setup(utils.Dist(), args)
+    run, _ = train.setup(distributed.Dist(), args)
     return run, train.make_loaders(run)
 
 
@@ -226,7 +227,7 @@ def test_per_image_crops_of_two_sizes_train_through_the_loader(tmp_path):
     """Image folders' path: crops made per image in a loader worker, collated by crop, one real update."""
     args = train.parse_args(BASE + TINY_RESNET + ["--method", "swav", "--per_image_aug", "--batch_size", "6",
                                                   "--num_workers", "1", "--output_dir", str(tmp_path)])
-    run, _ = train.setup(utils.Dist(), args)
+    run, _ = train.setup(distributed.Dist(), args)
     assert run.splits.batch_augment is None and run.n_views == 6
     batch = next(iter(train.make_loaders(run)))
     assert [tuple(v.shape) for v in batch[0]] == [(6, 3, 32, 32)] * 2 + [(6, 3, 16, 16)] * 4
@@ -431,7 +432,7 @@ WORLD, B_LOCAL = 2, 3
 def _codes_rank(rank, port, result_dir):
     """Each rank computes its codes with its own queue rows; the single-process reference runs in the test."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     torch.manual_seed(0)
     swav = methods.SwAV(_hp(*TINY_AMDIM, "--queue_length", str(2 * WORLD * B_LOCAL), "--epoch_queue_starts", "0"))
     swav.start_update(0, 0, dist)
@@ -446,11 +447,11 @@ def _codes_rank(rank, port, result_dir):
         swav.after_step(out, dist)
     results["prototypes"] = swav.prototypes.weight.detach().clone()
     torch.save(results, os.path.join(result_dir, f"codes{rank}.pt"))
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_two_processes_give_the_codes_of_one_process_on_everyones_rows_with_and_without_a_queue(tmp_path):
-    mp.spawn(_codes_rank, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_codes_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"codes{r}.pt", weights_only=True) for r in range(WORLD)]
     w = ranks[0]["prototypes"]
     for step in range(3):
@@ -478,7 +479,7 @@ def _training_rank(rank, port, result_dir):
     """Four real train.update calls of a tiny SwAV run under DDP (gloo) on resnet18 with 2 x 32 + 2 x 16 px crops,
     a queue of two global batches from the first update and prototypes frozen for the first two."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
     args = train.parse_args(BASE + TINY_RESNET + [
         "--method", "swav", "--nmb_crops", "2", "2", "--batch_size", "8", "--queue_length", "16",
         "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "2", "--output_dir", result_dir,
@@ -494,11 +495,11 @@ def _training_rank(rank, port, result_dir):
     torch.save({"state": run.model.state_dict(), "start": start, "losses": losses},
                os.path.join(result_dir, f"train{rank}.pt"))
     run.log.close()
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_two_process_training_keeps_prototypes_and_queues_identical(tmp_path):
-    mp.spawn(_training_rank, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_training_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     a, b = (torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(WORLD))
     for key in ("prototypes.weight", "queue", "head.0.weight", "backbone.net.conv1.weight"):
         assert torch.equal(a["state"][key], b["state"][key]), key

@@ -1,6 +1,6 @@
 """SwAV's pure pieces against independent naive computations: costs.sinkhorn (the seed's order, element by
 element in double precision), costs.swav_loss (values and gradients), larc.LARC (its formula, parameter by
-parameter), utils.Dist.all_reduce, and sinkhorn in two real gloo processes."""
+parameter), distributed.Dist.all_reduce, and sinkhorn in two real gloo processes."""
 import math
 import os
 
@@ -8,8 +8,8 @@ import torch
 import torch.multiprocessing as mp
 
 import costs
+import distributed
 import larc
-import utils
 
 
 def naive_sinkhorn(scores, epsilon, n_iters):
@@ -295,7 +295,7 @@ def test_larc_state_dict_round_trip_is_exact_and_sgds(tmp_path):
 
 def test_all_reduce_in_one_process_is_the_identity():
     t = torch.tensor([1.0, 2.0])
-    assert utils.Dist().all_reduce(t) is t and torch.equal(t, torch.tensor([1.0, 2.0]))
+    assert distributed.Dist().all_reduce(t) is t and torch.equal(t, torch.tensor([1.0, 2.0]))
 
 
 WORLD, N_LOCAL, QUEUE_LOCAL, K, EPSILON, ITERS = 2, 4, 3, 6, 0.05, 3
@@ -309,7 +309,7 @@ def _global_scores():
 
 def _rank_sinkhorn(rank, port, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = utils.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
     batch, queue = _global_scores()
     mine = batch[rank * N_LOCAL:(rank + 1) * N_LOCAL]
     my_queue = queue[rank * QUEUE_LOCAL:(rank + 1) * QUEUE_LOCAL]
@@ -319,11 +319,11 @@ def _rank_sinkhorn(rank, port, result_dir):
            "no_iteration": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, 0, dist),
            "sum": dist.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]))}
     torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
-    utils.leave_process_group()
+    distributed.leave_process_group()
 
 
 def test_two_processes_give_the_codes_of_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_rank_sinkhorn, args=(utils.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank_sinkhorn, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     batch, queue = _global_scores()
     whole = costs.sinkhorn(batch, EPSILON, ITERS)

@@ -13,6 +13,7 @@ from PIL import Image
 import augment
 import checkpoint
 import datasets
+import distributed
 import engine
 import methods
 import phases
@@ -232,7 +233,7 @@ def test_resumable_sampler_deals_like_distributed_sampler_and_skips_the_trained_
     data = list(range(50))
     for world in (1, 2, 3):
         for rank in range(world):
-            ours = engine.ResumableSampler(data, utils.Dist(rank=rank, world_size=world), seed=3, batch_size=4)
+            ours = engine.ResumableSampler(data, distributed.Dist(rank=rank, world_size=world), seed=3, batch_size=4)
             ref = torch.utils.data.DistributedSampler(data, num_replicas=world, rank=rank, seed=3, drop_last=True)
             ours.set_epoch(2)
             ref.set_epoch(2)
@@ -242,14 +243,14 @@ def test_resumable_sampler_deals_like_distributed_sampler_and_skips_the_trained_
     trained = set(order[:24])
     full = []
     for rank in range(2):
-        sampler = engine.ResumableSampler(data, utils.Dist(rank=rank, world_size=2), 3, 4)
+        sampler = engine.ResumableSampler(data, distributed.Dist(rank=rank, world_size=2), 3, 4)
         sampler.set_epoch(2)
         full.append(list(sampler))
     assert trained == {i for r in range(2) for i in full[r][:12]}
     for world, batch in ((2, 4), (1, 8), (4, 2)):        # resumed with the same or another batch/world size
         parts = []
         for rank in range(world):
-            part = engine.ResumableSampler(data, utils.Dist(rank=rank, world_size=world), 3, batch)
+            part = engine.ResumableSampler(data, distributed.Dist(rank=rank, world_size=world), 3, batch)
             part.set_epoch(2)
             part.skip_samples = 24
             parts.append(list(part))
@@ -268,7 +269,7 @@ def test_seeded_items_make_the_same_views_whatever_came_before():
         def __getitem__(self, i):
             return torch.rand(3) + i
 
-    sampler = engine.ResumableSampler(list(range(10)), utils.Dist(), seed=5, batch_size=2, seed_items=True)
+    sampler = engine.ResumableSampler(list(range(10)), distributed.Dist(), seed=5, batch_size=2, seed_items=True)
     keys = list(sampler)
     items = engine.SeededItems(Noisy())
     first = [items[k] for k in keys]
@@ -281,10 +282,10 @@ def test_seeded_items_make_the_same_views_whatever_came_before():
 def test_batch_size_must_split_over_processes():
     args = train.parse_args(TINY + ["--batch_size", "101"])
     with pytest.raises(utils.UserError, match="multiple of 2"):
-        train.worker(utils.Dist(rank=0, world_size=2), args)
+        train.worker(distributed.Dist(rank=0, world_size=2), args)
     args = train.parse_args(TINY + ["--batch_size", "6"])
     with pytest.raises(utils.UserError, match="at least 2 images per process"):
-        train.worker(utils.Dist(rank=0, world_size=4), args)
+        train.worker(distributed.Dist(rank=0, world_size=4), args)
 
 
 # ----------------------------------------------------------------------------------------------------------
