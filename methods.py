@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import costs
-from augment import MultiCrop, normalize_lab, rgb_to_lab
+from augment import MultiCrop
+from imageops import normalize_lab, rgb_to_lab
 from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
 
 
