@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 import costs
 import recipes
-from augment import MultiCrop, normalize_lab, rgb_to_lab
+from augment import MultiCrop
 from hparams import AT_LEAST_0, AT_LEAST_1, POSITIVE, Param, Range
+from imageops import normalize_lab, rgb_to_lab
 from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
 from utils import UserError
 

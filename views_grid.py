@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import augment
 import config
 import datasets
 import engine
+import imageops
 import methods
 from utils import UserError, run_main
 
@@ -49,7 +49,7 @@ def grid(splits, n_images, n_views, device=torch.device("cpu"), seed=0):
         torch.manual_seed(seed)
         views = training_views(splits, indices, n_views, device)
     if [v.shape[1] for v in views] == [1, 2]:         # CMC: Lab's L and ab channels
-        views = list(augment.cmc_views_to_rgb(*views))
+        views = list(imageops.cmc_views_to_rgb(*views))
     else:
         mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in splits.mean_std)
         views = [(v * std + mean).clamp(0, 1) for v in views]

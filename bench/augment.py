@@ -6,10 +6,11 @@ GPU in training).
 Prints the host line (bench/host.py), then a table: kind, recipe, source image size, median img/s of each path
 (image = one two-view pair) over the runs, min-max, and the batched path's speed-up over the per-image one. The
 paths' runs alternate, so that each sees the same machine load. --compare_ref REV adds the batched path of
-augment.py as of git revision REV (read with git show, imported beside this one), timed in the same
-alternation: its img/s, its speed-up, and ours over it. --device cuda runs the batched paths on that device
-(the per-image one stays on the CPU, as in loader workers). --clock cpu times each run by the thread's CPU time
-instead of the wall clock (steadier on a shared, busy host, for CPU runs; say which in any quote).
+augment.py as of git revision REV (read with git show, with that revision's imageops.py and autoaugment.py
+where it has them; imported beside ours), timed in the same alternation: its img/s, its speed-up, and ours over
+it. --device cuda runs the batched paths on that device (the per-image one stays on the CPU, as in loader
+workers). --clock cpu times each run by the thread's CPU time instead of the wall clock (steadier on a shared,
+busy host, for CPU runs; say which in any quote).
 
 --kornia instead times the batched ops against kornia.augmentation's (installed separately; skipped with a
 message when it is not), batch by batch, the two alternating so that both see the same machine load: median
@@ -21,7 +22,7 @@ on 8 px images.
     .venv/bin/python bench/augment.py --kornia [--batch 256] [--runs 7]
 """
 import argparse
-import importlib.util
+import importlib
 import os
 import resource
 import statistics
@@ -72,22 +73,37 @@ def batched_path(module, kind, recipe, size, batch, device):
     return run
 
 
+# The augmentation's modules: augment.py alone in an older tree; augment.py and the imageops.py and
+# autoaugment.py it imports in a newer one.
+AUGMENT_MODULES = ("augment", "imageops", "autoaugment")
+
+
 def reference_module(rev):
-    """augment.py as of git revision rev, imported as the module augment_<rev> (beside ours: it imports the
-    same utils)."""
+    """augment.py as of git revision rev, with that revision's imageops.py and autoaugment.py where it has them,
+    imported beside ours (they import the same utils): the revision's augment module."""
+    directory = tempfile.mkdtemp()
+    for name in AUGMENT_MODULES:
+        try:
+            source = subprocess.run(["git", "show", f"{rev}:{name}.py"], cwd=ROOT, check=True,
+                                    capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            if name != "augment":
+                continue                                    # an older tree: augment.py holds it all
+            sys.exit(f"--compare_ref {rev}: cannot read augment.py at that revision ({e}); name a commit or "
+                     f"branch of this repository")
+        with open(os.path.join(directory, f"{name}.py"), "w") as f:
+            f.write(source)
+    # Ours step aside while the revision's modules import each other, then come back; the revision's augment
+    # keeps what it imported.
+    ours = {name: sys.modules.pop(name) for name in AUGMENT_MODULES if name in sys.modules}
+    sys.path.insert(0, directory)
     try:
-        source = subprocess.run(["git", "show", f"{rev}:augment.py"], cwd=ROOT, check=True, capture_output=True,
-                                text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        sys.exit(f"--compare_ref {rev}: cannot read augment.py at that revision ({e}); name a commit or branch "
-                 f"of this repository")
-    path = os.path.join(tempfile.mkdtemp(), "augment_ref.py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(f"augment_{rev}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        return importlib.import_module("augment")
+    finally:
+        sys.path.remove(directory)
+        for name in AUGMENT_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(ours)
 
 
 def alternate(paths, counts, runs, clock):
@@ -143,6 +159,7 @@ def kornia_ops(recipe):
     import torch
 
     import augment
+    import imageops
     size = augment.RECIPE_SIZE[recipe]
     mean, std = augment.NORMALIZATION[recipe]
     crop = dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
@@ -158,11 +175,11 @@ def kornia_ops(recipe):
     ours_view = augment.BatchMoCoViews(recipe, 2)
     return (
         ("RandomResizedCrop", "source",
-         lambda x: augment.random_resized_crop(x, size, mode="bilinear", **crop), k_crop),
+         lambda x: imageops.random_resized_crop(x, size, mode="bilinear", **crop), k_crop),
         ("  kornia cropping_mode=resample", "source", None, k_crop_warp),
-        ("ColorJitter p 0.8", "view", lambda x: augment.color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8), k_jitter),
-        ("RandomGrayscale p 0.2", "view", lambda x: augment.random_grayscale(x, p=0.2), k_gray),
-        ("GaussianBlur p 0.5", "view", lambda x: augment.random_gaussian_blur(x, (0.1, 2.0), p=0.5), k_blur),
+        ("ColorJitter p 0.8", "view", lambda x: imageops.color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8), k_jitter),
+        ("RandomGrayscale p 0.2", "view", lambda x: imageops.random_grayscale(x, p=0.2), k_gray),
+        ("GaussianBlur p 0.5", "view", lambda x: imageops.random_gaussian_blur(x, (0.1, 2.0), p=0.5), k_blur),
         ("whole MoCo v2 view", "source", ours_view.view, k_view),
     )
 
@@ -192,6 +209,7 @@ def kornia_table(args):
         return
     import torch
     import augment
+    import imageops
     print(f"batched ops, ours against kornia {kornia.__version__}, CPU, torch threads 1, batch {args.batch}, "
           f"float32; median of {args.runs} alternating runs after a warm-up, ms per batch")
     print(f"{'op':<31} {'px':>8} {'ours ms':>8} {'min-max':>13} {'kornia ms':>9} {'min-max':>13} "
@@ -209,7 +227,7 @@ def kornia_table(args):
     # default cropping_mode ("slice") resizes one image at a time; "resample" warps the batch at once.
     x = torch.rand(args.batch, 3, 8, 8)
     crop = dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), resample="bilinear", align_corners=False)
-    ours = lambda x: augment.random_resized_crop(x, 8, (0.2, 1.0), (3 / 4, 4 / 3), mode="bilinear")
+    ours = lambda x: imageops.random_resized_crop(x, 8, (0.2, 1.0), (3 / 4, 4 / 3), mode="bilinear")
     for mode in ("slice", "resample"):
         theirs = kornia.augmentation.RandomResizedCrop((8, 8), cropping_mode=mode, **crop)
         _row(f"RandomResizedCrop ({mode})", "8->8", *_alternate([ours, theirs], x, args.runs), True)

@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import augment
 import checkpoint
 import distributed
+import imageops
 import mixed_precision as mp
 import runlog
 import train
@@ -263,7 +264,7 @@ def test_batched_augmentation_makes_no_host_device_sync(kind, recipe, size, monk
     # On the CPU the views read their draws to skip work (free there); a GPU runs the masked passes: check those.
     # (CMC's views have no pass that only some samples take.)
     assert (count_syncs(views, images) != []) == (kind != "cmc")
-    monkeypatch.setattr(augment, "SKIPS_ON", ())
+    monkeypatch.setattr(imageops, "SKIPS_ON", ())
     assert count_syncs(views, images) == []
     # The recorder sees what it is meant to: the per-sample gather this code once did.
     chosen = torch.rand(8) < 0.5
@@ -282,7 +283,7 @@ def _color_jitter_by_gather(x, brightness, contrast, saturation, hue, p):
     order = torch.argsort(torch.rand(b, 4), dim=1)
     x = x.clone()
     for position in range(4):
-        for k, op in enumerate((augment._brightness, augment._contrast, augment._saturation, augment._hue)):
+        for k, op in enumerate((imageops._brightness, imageops._contrast, imageops._saturation, imageops._hue)):
             chosen = (apply & (order[:, position] == k)).nonzero().squeeze(1)
             x[chosen] = op(x[chosen], factors[k][chosen].view(-1, 1, 1, 1))
     return x
@@ -293,6 +294,6 @@ def test_sync_free_color_jitter_equals_the_gathering_one(hue, p):
     """Same draws, same images out: the masked passes change no distribution."""
     x = torch.rand(300, 3, 12, 12)
     torch.manual_seed(3)
-    ours = augment.color_jitter(x, 0.4, 0.4, 0.4, hue, p)
+    ours = imageops.color_jitter(x, 0.4, 0.4, 0.4, hue, p)
     torch.manual_seed(3)
     assert torch.allclose(ours, _color_jitter_by_gather(x, 0.4, 0.4, 0.4, hue, p), atol=1e-6)

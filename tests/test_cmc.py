@@ -7,11 +7,11 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-import augment
 import checkpoint
 import config
 import costs
 import distributed
+import imageops
 import methods
 import utils
 
@@ -253,8 +253,8 @@ def test_features_run_under_bfloat16_autocast():
     torch.manual_seed(5)
     cmc = methods.CMC(_hp()).eval()
     x = torch.randn(2, 3, 32, 32)
-    lab = augment.rgb_to_lab((x * cmc.rgb_std + cmc.rgb_mean).clamp(0, 1))
+    lab = imageops.rgb_to_lab((x * cmc.rgb_std + cmc.rgb_mean).clamp(0, 1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats = cmc.features(x)
-        assert torch.equal(augment.rgb_to_lab((x * cmc.rgb_std + cmc.rgb_mean).clamp(0, 1)), lab)
+        assert torch.equal(imageops.rgb_to_lab((x * cmc.rgb_std + cmc.rgb_mean).clamp(0, 1)), lab)
     assert feats.shape == (2, cmc.n_features) and torch.isfinite(feats).all()

@@ -18,6 +18,7 @@ import augment
 import config
 import costs
 import distributed
+import imageops
 import methods
 import train
 import utils
@@ -79,7 +80,7 @@ def test_multi_crop_views_come_in_crop_order_with_their_sizes_per_image_and_batc
 
 def _record_batched_boxes(monkeypatch):
     """Every crop box the batched path draws, with the scale range and output size asked for."""
-    calls, real_boxes, real_weights = [], augment.sample_crop_boxes, augment.crop_weights
+    calls, real_boxes, real_weights = [], imageops.sample_crop_boxes, imageops.crop_weights
 
     def boxes(n, height, width, scale, ratio, device=None, attempts=10):
         top, left, h, w = real_boxes(n, height, width, scale, ratio, device, attempts)
@@ -90,7 +91,7 @@ def _record_batched_boxes(monkeypatch):
         calls[-1]["size"] = size                    # the resampling of the box drawn last
         return real_weights(boxes, height, width, size, mode)
 
-    monkeypatch.setattr(augment, "sample_crop_boxes", boxes)
+    monkeypatch.setattr(augment, "sample_crop_boxes", boxes)         # where the batched views read them
     monkeypatch.setattr(augment, "crop_weights", weights)
     return calls
 
