@@ -216,7 +216,7 @@ def memory_update(rows, features, momentum):
 # evenly over the prototypes (an entropic optimal transport solved by Sinkhorn-Knopp), computed on some crops
 # ("assigned") and predicted from every other crop of the same image ("swapped prediction").
 
-# Below this, float32's exp is denormal or 0, and on CPU 10-30x slower than elsewhere: such terms are taken as 0.
+# Below this, float32's exp is denormal or 0, and on CPU far slower than elsewhere: such terms are taken as 0.
 EXP_FLOOR = -87.0
 
 

@@ -100,7 +100,7 @@ def _take(tensors, s):
 
 
 def _at(t, s):
-    """Samples s of t (B, ...): s a slice (a view) or an index tensor (a copy; index_select, ~10x faster than
+    """Samples s of t (B, ...): s a slice (a view) or an index tensor (a copy; index_select, much faster than
     t[s] on the CPU)."""
     return t[s] if isinstance(s, slice) else t.index_select(0, s)
 
@@ -155,7 +155,7 @@ def _mirror_output(line, flip):
 def _bicubic(t):
     """PIL's bicubic kernel (a = -0.5; support 2) at offsets t, in pixels of the kernel's scale: the cubic
     `near` on |t| < 1, the cubic `far` on 1 <= |t| < 2, 0 beyond. Both vanish at 1 and far at 2, so the kernel
-    is near(min(|t|, 1)) + far(clamp(|t|, 1, 2)): clamps, where comparisons and selects were 4x slower."""
+    is near(min(|t|, 1)) + far(clamp(|t|, 1, 2)): clamps, faster than comparisons and selects."""
     a, t = -0.5, t.abs()
     u, v = t.clamp(max=1.0), t.clamp_(1.0, 2.0)
     near = u.mul((a + 2)).sub_(a + 3).mul_(u).mul_(u).add_(1)
@@ -353,7 +353,7 @@ def _hue_(x, shift, apply=None):
     n (5 for red, 3 green, 1 blue) becomes min + (max - min) clamp(| |k - 5| - 3 | - 1, 0, 1), k = n + hue mod
     6 (the hue in sixths): HSV's v - v s clamp(min(k, 4 - k), 0, 1) with the trapezoid written as a distance to
     its centre."""
-    high, low = x.amax(1), x.amin(1)                 # amax/amin: the index-returning max/min are ~20x slower
+    high, low = x.amax(1), x.amin(1)                 # amax/amin: the index-returning max/min are far slower
     delta = high - low
     r, g, b = x.unbind(1)
     # Hue times delta, in sixths, by the largest channel (red wins ties, then green); 0 for grey pixels. Blends
@@ -404,7 +404,7 @@ def gaussian_kernels(sigma, radius):
     k = torch.exp(-0.5 * (t / sigma[:, None]) ** 2)
     k = k / k.sum(1, keepdim=True)
     # Taps under 2^-24 (a small sigma's tails, down to 1e-22) change no pixel in [0, 1] by more than 1e-6 in all,
-    # but their products with small pixel values are subnormal floats, which make the CPU's blur ~2x slower.
+    # but their products with small pixel values are subnormal floats, which slow the CPU's blur down.
     return torch.where(k < 2 ** -24, 0.0, k)
 
 
@@ -422,7 +422,7 @@ def _blur_(x, kernels):
     """x: float (n, C, H, W) blurred in place, sample b by the separable kernel kernels[b] ((n, 2 r + 1)), edge
     pixels repeated beyond the border (as PIL's GaussianBlur), only where samples take it (_runs, _blur_takes).
     The blur along a line is a banded matrix (blur_matrices), so the blur is two batched matmuls as the crop's
-    resampling; 3-4x faster on the CPU than a grouped depthwise conv2d, whose kernel varies per sample."""
+    resampling; faster on the CPU than a grouped depthwise conv2d, whose kernel varies per sample."""
     for s in _runs(_blur_takes(kernels)):
         y, k = x[s], kernels[s].to(x.dtype)
         n, c, h, w = y.shape
@@ -525,7 +525,7 @@ def _lab_(x, scale, shift):
 
     Both of Lab's piecewise curves (sRGB's gamma expansion, linear below 0.04045; f(t), linear below (6/29)^3)
     are continuous at their knee, so curve(v) = power(max(v, knee)) - slope * max(knee - v, 0): two clamps in
-    place of a comparison and a blend, the two slowest passes on the CPU. Powers as exp(p log(t)), 2-3x faster
+    place of a comparison and a blend, the two slowest passes on the CPU. Powers as exp(p log(t)), faster
     than pow there; the constant factor of the gamma power goes into the XYZ matrix (divided by the white
     point); Lab's linear map with the scale and shift is one per-pixel 3 x 3 matmul with a bias. float32 also
     under autocast (CMC's features() runs inside the model's autocast region: its matmuls would come out

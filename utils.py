@@ -145,7 +145,7 @@ def reseed(seed, device=None):
 
     Training re-seeds at every update and every image from stream_seed(...) keys, so its random stream depends
     only on where it is in training, never on where a run was stopped and resumed. (torch.manual_seed would
-    also do this but costs ~0.3 ms a call, too slow per image.)"""
+    also do this but is too slow to call per image.)"""
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.default_generator.manual_seed(seed)
