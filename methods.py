@@ -346,7 +346,7 @@ class CMC(Method):
     The evaluation classifiers and kNN read cat(L backbone, ab backbone) pooled features of RGB images, which
     features() converts to Lab: x arrives normalised by the training data's rgb_mean/rgb_std (hyperparams).
     """
-    name = VIEW_KIND = "cmc"
+    name = "cmc"
     # The seed's (HobbitLong/CMC) spellings. nce_m 1 would never move the memory bank.
     PARAMS = (
         FEAT_DIM,
