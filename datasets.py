@@ -509,8 +509,8 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     (None items, dropped by the loaders). batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the
     default augmentation keep uint8 images and augment whole batches on the training device
     (Splits.batch_augment); False keeps the per-image pipeline everywhere. subset: a class-list file that
-    restricts image folders to those classes. view_options: make_views' keywords of the view kind (methods.
-    view_options: CMC's crop_low, SwAV's crops); None: its defaults. cache_images: "auto", "on" or "off" (the
+    restricts image folders to those classes. view_options: make_views' keywords of the view kind (a
+    ViewSpec's options: CMC's crop_low, SwAV's crops); None: its defaults. cache_images: "auto", "on" or "off" (the
     default here; train.py's is auto): decode image folder splits into memory (imagecache.py), so that their
     training split takes the batched path too; report: this process prints that work's progress and counts
     unreadable images (rank 0); cache_budget: auto's limit, in bytes per split; cache_copies: the training

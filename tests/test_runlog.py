@@ -158,7 +158,7 @@ def test_every_record_is_timestamped_and_the_start_record_holds_the_resolved_con
     assert (cfg["ndf"], cfg["n_rkhs"], cfg["n_depth"]) == (8, 32, 1)
     assert (cfg["method"], cfg["arch"], cfg["tclip"], cfg["use_bn"]) == ("amdim", "amdim", 20.0, False)
     assert (cfg["learning_rate"], cfg["warmup_updates"], cfg["epochs"]) == (2e-4, 500, 1)
-    assert cfg["milestones"] == []              # one epoch: no decay (recipes.schedule)
+    assert cfg["milestones"] == []              # one epoch: no decay (Recipe.epochs_and_milestones)
     assert (cfg["batch_size"], cfg["per_process_batch"], cfg["world_size"]) == (100, 100, 1)
     assert (cfg["train_images"], cfg["test_images"], cfg["n_classes"], cfg["encoder_size"]) == (1500, 297, 10, 32)
     assert not [k for k in ("method", "arch", "ndf", "tclip", "use_bn", "learning_rate", "warmup_updates",
