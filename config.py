@@ -47,7 +47,8 @@ def add_flags(parser):
     group.add_argument("--arch", choices=ARCHS, help="backbone (default: amdim for --method amdim; else resnet18 "
                                                      "below 128 px, resnet50 from 128 px)")
     for p in ALL_PARAMS:
-        owner = "AMDIM encoder" if p in AMDIM_ENCODER else ", ".join(m for m, cls in METHODS.items() if p in cls.PARAMS)
+        owners = [name for name, cls in METHODS.items() if p in cls.PARAMS]
+        owner = "AMDIM encoder" if p in AMDIM_ENCODER else ", ".join(owners)
         text = f"[{owner}] {p.help} (default: {'off' if p.switch else p.shown_default()})"
         if p.switch:
             group.add_argument(*p.flag_names(), dest=p.name, action="store_const", const=True, help=text)

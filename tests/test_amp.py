@@ -15,10 +15,11 @@ import mixed_precision as mp
 import runlog
 import train
 import utils
+from helpers import ON_CPU, TINY_ENCODER
 from utils import UserError
 
-TINY = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "16",
-        "--num_workers", "0", "--device", "cpu", "--view_grid", "0", "--log_every", "1000"]
+TINY = ["--dataset", "DIGITS", *TINY_ENCODER, "--batch_size", "16", *ON_CPU, "--view_grid", "0", "--log_every",
+        "1000"]
 CUDA = torch.device("cuda", 0)
 
 

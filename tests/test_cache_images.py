@@ -11,8 +11,8 @@ from PIL import Image
 import datasets
 import distributed
 import imagecache
+from helpers import CHILD_PATH, ON_CPU, TINY_FLAGS
 from test_resume import kill_mid_epoch, tensors
-from test_methods import TINY_FLAGS
 from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,12 +228,11 @@ def test_a_folder_nobody_may_write_gets_its_cache_in_the_user_cache_folder(tmp_p
     assert nowhere.path is None and torch.equal(nowhere.images, again.images)
 
 
+@pytest.mark.slow
 def test_processes_sharing_a_folder_decode_it_once(tmp_path):
     train = tmp_path / "train"
     _write_uniform(train / "a", 40)
-    code = ("import sys; sys.path[:0] = [{root!r}, {tests!r}]\n"
-            "import test_cache_images as t\n"
-            "t.decode({train!r})\n").format(root=ROOT, tests=os.path.join(ROOT, "tests"), train=str(train))
+    code = CHILD_PATH + f"import test_cache_images as t\nt.decode({str(train)!r})\n"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1")) for _ in range(3)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -276,6 +275,7 @@ def test_the_processes_of_one_machine_share_its_memory(tmp_path, monkeypatch, ca
     assert distributed.processes_on_this_machine() == 4
 
 
+@pytest.mark.slow
 def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch):
     data = _folder(tmp_path)
     monkeypatch.setattr(imagecache, "available_memory", lambda: 1000)
@@ -329,11 +329,12 @@ def test_unreadable_files_are_named_or_skipped_and_counted_once(tmp_path, capsys
 
 def _train_cmd(tmp_path, run_name, *extra):
     return [sys.executable, "train.py", "--dataset", "FOLDER", "--image_size", "32", "--input_dir",
-            str(tmp_path / "data"), "--batch_size", "10", "--num_workers", "0", "--device", "cpu", "--log_every",
-            "1000", "--view_grid", "0", *TINY_FLAGS["amdim"], "--epochs", "1", "--checkpoint_every", "2",
+            str(tmp_path / "data"), "--batch_size", "10", *ON_CPU, "--log_every", "1000", "--view_grid", "0",
+            *TINY_FLAGS["amdim"], "--epochs", "1", "--checkpoint_every", "2",
             "--cache_images", "on", "--output_dir", str(tmp_path), "--run_name", run_name, *extra]
 
 
+@pytest.mark.slow
 def test_training_on_a_cached_folder_resumes_bit_for_bit_after_a_kill(tmp_path):
     for split, n in (("train", 50), ("val", 5)):
         for c, seed in (("a", 0), ("b", 1)):
@@ -357,6 +358,7 @@ def test_training_on_a_cached_folder_resumes_bit_for_bit_after_a_kill(tmp_path):
     assert ta.keys() == tb.keys() and [k for k in ta if not torch.equal(ta[k], tb[k])] == []
 
 
+@pytest.mark.slow
 def test_two_ranks_share_one_decode_and_count_a_skipped_file_once(tmp_path):
     from test_launch import TINY, _folder_with_one_corrupt_training_image, spawn_train
     _folder_with_one_corrupt_training_image(tmp_path / "data")

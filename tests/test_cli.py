@@ -100,12 +100,24 @@ def test_every_numeric_flag_rejects_negative_nan_and_inf(capsys, monkeypatch):
             assert f"argument {flag}" in line and f"got {text}," in line
 
 
-@pytest.mark.parametrize("argv", [["--learning_rate", "0"], ["--num_workers", "0"], ["--checkpoint_every", "0"],
-                                  ["--warmup_updates", "0"], ["--batch_size", "2"], ["--seed", "0"],
-                                  ["--method", "moco", "--moco-m", "0"], ["--method", "moco", "--moco-contr-w", "1",
-                                                                         "--moco-align-w", "0"]])
-def test_boundary_values_are_accepted(argv):
-    train.parse_args(BASE + argv)
+# Each flag at the edge of its range, and the value it must parse to (of the flag's type).
+BOUNDARIES = [
+    (["--learning_rate", "0"], {"learning_rate": 0.0}),
+    (["--num_workers", "0"], {"num_workers": 0}),
+    (["--checkpoint_every", "0"], {"checkpoint_every": 0}),
+    (["--warmup_updates", "0"], {"warmup_updates": 0}),
+    (["--batch_size", "2"], {"batch_size": 2}),
+    (["--seed", "0"], {"seed": 0}),
+    (["--method", "moco", "--moco-m", "0"], {"moco_m": 0.0}),
+    (["--method", "moco", "--moco-contr-w", "1", "--moco-align-w", "0"], {"moco_contr_w": 1.0, "moco_align_w": 0.0}),
+]
+
+
+@pytest.mark.parametrize("argv, parsed", BOUNDARIES, ids=[" ".join(a) for a, _ in BOUNDARIES])
+def test_boundary_values_are_accepted(argv, parsed):
+    args = train.parse_args(BASE + argv)
+    for dest, value in parsed.items():
+        assert getattr(args, dest) == value and type(getattr(args, dest)) is type(value), (dest, getattr(args, dest))
 
 
 def test_a_checkpoint_value_out_of_range_is_named():
@@ -114,6 +126,7 @@ def test_a_checkpoint_value_out_of_range_is_named():
         config.validate(dict(hp, moco_m=float("nan")))
 
 
+@pytest.mark.slow
 def test_bad_flag_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
     r = subprocess.run([sys.executable, "train.py", *BASE, "--ndf", "0", "--output_dir", str(tmp_path),
                         "--run_name", "bad"], cwd=ROOT, capture_output=True, text=True, timeout=300)

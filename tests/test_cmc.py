@@ -1,10 +1,8 @@
 """CMC: the method's memory banks, negatives and NCE constants against direct computations with costs.py, the
 state a checkpoint carries, the config and recipe, and two gloo processes whose banks stay identical."""
-import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import checkpoint
@@ -14,6 +12,7 @@ import distributed
 import imageops
 import methods
 import utils
+from helpers import BASE, run_ranks
 
 N_DATA, FEAT, K = 20, 8, 6
 
@@ -164,9 +163,8 @@ def _batch(step):
     return _unit(WORLD * N_LOCAL, FEAT, 100 + step), _unit(WORLD * N_LOCAL, FEAT, 200 + step), index
 
 
-def _rank(rank, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+def _rank(dist):
+    rank = dist.rank
     torch.manual_seed(0)
     cmc = methods.CMC(_hp())
     mine = slice(rank, None, WORLD)                     # the sampler deals the global batch round-robin
@@ -178,14 +176,13 @@ def _rank(rank, port, result_dir):
         terms = cmc.loss_terms(out, dist)
         losses.append(torch.stack([terms["cmc_l"], terms["cmc_ab"]]))
         cmc.after_step(out, dist)
-    torch.save({"memory_l": cmc.memory_l, "memory_ab": cmc.memory_ab, "z_l": cmc.z_l, "z_ab": cmc.z_ab,
-                "losses": torch.stack(losses)}, os.path.join(result_dir, f"rank{rank}.pt"))
-    distributed.leave_process_group()
+    return {"memory_l": cmc.memory_l, "memory_ab": cmc.memory_ab, "z_l": cmc.z_l, "z_ab": cmc.z_ab,
+            "losses": torch.stack(losses)}
 
 
+@pytest.mark.slow
 def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
-    mp.spawn(_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results = run_ranks(_rank, WORLD, tmp_path)
     for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
         assert torch.equal(results[0][key], results[1][key]), key
     assert results[0]["z_l"].item() > 0
@@ -206,15 +203,12 @@ def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
     assert torch.allclose(results[0]["memory_ab"], single.memory_ab, atol=1e-6)
 
 
-def _rank_training(rank, port, result_dir):
+def _rank_training(dist, result_dir):
     """Three real train.update calls of a tiny CMC run under DDP (gloo), on the loader's batches.
 
     On resnet18, not the AMDIM encoder: as a backbone that one leaves its 5x5 and 7x7 heads without gradients,
     which DistributedDataParallel refuses from the second update on (so do MoCo --arch amdim runs)."""
     import train
-    from test_methods import BASE
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
     args = train.parse_args(BASE + ["--method", "cmc", "--arch", "resnet18", "--nce_k", "64", "--feat_dim", "16",
                                     "--batch_size", "16", "--output_dir", result_dir, "--run_name", "ddp"])
     utils.seed_everything(args.seed)
@@ -225,16 +219,14 @@ def _rank_training(rank, port, result_dir):
         values, stop = train.update(run, batch, epoch=0)
         assert values is not None and not stop
         seen.append(batch[2])
-    torch.save({"start": start, "seen": torch.cat(seen), "memory_l": run.model.memory_l,
-                "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab},
-               os.path.join(result_dir, f"train{rank}.pt"))
     run.log.close()
-    distributed.leave_process_group()
+    return {"start": start, "seen": torch.cat(seen), "memory_l": run.model.memory_l,
+            "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab}
 
 
+@pytest.mark.slow
 def test_two_process_training_keeps_both_banks_identical(tmp_path):
-    mp.spawn(_rank_training, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    a, b = (torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(WORLD))
+    a, b = run_ranks(_rank_training, WORLD, tmp_path, str(tmp_path), timeout_s=120)
     for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
         assert torch.equal(a[key], b[key]), key
     assert a["z_l"].item() > 0 and a["z_ab"].item() > 0

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import compiling
+from helpers import TINY_ENCODER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -72,9 +73,8 @@ def test_a_compiled_module_matches_eager():
 
 def _train(tmp_path, name, *flags):
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))       # no TORCHDYNAMO_DISABLE
-    cmd = [sys.executable, "train.py", "--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1",
-           "--batch_size", "100", "--epochs", "1", "--num_workers", "0", "--output_dir", str(tmp_path),
-           "--run_name", name, *flags]
+    cmd = [sys.executable, "train.py", "--dataset", "DIGITS", *TINY_ENCODER, "--batch_size", "100", "--epochs", "1",
+           "--num_workers", "0", "--output_dir", str(tmp_path), "--run_name", name, *flags]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     with open(tmp_path / name / "metrics.jsonl") as f:
@@ -82,6 +82,7 @@ def _train(tmp_path, name, *flags):
     return out.stdout, records
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(compiling.toolchain_missing(CPU) is not None, reason="inductor needs a C++ compiler")
 def test_train_py_compiles_with_inductor_and_learns_like_eager(tmp_path):
     """The classifier phase with --compile on: inductor really compiles the classifiers' step (C++ on the CPU,

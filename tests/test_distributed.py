@@ -9,12 +9,14 @@ import time
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
 
 import costs
 import distributed
 import engine
 import utils
+from helpers import CHILD_PATH, DIGITS, ON_CPU, TINY_ENCODER, run_ranks
+
+pytestmark = pytest.mark.slow       # every test here starts processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, R, WORLD = 6, 8, 2
@@ -37,9 +39,8 @@ def _reference():
     return {k: v.item() for k, v in out.items()}, grads
 
 
-def _rank_costs(rank, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+def _rank_costs(dist, result_dir):
+    rank = dist.rank
     (f1, f2), (l1, l2) = _features()
     n = N // WORLD
     part = slice(rank * n, (rank + 1) * n)
@@ -48,14 +49,13 @@ def _rank_costs(rank, port, result_dir):
                               gather=distributed.all_gather_autograd, pos_offset=rank * n)
     total = sum(out.values())
     grads = torch.autograd.grad(total, leaves)
-    torch.save({"losses": {k: v.item() for k, v in out.items()}, "grads": grads},
-               os.path.join(result_dir, f"rank{rank}.pt"))
+    result = {"losses": {k: v.item() for k, v in out.items()}, "grads": grads}
     # The real training step (train.setup + train.update under DistributedDataParallel) on this rank's half.
-    torch.save(_training_step(dist, result_dir), os.path.join(result_dir, f"step{rank}.pt"))
+    result["step"] = _training_step(dist, result_dir)
     distributed.leave_process_group()
     if rank == 0:          # the one-process reference on the whole batch, once this process left the group
-        torch.save(_training_step(distributed.Dist(), result_dir), os.path.join(result_dir, "step_single.pt"))
-    del dist
+        result["step_single"] = _training_step(distributed.Dist(), result_dir)
+    return result
 
 
 # The training step's batch: fixed views (no augmentation: --per_image_aug leaves the loader's views as they are),
@@ -78,8 +78,7 @@ def _training_step(dist, result_dir):
     Returns the update's logged values (this process's loss terms) and the parameters' gradients after it (under
     DDP: the average over the processes)."""
     import train
-    args = train.parse_args(["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1",
-                             "--batch_size", str(STEP_BATCH), "--num_workers", "0", "--device", "cpu",
+    args = train.parse_args(["--dataset", "DIGITS", *TINY_ENCODER, "--batch_size", str(STEP_BATCH), *ON_CPU,
                              "--per_image_aug", "--output_dir", result_dir,
                              "--run_name", "ddp" if dist.active else "single"])
     utils.seed_everything(args.seed)          # the same initial weights in both set-ups (DDP copies rank 0's)
@@ -108,17 +107,15 @@ def _training_step(dist, result_dir):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """One 2-process gloo job (mp.spawn) that computes both the cost functions' and the training step's
-    results; each test reads its part."""
+    """One 2-process gloo job that computes both the cost functions' and the training step's results, each
+    rank's; each test reads its part."""
     result_dir = tmp_path_factory.mktemp("two_ranks")
-    mp.spawn(_rank_costs, args=(distributed.free_port(), str(result_dir)), nprocs=WORLD, join=True)
-    return result_dir
+    return run_ranks(_rank_costs, WORLD, result_dir, str(result_dir))
 
 
 def test_two_ranks_reproduce_the_one_process_loss_and_gradients(two_ranks):
-    tmp_path = two_ranks
     ref_losses, ref_grads = _reference()
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results = two_ranks
     for k, v in ref_losses.items():
         mean = sum(res["losses"][k] for res in results) / WORLD
         assert mean == pytest.approx(v, rel=1e-10, abs=1e-12), k
@@ -136,8 +133,8 @@ def test_training_step_of_two_ranks_equals_one_process_on_the_whole_batch(two_ra
     gathered global batch's targets, the rank's own samples the positives), so the ranks' mean equals the
     one-process term; each rank's loss gradient reaches every rank's features through the gather's backward, and
     DDP averages the parameter gradients, so both ranks hold the one-process gradient of the mean loss."""
-    single = torch.load(two_ranks / "step_single.pt", weights_only=True)
-    ranks = [torch.load(two_ranks / f"step{r}.pt", weights_only=True) for r in range(WORLD)]
+    single = two_ranks[0]["step_single"]
+    ranks = [res["step"] for res in two_ranks]
     for k in ("1t5", "1t7", "5t5", "lgt_reg", "class_mlp", "class_lin", "loss"):
         mean = sum(res["values"][k] for res in ranks) / WORLD
         assert mean == pytest.approx(single["values"][k], rel=2e-5), k
@@ -154,13 +151,9 @@ def test_training_step_of_two_ranks_equals_one_process_on_the_whole_batch(two_ra
             assert torch.allclose(res["grads"][name], g, rtol=1e-4, atol=1e-6 * g.abs().max()), name
 
 
-def _rank_evaluate(rank, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+def _rank_evaluate(dist):
     model, data = _eval_setup()
-    acc = engine.evaluate(model, engine.shard(data, dist), dist, amp=False, batch_size=4, num_workers=0)
-    torch.save(acc, os.path.join(result_dir, f"acc{rank}.pt"))
-    distributed.leave_process_group()
+    return engine.evaluate(model, engine.shard(data, dist), dist, amp=False, batch_size=4, num_workers=0)
 
 
 def _eval_setup():
@@ -173,31 +166,27 @@ def _eval_setup():
     return model, torch.utils.data.TensorDataset(x, y)
 
 
-def _rank_knn(rank, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+def _rank_knn(dist):
     model, data = _eval_setup()
-    top1 = engine.knn_accuracy(model.eval(), data, data, dist, amp=False, batch_size=4, num_workers=0, k=3)
-    torch.save(top1, os.path.join(result_dir, f"knn{rank}.pt"))
-    distributed.leave_process_group()
+    return engine.knn_accuracy(model.eval(), data, data, dist, amp=False, batch_size=4, num_workers=0, k=3)
 
 
 def test_sharded_knn_equals_one_process(tmp_path):
     """Each rank extracts its shard of memory and queries; the memory is gathered (shards of 6 and 5 items)."""
-    mp.spawn(_rank_knn, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    top1 = run_ranks(_rank_knn, WORLD, tmp_path)
     model, data = _eval_setup()
     single = engine.knn_accuracy(model.eval(), data, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0,
                                  k=3)
     for r in range(WORLD):
-        assert torch.load(tmp_path / f"knn{r}.pt", weights_only=True) == pytest.approx(single)
+        assert top1[r] == pytest.approx(single)
 
 
 def test_sharded_test_accuracy_equals_one_process(tmp_path):
-    mp.spawn(_rank_evaluate, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    acc = run_ranks(_rank_evaluate, WORLD, tmp_path)
     model, data = _eval_setup()
     single = engine.evaluate(model, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0)
     for r in range(WORLD):
-        assert torch.load(tmp_path / f"acc{r}.pt", weights_only=True) == single
+        assert acc[r] == single
     assert single["n_images"] == 11          # 11 images over 2 ranks: no padded duplicates
 
 
@@ -210,7 +199,7 @@ def _worker_that_fails(dist):
 
 def test_a_dying_rank_ends_the_job_quickly_with_nonzero_exit():
     """distributed.spawn, the launcher train.py uses for several GPUs, here with 2 gloo processes."""
-    code = ("import os, distributed, tests.test_distributed as t\n"
+    code = (CHILD_PATH + "import os, distributed, test_distributed as t\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
             "distributed.spawn(t._worker_that_fails, 2, 'cpu')\n")
     start = time.monotonic()
@@ -222,9 +211,8 @@ def test_a_dying_rank_ends_the_job_quickly_with_nonzero_exit():
 
 def test_torchrun_two_process_training_run(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-           "--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "100",
-           "--epochs", "1", "--num_workers", "0", "--device", "cpu", "--output_dir", str(tmp_path),
-           "--run_name", "ddp", "--log_every", "1000", "--checkpoint_every", "7"]
+           *DIGITS, *TINY_ENCODER, "--epochs", "1", "--output_dir", str(tmp_path), "--run_name", "ddp",
+           "--checkpoint_every", "7"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]

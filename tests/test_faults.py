@@ -14,13 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import DIGITS_TINY, TINY_ENCODER
+
+pytestmark = pytest.mark.slow       # every test here runs train.py or test.py in a subprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "100",
-        "--warmup_updates", "5", "--num_workers", "0", "--device", "cpu", "--log_every", "1000"]
 
 
 def train_cmd(out, run_name, *extra):
-    return [sys.executable, "train.py", *TINY, "--output_dir", str(out), "--run_name", run_name, *extra]
+    return [sys.executable, "train.py", *DIGITS_TINY, "--output_dir", str(out), "--run_name", run_name, *extra]
 
 
 def run(cmd, **kw):
@@ -232,7 +234,7 @@ def _folder_with_a_corrupt_image(root):
 def test_corrupt_image_is_named_or_skipped_with_a_count(tmp_path, workers):
     bad = _folder_with_a_corrupt_image(tmp_path / "data")
     base = [sys.executable, "train.py", "--dataset", "folder", "--image_size", "32", "--input_dir",
-            str(tmp_path / "data"), "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "13",
+            str(tmp_path / "data"), *TINY_ENCODER, "--batch_size", "13",
             "--epochs", "1", "--device", "cpu", "--num_workers", workers, "--output_dir", str(tmp_path)]
     r = run(base + ["--run_name", "fail"])
     assert_one_line_error(r, str(bad), "--skip_bad_images")

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
 from PIL import Image
 
 import distributed
 import engine
 import runlog
 import utils
+from helpers import CHILD_PATH, ON_CPU, TINY_ENCODER, run_ranks
 
 # Spawned ranks import this module by name to find their hooks: train and checkpoint (torchvision, ~half of the
 # start-up time) are imported where needed, so that the ranks of the tests that do not train skip them.
@@ -39,18 +39,17 @@ def checkpoint():
     return checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--num_workers", "0", "--device", "cpu", "--epochs", "1",
-        "--log_every", "1000", "--view_grid", "0", "--warmup_updates", "5"]
+TINY = [*TINY_ENCODER, *ON_CPU, "--epochs", "1", "--log_every", "1000", "--view_grid", "0", "--warmup_updates", "5"]
 
 
 DIST_TIMEOUT_S = 60
 
 
 def spawn_train(worker, flags, timeout=60, dist_timeout=DIST_TIMEOUT_S):
-    """Run train.py's worker through distributed.spawn with 2 gloo ranks, each calling tests.test_launch.<worker>(dist,
+    """Run train.py's worker through distributed.spawn with 2 gloo ranks, each calling test_launch.<worker>(dist,
     flags) (a test hook that ends in train_worker), in a fresh session: (CompletedProcess, seconds). On a timeout
     every process of the job is killed (a hung rank ignores the launcher's SIGINT) and the test fails."""
-    code = ("import os, distributed, tests.test_launch as t\n"
+    code = (CHILD_PATH + "import os, distributed, test_launch as t\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
             f"distributed.spawn(t.{worker}, 2, 'cpu', {flags!r}, timeout_s={dist_timeout})\n")
     start = time.monotonic()
@@ -122,6 +121,7 @@ def _worker_with_fake_cifar(dist, flags):
     return train_worker(dist, flags)
 
 
+@pytest.mark.slow
 def test_first_use_downloads_once_while_the_other_rank_waits(tmp_path):
     data = tmp_path / "data"
     r, _ = spawn_train("_worker_with_fake_cifar", ["--dataset", "C10", "--input_dir", str(data), "--batch_size",
@@ -132,27 +132,24 @@ def test_first_use_downloads_once_while_the_other_rank_waits(tmp_path):
     assert torch.load(tmp_path / "default_run" / "amdim_cpt.pth", weights_only=True)["cursor"]["info_step"] == 2
 
 
-def _rank_waits_for_a_late_peer(rank, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, 2, rank, "cpu", timeout_s=4)
-    if rank == 1:
+def _rank_waits_for_a_late_peer(dist):
+    if dist.rank == 1:
         time.sleep(5)                     # a download longer than the collectives' timeout
     distributed.wait_for_every_rank(dist, "late")
     tdist.all_reduce(torch.ones(1))       # the group still works
     try:
-        distributed.wait_for_every_rank(dist, "second", error="no data here" if rank == 1 else None)
+        distributed.wait_for_every_rank(dist, "second", error="no data here" if dist.rank == 1 else None)
     except utils.UserError as e:
-        with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
-            f.write(str(e))
-    distributed.leave_process_group()
+        return str(e)
 
 
+@pytest.mark.slow
 def test_the_data_barrier_outlasts_the_collective_timeout_and_shares_errors(tmp_path):
     """A collective (here with a 4 s timeout) would give up on a rank that downloads for 5 s: the barrier that
     load_data uses waits through the job's store instead."""
-    mp.spawn(_rank_waits_for_a_late_peer, args=(distributed.free_port(), str(tmp_path)), nprocs=2, join=True)
+    errors = run_ranks(_rank_waits_for_a_late_peer, 2, tmp_path, timeout_s=4)
     for rank in (0, 1):
-        assert (tmp_path / f"{rank}.txt").read_text() == "rank 1: no data here"
+        assert errors[rank] == "rank 1: no data here"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,6 +167,7 @@ def _folder_with_one_corrupt_training_image(root):
     (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
 
 
+@pytest.mark.slow
 def test_a_loader_worker_error_in_a_spawned_rank_ends_the_job_without_waiting_for_a_timeout(tmp_path):
     """The job ends within the subprocess timeout, which is shorter than the collectives' timeout: so the other
     rank learnt of the failure, rather than timing out in a collective (no bound on seconds: hosts differ)."""
@@ -229,10 +227,11 @@ def _rank_measuring_its_workers(dist, out):
         json.dump({"rank_rss_mb": rss, "workers": per_worker}, f)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux's /proc")
 def test_loader_workers_of_a_spawned_rank_share_the_dataset_memory(tmp_path):
     out = tmp_path / "memory.json"
-    code = ("import os, distributed, tests.test_launch as t\n"
+    code = (CHILD_PATH + "import os, distributed, test_launch as t\n"
             f"distributed.spawn(t._rank_measuring_its_workers, 1, 'cpu', {str(out)!r})\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -257,6 +256,7 @@ def _worker_with_its_own_output_dir(dist, flags):
     return train_worker(dist, flags, other_dir if dist.rank == 1 else None)
 
 
+@pytest.mark.slow
 def test_a_rank_without_rank_0s_checkpoint_stops_the_job_naming_a_shared_output_dir(tmp_path, train, checkpoint):
     flags = ["--dataset", "DIGITS", "--batch_size", "100", "--output_dir", str(tmp_path / "out"), *TINY,
              "--epochs", "2"]

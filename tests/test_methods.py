@@ -1,5 +1,5 @@
-"""The method interface: one contract every registered method meets (a new method adds its tiny flags to TINY_FLAGS;
-test_resume.py kills and resumes each), and torch.hub loading of every kind of checkpoint."""
+"""The method interface: one contract every registered method meets (a new method adds its tiny flags to
+helpers.TINY_FLAGS; test_resume.py kills and resumes each), and torch.hub loading of every kind of checkpoint."""
 import os
 
 import pytest
@@ -11,24 +11,9 @@ import methods
 import test as test_py
 import train
 import utils
+from helpers import BASE, TINY_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE = ["--dataset", "DIGITS", "--batch_size", "100", "--num_workers", "0", "--device", "cpu", "--log_every", "1000",
-        "--view_grid", "0"]
-AMDIM_ENCODER = ["--arch", "amdim", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1"]
-# Tiny configurations of each method, small enough for a CPU test.
-TINY_FLAGS = {
-    "amdim": AMDIM_ENCODER + ["--warmup_updates", "5"],
-    "moco": AMDIM_ENCODER + ["--method", "moco", "--moco-k", "300", "--moco-dim", "16", "--moco-contr-w", "1"],
-    "cmc": AMDIM_ENCODER + ["--method", "cmc", "--nce_k", "64", "--feat_dim", "16"],
-    # A queue of two batches from the first epoch (full from update 2, so used from update 3 on) and prototypes
-    # frozen for 6 updates: the kill -9 resume test (test_resume.py) crosses both. The AMDIM encoder takes only
-    # 32 px crops: the third crop differs by its area range.
-    "swav": AMDIM_ENCODER + ["--method", "swav", "--nmb_crops", "2", "1", "--size_crops", "32", "32",
-                             "--min_scale_crops", "0.3", "0.1", "--max_scale_crops", "1", "0.3", "--feat_dim", "16",
-                             "--hidden_mlp", "32", "--nmb_prototypes", "20", "--queue_length", "200",
-                             "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "6"],
-}
 ORIGINAL = os.path.join(ROOT, "tests", "fixtures", "amdim_original_c10_tiny.pth")
 
 

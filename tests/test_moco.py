@@ -2,11 +2,9 @@
 update, the ResNet backbones, and two gloo processes against one."""
 import itertools
 import math
-import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import checkpoint
@@ -15,6 +13,7 @@ import costs
 import distributed
 import methods
 import model as M
+from helpers import TINY_ENCODER, run_ranks
 
 
 def _unit(n, d, seed):
@@ -189,9 +188,8 @@ def _global_batch():
     return _unit(WORLD * N_LOCAL, 8, 11).float(), _unit(WORLD * N_LOCAL, 8, 12).float()
 
 
-def _rank(rank, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+def _rank(dist):
+    rank = dist.rank
     torch.manual_seed(0)
     moco = methods.MoCo(_hp(moco_k=10, moco_unif_w=0.0))
     q, k = _global_batch()
@@ -204,14 +202,13 @@ def _rank(rank, port, result_dir):
     x = torch.arange(WORLD * N_LOCAL, dtype=torch.float32)[mine].view(-1, 1)
     shuffled, undo = dist.shuffle(x)
     back = dist.unshuffle(shuffled * 10, undo)
-    torch.save({"terms": {n: v.item() for n, v in terms.items()}, "queue": moco.queue, "ptr": int(moco.queue_ptr),
-                "shuffled": shuffled, "back": back}, os.path.join(result_dir, f"rank{rank}.pt"))
-    distributed.leave_process_group()
+    return {"terms": {n: v.item() for n, v in terms.items()}, "queue": moco.queue, "ptr": int(moco.queue_ptr),
+            "shuffled": shuffled, "back": back}
 
 
+@pytest.mark.slow
 def test_two_processes_fill_one_queue_and_match_one_process(tmp_path):
-    mp.spawn(_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results = run_ranks(_rank, WORLD, tmp_path)
     torch.manual_seed(0)
     single = methods.MoCo(_hp(moco_k=10, moco_unif_w=0.0))
     q, k = _global_batch()
@@ -237,7 +234,7 @@ def test_ddp_looks_for_unused_parameters_only_where_a_backbone_leaves_some_unuse
     import config
     import methods
     import train
-    small = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1"]
+    small = ["--dataset", "DIGITS", *TINY_ENCODER]
     for flags, expected in ((["--method", "moco", "--arch", "amdim"] + small, True),
                             (["--method", "moco", "--arch", "resnet18", "--dataset", "DIGITS"], False),
                             (small, False)):

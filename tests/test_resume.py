@@ -14,7 +14,7 @@ import torch
 
 import methods
 import train
-from test_methods import BASE, TINY_FLAGS
+from helpers import BASE, TINY_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,7 @@ def tensors(tree, prefix=""):
     return {k: v for key, sub in items for k, v in tensors(sub, f"{prefix}.{key}").items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_run_killed_mid_epoch_and_rerun_matches_the_uninterrupted_run_bit_for_bit(method, tmp_path):
     straight = subprocess.run(train_cmd(tmp_path, method, "straight"), cwd=ROOT, capture_output=True, text=True,

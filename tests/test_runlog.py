@@ -22,10 +22,10 @@ import checkpoint
 import runlog
 import train
 import utils
+from helpers import BASE, TINY_ENCODER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "100",
-        "--num_workers", "0", "--device", "cpu", "--log_every", "1000", "--view_grid", "0"]
+TINY = [*BASE, *TINY_ENCODER]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
@@ -74,6 +74,7 @@ def run_cli(argv):
             signal.signal(s, h)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_run_directory_is_refused_until_the_first_dies(tmp_path, stop_after_setup, capsys):
     flags = TINY + ["--output_dir", str(tmp_path), "--run_name", "r"]
     run_dir = tmp_path / "r"
@@ -263,6 +264,7 @@ utils.run_main(main)
 """
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_during_shutdown_is_ignored():
     p = subprocess.Popen([sys.executable, "-c", SHUTDOWN.format(root=ROOT)], env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)

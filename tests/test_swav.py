@@ -4,12 +4,10 @@ use once full, codes with it against one Sinkhorn call), the prototype freeze, t
 seed's formula, the flags' defaults and errors, and real 2-process gloo runs (codes equal to one process's on the
 whole batch with queues; training keeps both processes' prototypes and queues identical)."""
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
@@ -22,7 +20,7 @@ import imageops
 import methods
 import train
 import utils
-from test_methods import AMDIM_ENCODER, BASE
+from helpers import AMDIM_ENCODER, BASE, run_ranks
 from utils import UserError
 
 # ----------------------------------------------------------------------------------------------------------
@@ -430,10 +428,9 @@ def test_other_methods_schedule_flags_are_refused(tmp_path):
 WORLD, B_LOCAL = 2, 3
 
 
-def _codes_rank(rank, port, result_dir):
+def _codes_rank(dist):
     """Each rank computes its codes with its own queue rows; the single-process reference runs in the test."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+    rank = dist.rank
     torch.manual_seed(0)
     swav = methods.SwAV(_hp(*TINY_AMDIM, "--queue_length", str(2 * WORLD * B_LOCAL), "--epoch_queue_starts", "0"))
     swav.start_update(0, 0, dist)
@@ -447,13 +444,12 @@ def _codes_rank(rank, port, result_dir):
                                    for c in (0, 1)]
         swav.after_step(out, dist)
     results["prototypes"] = swav.prototypes.weight.detach().clone()
-    torch.save(results, os.path.join(result_dir, f"codes{rank}.pt"))
-    distributed.leave_process_group()
+    return results
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_codes_of_one_process_on_everyones_rows_with_and_without_a_queue(tmp_path):
-    mp.spawn(_codes_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"codes{r}.pt", weights_only=True) for r in range(WORLD)]
+    ranks = run_ranks(_codes_rank, WORLD, tmp_path)
     w = ranks[0]["prototypes"]
     for step in range(3):
         everyone = _unit(2 * WORLD * B_LOCAL, 8, step).view(2, WORLD * B_LOCAL, 8)
@@ -476,11 +472,9 @@ def test_two_processes_give_the_codes_of_one_process_on_everyones_rows_with_and_
             assert torch.equal(final[c, r * 2 * B_LOCAL:(r + 1) * 2 * B_LOCAL], expected)
 
 
-def _training_rank(rank, port, result_dir):
+def _training_rank(dist, result_dir):
     """Four real train.update calls of a tiny SwAV run under DDP (gloo) on resnet18 with 2 x 32 + 2 x 16 px crops,
     a queue of two global batches from the first update and prototypes frozen for the first two."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=120)
     args = train.parse_args(BASE + TINY_RESNET + [
         "--method", "swav", "--nmb_crops", "2", "2", "--batch_size", "8", "--queue_length", "16",
         "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "2", "--output_dir", result_dir,
@@ -493,15 +487,13 @@ def _training_rank(rank, port, result_dir):
         values, stop = train.update(run, batch, epoch=0)
         assert values is not None and not stop
         losses.append(values["swav"])
-    torch.save({"state": run.model.state_dict(), "start": start, "losses": losses},
-               os.path.join(result_dir, f"train{rank}.pt"))
     run.log.close()
-    distributed.leave_process_group()
+    return {"state": run.model.state_dict(), "start": start, "losses": losses}
 
 
+@pytest.mark.slow
 def test_two_process_training_keeps_prototypes_and_queues_identical(tmp_path):
-    mp.spawn(_training_rank, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    a, b = (torch.load(tmp_path / f"train{r}.pt", weights_only=True) for r in range(WORLD))
+    a, b = run_ranks(_training_rank, WORLD, tmp_path, str(tmp_path), timeout_s=120)
     for key in ("prototypes.weight", "queue", "head.0.weight", "backbone.net.conv1.weight"):
         assert torch.equal(a["state"][key], b["state"][key]), key
     assert torch.equal(a["start"], b["start"])

@@ -2,14 +2,14 @@
 element in double precision), costs.swav_loss (values and gradients), larc.LARC (its formula, parameter by
 parameter), distributed.Dist.all_reduce, and sinkhorn in two real gloo processes."""
 import math
-import os
 
+import pytest
 import torch
-import torch.multiprocessing as mp
 
 import costs
 import distributed
 import larc
+from helpers import run_ranks
 
 
 def naive_sinkhorn(scores, epsilon, n_iters):
@@ -307,24 +307,21 @@ def _global_scores():
         _uniform((WORLD * QUEUE_LOCAL, K), 60, dtype=torch.float32)
 
 
-def _rank_sinkhorn(rank, port, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist = distributed.init_distributed(rank, WORLD, rank, "cpu", timeout_s=60)
+def _rank_sinkhorn(dist):
+    rank = dist.rank
     batch, queue = _global_scores()
     mine = batch[rank * N_LOCAL:(rank + 1) * N_LOCAL]
     my_queue = queue[rank * QUEUE_LOCAL:(rank + 1) * QUEUE_LOCAL]
-    out = {"batch": costs.sinkhorn(mine, EPSILON, ITERS, dist),
-           "queue": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, ITERS, dist),
-           # No iteration: Q / total * N, where N counts every process's rows (with more it cancels out).
-           "no_iteration": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, 0, dist),
-           "sum": dist.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]))}
-    torch.save(out, os.path.join(result_dir, f"rank{rank}.pt"))
-    distributed.leave_process_group()
+    return {"batch": costs.sinkhorn(mine, EPSILON, ITERS, dist),
+            "queue": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, ITERS, dist),
+            # No iteration: Q / total * N, where N counts every process's rows (with more it cancels out).
+            "no_iteration": costs.sinkhorn(torch.cat([my_queue, mine]), EPSILON, 0, dist),
+            "sum": dist.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]))}
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_codes_of_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_rank_sinkhorn, args=(distributed.free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results = run_ranks(_rank_sinkhorn, WORLD, tmp_path)
     batch, queue = _global_scores()
     whole = costs.sinkhorn(batch, EPSILON, ITERS)
     # With queues: each rank's rows are its queue then its batch; one process sees them all, in rank order.

@@ -19,10 +19,10 @@ import methods
 import phases
 import train
 import utils
+from helpers import DIGITS_TINY as TINY
+from helpers import ON_CPU, TINY_ENCODER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset", "DIGITS", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1", "--batch_size", "100",
-        "--warmup_updates", "5", "--num_workers", "0", "--device", "cpu", "--log_every", "1000"]
 
 
 def run_train(tmp_path, *extra):
@@ -198,6 +198,7 @@ def test_amp_bfloat16_on_cpu_trains_with_finite_falling_loss(tmp_path):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_cli_test_py_reports_json(ss_run):
     _, cpt, acc = ss_run
     r = cli("test.py", cpt, "--dataset", "DIGITS", "--json", "--num_workers", "0", "--device", "cpu")
@@ -210,6 +211,7 @@ def test_cli_test_py_reports_json(ss_run):
     assert result["n_images"] == 297 and 0 <= result["top1_linear"] <= 100
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_without_traceback(ss_run, tmp_path):
     _, cpt, _ = ss_run
     cases = [
@@ -377,8 +379,8 @@ def _image_folder(root, n_classes, n_train=8, n_val=2, seed=0):
     return str(root)
 
 
-FOLDER = ["--dataset", "FOLDER", "--image_size", "32", "--ndf", "8", "--n_rkhs", "32", "--n_depth", "1",
-          "--batch_size", "8", "--num_workers", "0", "--device", "cpu", "--log_every", "1000", "--epochs", "1"]
+FOLDER = ["--dataset", "FOLDER", "--image_size", "32", *TINY_ENCODER, "--batch_size", "8", *ON_CPU, "--log_every",
+          "1000", "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,74 @@
+"""What several test files share: the tiny command-line configurations, and run_ranks, the harness of the tests
+that run a few real gloo processes on the CPU.
+
+Test modules import it as `from helpers import ...` (pytest puts tests/ on sys.path, and processes that
+mp.spawn starts inherit that path). A `python -c` child that imports a test module puts the repository and
+tests/ on its path first: CHILD_PATH is that line."""
+import os
+
+import torch
+import torch.multiprocessing as mp
+
+import distributed
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+CHILD_PATH = f"import sys; sys.path[:0] = [{ROOT!r}, {TESTS!r}]\n"
+
+# ----------------------------------------------------------------------------------------------------------
+# Tiny configurations, small enough for a CPU test.
+
+TINY_ENCODER = ["--ndf", "8", "--n_rkhs", "32", "--n_depth", "1"]
+AMDIM_ENCODER = ["--arch", "amdim", *TINY_ENCODER]
+ON_CPU = ["--num_workers", "0", "--device", "cpu"]
+# DIGITS (embedded, 1,500 training images: 15 updates an epoch) in this process, quiet.
+DIGITS = ["--dataset", "DIGITS", "--batch_size", "100", *ON_CPU, "--log_every", "1000"]
+BASE = [*DIGITS, "--view_grid", "0"]
+# A tiny AMDIM run on DIGITS with a short warmup (test_train.py's and test_faults.py's runs).
+DIGITS_TINY = [*DIGITS, *TINY_ENCODER, "--warmup_updates", "5"]
+# Tiny configurations of each method (a new method adds its tiny flags here; test_methods.py checks that every
+# registered method has one, test_resume.py kills and resumes each).
+TINY_FLAGS = {
+    "amdim": AMDIM_ENCODER + ["--warmup_updates", "5"],
+    "moco": AMDIM_ENCODER + ["--method", "moco", "--moco-k", "300", "--moco-dim", "16", "--moco-contr-w", "1"],
+    "cmc": AMDIM_ENCODER + ["--method", "cmc", "--nce_k", "64", "--feat_dim", "16"],
+    # A queue of two batches from the first epoch (full from update 2, so used from update 3 on) and prototypes
+    # frozen for 6 updates: the kill -9 resume test (test_resume.py) crosses both. The AMDIM encoder takes only
+    # 32 px crops: the third crop differs by its area range.
+    "swav": AMDIM_ENCODER + ["--method", "swav", "--nmb_crops", "2", "1", "--size_crops", "32", "32",
+                             "--min_scale_crops", "0.3", "0.1", "--max_scale_crops", "1", "0.3", "--feat_dim", "16",
+                             "--hidden_mlp", "32", "--nmb_prototypes", "20", "--queue_length", "200",
+                             "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "6"],
+}
+
+# ----------------------------------------------------------------------------------------------------------
+# A few gloo processes.
+
+
+def run_ranks(fn, world, tmp_path, *args, timeout_s=60):
+    """Run fn(dist, *args) in `world` new processes, the ranks 0 .. world - 1 of one gloo job on this host's CPU,
+    and return what each returned, in rank order.
+
+    Each process joins the job as train.py's ranks do, through distributed.init_distributed (rendezvous on a free local
+    port; timeout_s bounds every collective), so fn gets the project's distributed.Dist; once fn has returned, the
+    process leaves the job with distributed.leave_process_group (fn may leave earlier itself, to compute a one-process
+    reference with distributed.Dist() in the same process). A rank that raises fails the call (mp.spawn's
+    ProcessRaisedException, with its traceback).
+
+    The results travel as torch.save files in tmp_path (rank<r>.result.pt), read back with weights_only=True:
+    tensors, numbers, strings, None, and lists, tuples and dicts of them. mp.spawn pickles fn by its module and
+    name: it must be a module-level function of a test module (or any module the processes can import)."""
+    mp.spawn(_rank, args=(fn, world, distributed.free_port(), str(tmp_path), timeout_s, args), nprocs=world, join=True)
+    return [torch.load(_result_path(tmp_path, rank), weights_only=True) for rank in range(world)]
+
+
+def _result_path(result_dir, rank):
+    return os.path.join(result_dir, f"rank{rank}.result.pt")
+
+
+def _rank(rank, fn, world, port, result_dir, timeout_s, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist = distributed.init_distributed(rank, world, rank, "cpu", timeout_s=timeout_s)
+    result = fn(dist, *args)
+    distributed.leave_process_group()
+    torch.save(result, _result_path(result_dir, rank))
