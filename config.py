@@ -35,8 +35,10 @@ AMDIM_ENCODER = (
     Param("use_bn", bool, False, "BatchNorm inside the encoder (0 or 1)"),
 )
 
-# Every flag once (methods may share a Param: --feat_dim).
-ALL_PARAMS = tuple(dict.fromkeys(AMDIM_ENCODER + tuple(p for cls in METHODS.values() for p in cls.PARAMS)))
+
+def all_params():
+    """Every registered method's and backbone's Params, each once (methods may share one: --feat_dim)."""
+    return tuple(dict.fromkeys(AMDIM_ENCODER + tuple(p for cls in METHODS.values() for p in cls.PARAMS)))
 
 
 def add_flags(parser):
@@ -46,7 +48,7 @@ def add_flags(parser):
     group.add_argument("--method", choices=tuple(METHODS), help="self-supervised objective (default: amdim)")
     group.add_argument("--arch", choices=ARCHS, help="backbone (default: amdim for --method amdim; else resnet18 "
                                                      "below 128 px, resnet50 from 128 px)")
-    for p in ALL_PARAMS:
+    for p in all_params():
         owners = [name for name, cls in METHODS.items() if p in cls.PARAMS]
         owner = "AMDIM encoder" if p in AMDIM_ENCODER else ", ".join(owners)
         text = f"[{owner}] {p.help} (default: {'off' if p.switch else p.shown_default()})"
@@ -72,7 +74,7 @@ def from_flags(args, encoder_size, n_classes):
     for p in params_of(method, arch):
         value = getattr(args, p.name, None)
         hp[p.name] = p.convert(p.default_for(encoder_size, arch) if value is None else value)
-    unused = [p.flag_names()[0] for p in ALL_PARAMS if p not in params_of(method, arch)
+    unused = [p.flag_names()[0] for p in all_params() if p not in params_of(method, arch)
               and getattr(args, p.name, None) is not None]
     if unused:
         raise UserError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --method {method} "
@@ -125,7 +127,7 @@ def contradictions(args, hp):
     """Flags given on the command line that differ from a checkpoint's hyperparameters, as readable strings."""
     clashes = [f"--{k} {getattr(args, k)} (checkpoint: {hp[k]})" for k in ("method", "arch")
                if getattr(args, k, None) is not None and getattr(args, k) != hp[k]]
-    for p in ALL_PARAMS:
+    for p in all_params():
         given = getattr(args, p.name, None)
         if given is None:
             continue

@@ -626,7 +626,7 @@ def resolved_config(run, encoder_size):
     """The flags with every default this start fills in resolved (model hyperparameters, epochs, LR milestones,
     base learning rates, warm-up), the world size and the data's sizes."""
     args, hp = run.args, run.model.hyperparams
-    model_flags = {"method", "arch"} | {p.name for p in config.ALL_PARAMS}
+    model_flags = {"method", "arch"} | {p.name for p in config.all_params()}
     cfg = {k: v for k, v in vars(args).items() if k not in model_flags}
     lrs = [g["base_lr"] for g in run.optimizer.param_groups]
     cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),

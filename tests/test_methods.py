@@ -1,17 +1,22 @@
 """The method interface: one contract every registered method meets (a new method adds its tiny flags to
 helpers.TINY_FLAGS; test_resume.py kills and resumes each), and torch.hub loading of every kind of checkpoint."""
+import json
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import checkpoint
 import distributed
 import methods
+import recipes
 import test as test_py
 import train
 import utils
-from helpers import BASE, TINY_FLAGS
+from helpers import AMDIM_ENCODER, BASE, TINY_FLAGS
+from hparams import AT_LEAST_1, Param
+from model import Evaluator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORIGINAL = os.path.join(ROOT, "tests", "fixtures", "amdim_original_c10_tiny.pth")
@@ -51,6 +56,68 @@ def test_method_contract(method, tmp_path):
     assert result["n_images"] == 297
     for key in ("top1_linear", "top1_mlp", "top1_knn"):
         assert 0 <= result[key] <= 100
+
+
+class _Toy(methods.Method):
+    """A method this code has never seen: each image's two views' unit embeddings pulled together (no negatives,
+    so it collapses, which does not matter here), with a hyperparameter, a recipe and views of its own."""
+    name = "toy"
+    PARAMS = (Param("toy_dim", int, 8, "the toy's embedding width", allowed=AT_LEAST_1),)
+    RECIPE = recipes.Recipe("sgd", 0.05, decay=0.5, classifier_lr=0.1, epochs=4, milestones=(2,))
+
+    @classmethod
+    def training_views(cls, hp):
+        return methods.ViewSpec("moco_v1")
+
+    def __init__(self, hp):
+        super().__init__(hp)
+        self.backbone = methods.make_backbone(hp)
+        self.n_features = self.backbone.width
+        self.head = torch.nn.Linear(self.n_features, hp["toy_dim"])
+        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+
+    def forward(self, views, dist=None):
+        h1, h2 = self.backbone(views[0]), self.backbone(views[1])
+        return {"z1": F.normalize(self.head(h1), dim=1), "z2": F.normalize(self.head(h2), dim=1),
+                "logits": self.evaluator(h1)}
+
+    def loss_terms(self, out, dist):
+        return {"toy": (out["z1"] - out["z2"]).pow(2).sum(1).mean()}
+
+    def features(self, x):
+        return self.backbone(x)
+
+
+def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    """Registering a class is all it takes: its flag in --help and its checks, a run trained with its recipe
+    (base LR, milestone scaled to --epochs), its checkpoint read back and scored by test.py."""
+    monkeypatch.setitem(methods.METHODS, "toy", _Toy)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    assert "[toy] the toy's embedding width (default: 8)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        train.parse_args(["--method", "toy", "--toy_dim", "0"])
+    assert "--toy_dim: got 0, expected an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_args(["--method", "amdim", "--toy_dim", "4"])
+    assert "--toy_dim does not apply to --method amdim" in capsys.readouterr().err
+
+    flags = BASE + AMDIM_ENCODER + ["--method", "toy", "--toy_dim", "4", "--epochs", "3", "--compile", "off",
+                                    "--output_dir", str(tmp_path), "--run_name", "toy"]
+    train.main(flags)
+    cpt = str(tmp_path / "toy" / "amdim_cpt.pth")
+    saved = torch.load(cpt, weights_only=True)
+    assert saved["hyperparams"]["method"] == "toy" and saved["hyperparams"]["toy_dim"] == 4
+    assert saved["cursor"]["info_epoch"] == 3 and saved["cursor"]["info_step"] == 45
+    with open(tmp_path / "toy" / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    config = records[0]["config"]
+    assert config["milestones"] == [2] and config["learning_rates"] == [0.05, 0.1]     # 2 of 4 epochs -> 2 of 3
+    lrs = [r["lr"] for r in records if r.get("event") == "epoch"]
+    assert lrs == pytest.approx([0.05, 0.05, 0.025])
+    assert checkpoint.load_model(cpt).head.out_features == 4
+    result = test_py.main([cpt, "--dataset", "DIGITS", "--json", "--num_workers", "0", "--device", "cpu"])
+    assert result["n_images"] == 297 and 0 <= result["top1_linear"] <= 100
 
 
 def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
