@@ -1,4 +1,4 @@
-"""kornia.augmentation's ops against torchvision's recipe and augment.py's batched ops: what each draws and
+"""kornia.augmentation's ops against torchvision's recipe and imageops.py's batched ops: what each draws and
 computes, the facts behind keeping our own ops (bench/augment.py --kornia times them). kornia is not a
 requirement of the project: install it first.
 
@@ -17,9 +17,9 @@ import torch
 import torchvision.transforms.functional as TF
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)        # before bench/: `import augment` is the repository's augment.py
+sys.path.insert(0, ROOT)        # before bench/: `import imageops` is the repository's imageops.py
 
-import augment  # noqa: E402
+import imageops  # noqa: E402
 
 
 def close(name, ours, theirs, atol):
@@ -34,7 +34,7 @@ def fact(name, found, expected, ok):
 
 def color_jitter(kornia):
     K = kornia.augmentation
-    # torchvision draws the order of its four operations per image, and so does augment.color_jitter (per
+    # torchvision draws the order of its four operations per image, and so does imageops.color_jitter (per
     # sample); kornia's ColorJitter draws one permutation per call, shared by every image of the batch.
     params = K.ColorJitter(0.4, 0.4, 0.4, 0.1).forward_parameters(torch.Size((256, 3, 8, 8)))
     rows = [fact("ColorJitter: order of the operations, per batch", tuple(params["order"].shape), (4,),
@@ -59,13 +59,13 @@ def color_jitter(kornia):
 
 def crop_boxes(kornia):
     """The quantiles of the boxes' areas and log aspect ratios: kornia's RandomResizedCrop against
-    augment.sample_crop_boxes (torchvision's recipe)."""
+    imageops.sample_crop_boxes (torchvision's recipe)."""
     torch.manual_seed(1)
     n, h, w = 4000, 96, 120
     src = kornia.augmentation.RandomResizedCrop((64, 64), scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)).forward_parameters(
         torch.Size((n, 3, h, w)))["src"]                      # (n, 4, 2) corners (x, y), inclusive
     kw, kh = src[:, 1, 0] - src[:, 0, 0] + 1, src[:, 3, 1] - src[:, 0, 1] + 1
-    _, _, oh, ow = augment.sample_crop_boxes(n, h, w, (0.2, 1.0), (3 / 4, 4 / 3))
+    _, _, oh, ow = imageops.sample_crop_boxes(n, h, w, (0.2, 1.0), (3 / 4, 4 / 3))
     qs = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
     return [close(f"RandomResizedCrop: quantiles of the {what}", torch.quantile(ours, qs),
                   torch.quantile(theirs.float(), qs), 0.04)
@@ -82,14 +82,14 @@ def blur(kornia):
     return [fact("RandomGaussianBlur: sigma, per sample", tuple(sigma.shape), (64,), sigma.shape == (64,)),
             fact("RandomGaussianBlur: spread of sigma (std)", f"{sigma.std().item():.3f}", "> 0.3",
                  sigma.std() > 0.3),
-            close("RandomGaussianBlur against augment.gaussian_blur", op(x, params=params),
-                  augment.gaussian_blur(x, sigma, radius=6), 1e-5)]
+            close("RandomGaussianBlur against imageops.gaussian_blur", op(x, params=params),
+                  imageops.gaussian_blur(x, sigma, radius=6), 1e-5)]
 
 
 def grayscale(kornia):
     x = torch.rand(8, 3, 16, 16)
-    return [close("RandomGrayscale against augment.random_grayscale", kornia.augmentation.RandomGrayscale(p=1.0)(x),
-                  augment.random_grayscale(x, p=1.0), 1e-6)]
+    return [close("RandomGrayscale against imageops.random_grayscale", kornia.augmentation.RandomGrayscale(p=1.0)(x),
+                  imageops.random_grayscale(x, p=1.0), 1e-6)]
 
 
 def main():
