@@ -45,9 +45,9 @@ def nce_from_scores(raw, tclip, pos_offset=0):
     scores = tanh_clip(raw, tclip)
     rows = torch.arange(n, device=raw.device)
     pos = scores[rows, rows + pos_offset]                                      # (N, L)
-    # Mask positives out of the negative set with an (N, M, 1) mask, broadcast over locations.
-    is_pos = torch.zeros(n, m, 1, dtype=torch.bool, device=raw.device)
-    is_pos[rows, rows + pos_offset] = True
+    # Mask positives out of the negative set with an (N, M, 1) mask, broadcast over locations (a comparison:
+    # writing True into a zero mask would upload the Python value, a host-device sync on a GPU).
+    is_pos = (torch.arange(m, device=raw.device) == (rows + pos_offset)[:, None])[:, :, None]
     neg_lse = scores.masked_fill(is_pos, float("-inf")).flatten(1).logsumexp(1, keepdim=True)  # (N, 1)
     log_p = pos - torch.logaddexp(pos, neg_lse)
     return -log_p.mean(), lgt_reg
@@ -124,9 +124,10 @@ def classifier_loss(logits, labels):
     the cross-entropy.
     """
     labelled = labels >= 0
-    clipped = tanh_clip(logits[labelled], 10.0)
-    xent = F.cross_entropy(clipped, labels[labelled], reduction="sum") / labelled.sum().clamp(min=1)
-    return xent + 1e-3 * logits.pow(2).mean()
+    # ignore_index rather than selecting the labelled rows: a boolean index has a data-dependent shape, which
+    # makes the host wait for the GPU.
+    xent = F.cross_entropy(tanh_clip(logits, 10.0), labels, ignore_index=-1, reduction="sum")
+    return xent / labelled.sum().clamp(min=1) + 1e-3 * logits.pow(2).mean()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -316,10 +316,11 @@ class MoCo(Method):
         """Write keys (n, moco_dim) at the queue pointer, wrapping around its end; keeps the newest moco_k."""
         size = self.queue.shape[0]
         keys = keys[-size:]
-        n, ptr = keys.shape[0], int(self.queue_ptr)
-        rows = (ptr + torch.arange(n, device=keys.device)) % size
+        n = keys.shape[0]
+        # The pointer stays on the device (reading it would make the host wait for the GPU every update).
+        rows = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
         self.queue[rows] = keys
-        self.queue_ptr.fill_((ptr + n) % size)
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
     def features(self, x):
         """x: (B, 3, S, S) -> the query backbone's features (B, width)."""
