@@ -28,6 +28,7 @@ import torch.nn as nn
 import config
 import distributed
 import methods
+import recipes
 from model import Conv3x3
 from runlog import Meters
 from utils import UserError
@@ -418,6 +419,7 @@ def restore_run(run, ckpt):
     run.optimizer.load_state_dict(ckpt["optimizer"])
     for group, settings in zip(run.optimizer.param_groups, own):
         group.update(settings)
+    recipes.zero_momentum(run.optimizer)
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     saved_args = ckpt.get("args", {})

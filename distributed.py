@@ -51,6 +51,20 @@ class Dist:
             tdist.all_reduce(tensor)
         return tensor
 
+    def all_reduce_max(self, tensor):
+        """The element-wise maximum of tensor over every rank, written into tensor on each and returned; no
+        gradient. One process: tensor as it is."""
+        if self.active:
+            tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+        return tensor
+
+    def any(self, flag):
+        """flag: a bool tensor on the device -> whether it is true on any rank (a bool tensor, the same on every
+        rank), without the host reading it. One process: flag as it is."""
+        if not self.active:
+            return flag
+        return self.all_reduce_max(flag.float()) > 0
+
     def all_gather_autograd(self, tensor):
         """all_gather whose gradient flows back to the rank that produced each slice."""
         return all_gather_autograd(tensor) if self.active else tensor

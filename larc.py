@@ -26,8 +26,8 @@ class LARC(torch.optim.SGD):
     "larc": False takes the plain SGD step, its weight decay included.
     """
 
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001):
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, fused=None):
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
         # An attribute, not a group key, so that the state_dict is exactly SGD's (SGD's loads into LARC and back).
         self.trust_coefficient = trust_coefficient
         self.eps = 1e-8

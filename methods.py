@@ -121,7 +121,9 @@ class Method(nn.Module):
         return self.evaluator(self.features(x))
 
     def after_step(self, out, dist):
-        """Called after each optimizer step with that step's outputs; nothing by default."""
+        """Called after each optimizer step with that step's outputs; nothing by default. In training,
+        out["skipped"] is a bool tensor on the device, true where a non-finite loss skipped the step: state
+        updates must then leave everything as it was, decided on the device (torch.where), never read."""
 
     def start_update(self, epoch, update, dist):
         """Called before each training update's forward; nothing by default."""
@@ -305,22 +307,30 @@ class MoCo(Method):
     @torch.no_grad()
     def after_step(self, out, dist):
         """Move the key encoder towards the query encoder, then push every process's keys into the queue."""
-        m = self.hyperparams["moco_m"]
+        m, skipped = self.hyperparams["moco_m"], out.get("skipped")
         online = list(self.backbone.parameters()) + list(self.head.parameters())
         momentum = list(self.backbone_k.parameters()) + list(self.head_k.parameters())
-        torch._foreach_lerp_(momentum, online, 1 - m)      # k = m k + (1 - m) q
+        if skipped is None:
+            torch._foreach_lerp_(momentum, online, 1 - m)      # k = m k + (1 - m) q
+        else:        # a skipped update moves nothing: lerp by 0 (a tensor weight per tensor, never read on the host)
+            weight = torch.where(skipped, 0.0, 1 - m).to(online[0].dtype)
+            torch._foreach_lerp_(momentum, online, [weight] * len(online))
         keys = dist.all_gather(out["k"].detach()) if dist is not None else out["k"].detach()
-        self.push(keys.to(self.queue.dtype))
+        self.push(keys.to(self.queue.dtype), skipped)
 
-    def push(self, keys):
-        """Write keys (n, moco_dim) at the queue pointer, wrapping around its end; keeps the newest moco_k."""
+    def push(self, keys, skipped=None):
+        """Write keys (n, moco_dim) at the queue pointer, wrapping around its end; keeps the newest moco_k.
+        skipped: a bool tensor (0-dim), true for an update the device skipped, which pushes nothing."""
         size = self.queue.shape[0]
         keys = keys[-size:]
         n = keys.shape[0]
         # The pointer stays on the device (reading it would make the host wait for the GPU every update).
         rows = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
+        advance = n
+        if skipped is not None:
+            keys, advance = torch.where(skipped, self.queue[rows], keys), n * (~skipped).long()
         self.queue[rows] = keys
-        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+        self.queue_ptr.copy_((self.queue_ptr + advance) % size)
 
     def features(self, x):
         """x: (B, 3, S, S) -> the query backbone's features (B, width)."""
@@ -468,9 +478,10 @@ class CMC(Method):
         index, f_l, f_ab = out["index"], out["l"].detach(), out["ab"].detach()
         if dist is not None:
             index, f_l, f_ab = dist.all_gather(index), dist.all_gather(f_l), dist.all_gather(f_ab)
-        m = self.hyperparams["nce_m"]
+        m, skipped = self.hyperparams["nce_m"], out.get("skipped")
         for bank, feats in ((self.memory_l, f_l), (self.memory_ab, f_ab)):
-            bank[index] = costs.memory_update(bank[index], feats.to(bank.dtype), m)
+            rows = costs.memory_update(bank[index], feats.to(bank.dtype), m)
+            bank[index] = rows if skipped is None else torch.where(skipped, bank[index], rows)
 
     def features(self, x):
         """x: RGB (B, 3, S, S) normalised by rgb_mean/rgb_std -> cat(L, ab backbone features) (B, n_features)."""
@@ -722,8 +733,9 @@ class SwAV(Method):
         new = torch.stack([z[c * batch:(c + 1) * batch] for c in hp["crops_for_assign"]], dim=1).float()
         new = dist.all_gather(new) if dist is not None else new        # (world batch, n_assign, feat_dim)
         queue = self.queue.view(n_assign, world, rows, width)
-        queue[:, :, batch:] = queue[:, :, :-batch].clone()
-        queue[:, :, :batch] = new.view(world, batch, n_assign, width).permute(2, 0, 1, 3)
+        pushed = torch.cat([new.view(world, batch, n_assign, width).permute(2, 0, 1, 3), queue[:, :, :-batch]], 2)
+        skipped = out.get("skipped")
+        queue.copy_(pushed if skipped is None else torch.where(skipped, queue, pushed))   # skipped: no push
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "queue")

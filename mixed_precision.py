@@ -91,6 +91,33 @@ def grad_scaler(device, amp):
     return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
 
+def step(optimizer, scaler, skip):
+    """optimizer.step() (through the GradScaler `scaler` when it is enabled), doing nothing where the 0-dim bool
+    tensor `skip` is true, decided on the device: the host never reads `skip`, so nothing waits for a GPU.
+
+    torch's fused optimizers (recipes.make_optimizer and make_larc build every optimizer fused) take a
+    `found_inf` tensor and skip their whole step in the kernel where it is non-zero, state included; GradScaler
+    hands them its own. Under float16, `skip` joins the scaler's overflow check after an explicit unscale_, so
+    the fused step gets unscaled gradients and the scaler backs off as for an overflow. An optimizer without
+    found_inf support falls back to reading `skip` on the host (one sync)."""
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+        # The scaler's per-device overflow flags (float 0/1), read by its step() and update(); a private but
+        # long-stable part of torch.amp.GradScaler (unchanged since torch 1.6).
+        for found in scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values():
+            torch.maximum(found, skip.to(found), out=found)
+        scaler.step(optimizer)
+        scaler.update()
+    elif getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.grad_scale, optimizer.found_inf = None, skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif not bool(skip):
+        optimizer.step()
+
+
 def to_float32(tree):
     """Every floating tensor in a dict/list/tuple tree cast to float32 (float32 tensors are returned as they
     are), for the float32 region where losses are computed."""

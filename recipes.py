@@ -120,10 +120,23 @@ class WarmupCosine:
 
 
 def _fused(params):
-    """fused on the CPU: one kernel over every tensor instead of a loop of small ops per parameter. On CUDA
-    torch's default is already the multi-tensor (foreach) step, and fused SGD under fp16's GradScaler is not
-    trusted there (docs/training.md), so CUDA keeps the default."""
-    return all(p.device.type == "cpu" for p in params)
+    """torch's fused step wherever it exists (CPU and CUDA): one kernel over every tensor instead of a loop of
+    small ops per parameter, and a `found_inf` flag that skips the step on the device (mixed_precision.step)."""
+    return all(p.device.type in ("cpu", "cuda") for p in params)
+
+
+def zero_momentum(optimizer):
+    """Give every parameter of an SGD optimizer (LARC included) that has none a momentum buffer of zeros; returns
+    the optimizer. The first step then computes 0.9 * 0 + g = g, exactly torch's first step, but a step that the
+    device skips (found_inf) leaves zeros where fused SGD would leave the uninitialised buffers it allocates for
+    a first step; and fused SGD needs every buffer once any exists (SwAV's prototypes, frozen at first, and
+    checkpoints saved while they were). Other optimizers are left as they are."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return optimizer
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+    return optimizer
 
 
 def _split_classifiers(model, trainable):
@@ -145,8 +158,8 @@ def make_optimizer(model, recipe, lr):
     rest, classifiers = _split_classifiers(model, trainable)
     groups = [dict(params=rest, base_lr=lr),
               dict(params=classifiers, base_lr=recipe.classifier_lr, weight_decay=0.0)]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9, weight_decay=recipe.weight_decay,
-                           fused=fused)
+    return zero_momentum(torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9,
+                                           weight_decay=recipe.weight_decay, fused=fused))
 
 
 def make_larc(model, lr, weight_decay, classifier_lr):
@@ -157,8 +170,8 @@ def make_larc(model, lr, weight_decay, classifier_lr):
     rest, classifiers = _split_classifiers(model, trainable)
     groups = [dict(params=rest, base_lr=lr),
               dict(params=classifiers, base_lr=classifier_lr, weight_decay=0.0, larc=False)]
-    return larc.LARC([g for g in groups if g["params"]], lr=lr, momentum=0.9, weight_decay=weight_decay,
-                     trust_coefficient=0.001)
+    return zero_momentum(larc.LARC([g for g in groups if g["params"]], lr=lr, momentum=0.9,
+                                    weight_decay=weight_decay, trust_coefficient=0.001, fused=_fused(trainable)))
 
 
 def set_learning_rates(optimizer, factor):

@@ -378,10 +378,11 @@ def classifier_terms(logits, labels):
 
 def update(run, batch, epoch):
     """One optimisation step on one batch: forward, loss, backward, optimizer step, with the phase's hooks around
-    them (start_update before the forward, before_optimizer_step, after_step).
+    them (start_update before the forward, before_optimizer_step, after_step). Nothing here waits for the device:
+    the update's numbers stay there until train_epoch reads a window of them at once (Pending.read).
 
-    Returns (values, stop): every logged number as floats (None for a skipped non-finite update), and whether
-    any rank was asked to stop."""
+    A non-finite loss on any rank skips the step on every rank, decided on the device (mixed_precision.step);
+    the hooks see that decision as out["skipped"]. Returns the update's Row."""
     dist, cur = run.dist, run.cursor
     reseed(run, cur[run.step_key])
     lr = recipes.set_learning_rates(run.optimizer, run.schedule(epoch, cur[run.step_key]))
@@ -390,26 +391,60 @@ def update(run, batch, epoch):
     loss = sum(terms.values())
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
-    # One host-device sync per update: every logged number in a single transfer.
     stats = dict(terms, loss=loss, **train_accuracy(logits, labels))
-    values = dict(zip(stats, torch.stack([v.detach().float() for v in stats.values()]).tolist()))
-    # Ranks must agree before stepping (a rank that stopped alone would hang the others).
-    non_finite, stop = distributed.any_rank([not math.isfinite(values["loss"]), run.stop.requested], dist)
-    if non_finite:
-        handle_non_finite(run, values, epoch)
-        return None, stop
+    values = torch.stack([v.detach().float() for v in stats.values()])
+    # Ranks must agree (a rank that stepped alone would leave the others' weights behind).
+    skipped = dist.any(~torch.isfinite(loss.detach()))
     run.phase.before_optimizer_step(cur[run.step_key])
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    mp.step(run.optimizer, run.scaler, skipped)
+    out["skipped"] = skipped
     run.phase.after_step(out, dist)
     cur[run.step_key] += 1
-    values["lr"] = lr
-    return values, stop
+    return Row(names=tuple(stats), values=values, skipped=skipped, lr=lr, step=cur[run.step_key],
+               images=batch[1].shape[0] * dist.world_size, time=time.perf_counter())
+
+
+@dataclass
+class Row:
+    """One update as update() left it: its logged numbers and whether it was skipped, still on the device;
+    step: the update's number (1-based), images: trained over all processes, time: when it was queued."""
+    names: tuple
+    values: torch.Tensor
+    skipped: torch.Tensor
+    lr: float
+    step: int
+    images: int
+    time: float
+
+
+class Pending:
+    """The updates of the current window (up to --log_every), read from the device in one transfer."""
+
+    def __init__(self):
+        self.rows = []
+
+    def read(self, dist, stop_requested):
+        """Every row's numbers as floats (dicts, None for a skipped update) and whether any rank asked to stop:
+        one host-device transfer, and under several processes one small all-reduce (every rank reads at the same
+        updates, so they agree). Empties the window."""
+        flag = torch.full((1,), float(stop_requested), device=dist.device)
+        if dist.active:
+            dist.all_reduce_max(flag)
+        host = torch.cat([torch.stack([torch.cat([r.values, r.skipped.float()[None]]) for r in self.rows]).flatten(),
+                          flag]).tolist()
+        width = len(self.rows[0].names) + 1
+        out = []
+        for i, row in enumerate(self.rows):
+            numbers = host[i * width:(i + 1) * width]
+            out.append((row, dict(zip(row.names, numbers[:-1])), bool(numbers[-1])))
+        self.rows = []
+        return out, bool(host[-1])
 
 
 def train_epoch(run, loader, progress_so_far, save_midway):
     """One pass over the training data, or its rest after a mid-epoch resume. Updates the cursor after every
-    update and calls save_midway(progress) every --checkpoint_every updates.
+    update, reads the updates' numbers every --log_every updates (and before a checkpoint, at the epoch's end),
+    honours a stop request there, and calls save_midway(progress) every --checkpoint_every updates.
 
     progress_so_far: the epoch's progress before this pass (EpochProgress: images trained, wall time and the
     meters), so that the epoch's means cover the whole epoch also when it was interrupted and resumed.
@@ -421,22 +456,29 @@ def train_epoch(run, loader, progress_so_far, save_midway):
     n_batches = loader.sampler.batches()
     progress = runlog.Progress(n_batches, f"epoch {epoch + 1}/{run.epochs}", dist.is_main, args.log_every,
                               run.log)
+    window = Pending()
     t0, seen, lr = time.perf_counter(), 0, None
     for i, batch in enumerate(loader):
-        values, stop = update(run, batch, epoch)
-        done.samples += batch[1].shape[0] * dist.world_size    # skipped updates count: their images were seen
-        if values is not None:
-            seen += batch[1].shape[0] * dist.world_size
-            lr = values.pop("lr")
-            record_update(run, done.meters, values, lr, seen / (time.perf_counter() - t0), progress)
-        done.seconds = seconds_before + time.perf_counter() - t0
+        window.rows.append(update(run, batch, epoch))
+        done.samples += window.rows[-1].images      # skipped updates count: their images were seen
         last_batch = i + 1 == n_batches
+        checkpoint_due = args.checkpoint_every and cur[run.step_key] % args.checkpoint_every == 0 and not last_batch
+        if len(window.rows) < args.log_every and not last_batch and not checkpoint_due:
+            continue
+        rows, stop = window.read(dist, run.stop.requested)
+        for row, values, skipped in rows:
+            if skipped:
+                handle_non_finite(run, values, epoch, row.step)
+                continue
+            seen += row.images
+            lr = row.lr
+            record_update(run, done.meters, values, row, seen / max(row.time - t0, 1e-9), progress)
+        done.seconds = seconds_before + time.perf_counter() - t0
         if stop and not last_batch:
             progress.close()
             save_midway(done)
             raise Interrupted(f"epoch {epoch + 1}, update {cur[run.step_key]}")
-        if args.checkpoint_every and cur[run.step_key] % args.checkpoint_every == 0 and not last_batch \
-                and values is not None:
+        if checkpoint_due:
             save_midway(done)
     progress.close()
     means = done.meters.reduce(dist)
@@ -456,14 +498,16 @@ class EpochProgress:
     meters: Meters = field(default_factory=Meters)
 
 
-def record_update(run, meters, values, lr, rate, progress):
-    """Add one update's numbers to the epoch's meters, TensorBoard and the progress line."""
+def record_update(run, meters, values, row, rate, progress):
+    """Add one update's numbers (values, floats; row: its Row) to the epoch's meters, TensorBoard and the
+    progress line."""
+    lr = row.lr
     n_labelled, correct_mlp, correct_lin = (values.pop(k) for k in ("n_labelled", "correct_mlp", "correct_lin"))
     meters.update(values)
     if n_labelled:
         meters.update({"train_acc_mlp": 100 * correct_mlp / n_labelled,
                        "train_acc_lin": 100 * correct_lin / n_labelled}, n=n_labelled)
-    run.log.scalars(f"{run.args.phase}/train", dict(values, lr=lr, img_per_s=rate), run.cursor[run.step_key])
+    run.log.scalars(f"{run.args.phase}/train", dict(values, lr=lr, img_per_s=rate), row.step)
     progress.update(loss=values["loss"], lr=lr, img_per_s=rate)
 
 
@@ -471,11 +515,10 @@ class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved at the update boundary."""
 
 
-def handle_non_finite(run, values, epoch):
-    """A NaN/inf loss on some rank (every rank calls this): stop with the last good checkpoint kept, or
-    (--nan_policy skip) drop the update. The message names the rank(s) whose loss was not finite, with the
-    first one's values."""
-    update = run.cursor[run.step_key] + 1
+def handle_non_finite(run, values, epoch, update):
+    """A NaN/inf loss on some rank at update number `update` (every rank calls this; the device already skipped
+    the update's step): stop with the last good checkpoint kept, or (--nan_policy skip) warn and go on. The
+    message names the rank(s) whose loss was not finite, with the first one's values."""
     failed = [(rank, v) for rank, v in enumerate(distributed.all_gather_objects(values))
               if not math.isfinite(v["loss"])]
     failed = failed or [(run.dist.rank, values)]     # never empty (any_rank agreed on it); a guard only
@@ -488,7 +531,6 @@ def handle_non_finite(run, values, epoch):
     detail = ", ".join(f"{k}={shown[k]:.4g}" for k in shown if k not in ("loss", "n_labelled", "correct_mlp",
                                                                            "correct_lin"))
     if run.args.nan_policy == "skip":
-        run.optimizer.zero_grad(set_to_none=True)
         run.non_finite_skipped += 1
         run.log.print(f"warning: non-finite loss at update {update} (epoch {epoch + 1}){where}: {detail}; update "
                       f"skipped ({run.non_finite_skipped} so far)")

@@ -72,3 +72,13 @@ def _rank(rank, fn, world, port, result_dir, timeout_s, args):
     result = fn(dist, *args)
     distributed.leave_process_group()
     torch.save(result, _result_path(result_dir, rank))
+
+
+def update_now(run, batch, epoch=0):
+    """train.update, its numbers read at once (train.Pending): (values, floats with the update's "lr"; None for an
+    update skipped for a non-finite loss), and whether any rank asked to stop."""
+    import train
+    window = train.Pending()
+    window.rows.append(train.update(run, batch, epoch))
+    ((row, values, skipped),), stop = window.read(run.dist, run.stop.requested)
+    return (None if skipped else dict(values, lr=row.lr)), stop

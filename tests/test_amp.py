@@ -15,7 +15,7 @@ import mixed_precision as mp
 import runlog
 import train
 import utils
-from helpers import ON_CPU, TINY_ENCODER
+from helpers import ON_CPU, TINY_ENCODER, update_now
 from utils import UserError
 
 TINY = ["--dataset", "DIGITS", *TINY_ENCODER, "--batch_size", "16", *ON_CPU, "--view_grid", "0", "--log_every",
@@ -95,14 +95,14 @@ def test_float16_on_cpu_trains_with_a_grad_scaler_that_skips_inf_steps_and_resum
     batches = iter(train.make_loaders(run))
     run.scaler.load_state_dict(dict(run.scaler.state_dict(), scale=256.0))   # these gradients fit float16
     before = [p.detach().clone() for p in run.model.parameters()]
-    values, _ = train.update(run, next(batches), epoch=0)
+    values, _ = update_now(run, next(batches), epoch=0)
     assert math.isfinite(values["loss"]) and run.scaler.get_scale() == 256.0
     assert any(not torch.equal(p, b) for p, b in zip(run.model.parameters(), before))
 
     # An inf gradient: the scaler skips the optimizer step (no weight moves) and halves the scale.
     hook = next(run.model.parameters()).register_hook(lambda g: g * math.inf)
     before = [p.detach().clone() for p in run.model.parameters()]
-    values, _ = train.update(run, next(batches), epoch=0)
+    values, _ = update_now(run, next(batches), epoch=0)
     hook.remove()
     assert math.isfinite(values["loss"]) and run.scaler.get_scale() == 128.0
     assert all(torch.equal(p, b) for p, b in zip(run.model.parameters(), before))
@@ -130,7 +130,7 @@ def test_a_cuda_runs_checkpoint_resumes_on_the_cpu_with_the_cpus_fused_step(tmp_
     torch.save(ckpt, run.cpt_path)
     resumed = _setup(tmp_path, "--amp", "--amp_dtype", "float16")
     assert all(g["fused"] for g in resumed.optimizer.param_groups)
-    values, _ = train.update(resumed, next(iter(train.make_loaders(resumed))), epoch=0)
+    values, _ = update_now(resumed, next(iter(train.make_loaders(resumed))), epoch=0)
     assert values is not None and math.isfinite(values["loss"])
     _close(resumed)
 

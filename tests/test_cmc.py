@@ -12,7 +12,7 @@ import distributed
 import imageops
 import methods
 import utils
-from helpers import BASE, run_ranks
+from helpers import BASE, run_ranks, update_now
 
 N_DATA, FEAT, K = 20, 8, 6
 
@@ -216,7 +216,7 @@ def _rank_training(dist, result_dir):
     start = {k: getattr(run.model, k).clone() for k in ("memory_l", "memory_ab")}
     seen = []
     for _, batch in zip(range(3), train.make_loaders(run)):
-        values, stop = train.update(run, batch, epoch=0)
+        values, stop = update_now(run, batch, epoch=0)
         assert values is not None and not stop
         seen.append(batch[2])
     run.log.close()

@@ -14,7 +14,7 @@ import costs
 import distributed
 import engine
 import utils
-from helpers import CHILD_PATH, DIGITS, ON_CPU, TINY_ENCODER, run_ranks
+from helpers import CHILD_PATH, DIGITS, ON_CPU, TINY_ENCODER, run_ranks, update_now
 
 pytestmark = pytest.mark.slow       # every test here starts processes
 
@@ -97,7 +97,7 @@ def _training_step(dist, result_dir):
     costs.sample_locations = lambda count, *a, **kw: next(draws)
     try:
         batch = (tuple(v[part] for v in views), labels[part], torch.arange(STEP_BATCH)[part])
-        values, stop = train.update(run, batch, epoch=0)
+        values, stop = update_now(run, batch, epoch=0)
     finally:
         costs.sample_locations = original
     assert values is not None and not stop

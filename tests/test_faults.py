@@ -76,7 +76,8 @@ def test_nan_policy_skip_counts_skipped_updates(tmp_path):
     import json
     record = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["skipped_updates"] > 0
-    assert ckpt["cursor"]["info_step"] == 15 - record["skipped_updates"]
+    # A skipped update is decided on the device, so it still counts as a step of the schedule: 15 updates.
+    assert ckpt["cursor"]["info_step"] == 15 and record["skipped_updates"] < 15
 
 
 def test_sigterm_and_sigint_save_at_the_update_boundary_and_exit_zero_then_resume(tmp_path):

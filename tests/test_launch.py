@@ -354,10 +354,10 @@ def test_a_non_finite_loss_is_reported_with_the_failing_ranks_values(tmp_path, m
     broken = {"loss": float("nan"), "1t5": float("nan"), "class_lin": 2.5, "n_labelled": 3}
     monkeypatch.setattr(distributed, "all_gather_objects", lambda values: [finite, broken])
     with pytest.raises(utils.UserError) as e:
-        train.handle_non_finite(_fake_run(tmp_path, rank=0), finite, epoch=1)   # rank 0's own values are finite
+        train.handle_non_finite(_fake_run(tmp_path, rank=0), finite, epoch=1, update=17)   # rank 0's own values are finite
     assert "non-finite loss at update 17 (epoch 2) on rank 1: 1t5=nan, class_lin=2.5; stopped" in str(e.value)
     monkeypatch.setattr(distributed, "all_gather_objects", lambda values: [broken, finite, broken])
-    train.handle_non_finite(_fake_run(tmp_path, rank=0, nan_policy="skip"), broken, epoch=1)
+    train.handle_non_finite(_fake_run(tmp_path, rank=0, nan_policy="skip"), broken, epoch=1, update=17)
     assert "on ranks 0, 2 (rank 0's values): 1t5=nan" in printed[-1]
 
 

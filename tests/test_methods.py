@@ -14,7 +14,7 @@ import recipes
 import test as test_py
 import train
 import utils
-from helpers import AMDIM_ENCODER, BASE, TINY_FLAGS
+from helpers import AMDIM_ENCODER, BASE, TINY_FLAGS, update_now
 from hparams import AT_LEAST_1, Param
 from model import Evaluator
 
@@ -36,7 +36,7 @@ def test_method_contract(method, tmp_path):
     assert run.model.hyperparams["method"] == method
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     batch = next(iter(train.make_loaders(run)))
-    values, stop = train.update(run, batch, epoch=0)
+    values, stop = update_now(run, batch, epoch=0)
     assert values is not None and not stop
     terms = {k: v for k, v in values.items() if k not in ("loss", "lr", "n_labelled", "correct_mlp", "correct_lin")}
     assert {"class_mlp", "class_lin"} < set(terms) and len(terms) > 2
@@ -127,7 +127,7 @@ def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
     run, _ = train.setup(distributed.Dist(), args)
     assert run.model.hyperparams["moco_k"] == 1500           # capped at the training split
     assert isinstance(run.optimizer, torch.optim.SGD) and len(run.optimizer.param_groups) == 2
-    values, _ = train.update(run, next(iter(train.make_loaders(run))), epoch=0)
+    values, _ = update_now(run, next(iter(train.make_loaders(run))), epoch=0)
     assert set(values) >= {"align", "uniform", "class_mlp"} and all(map(torch.isfinite, map(torch.tensor,
                                                                                               values.values())))
     assert int(run.model.queue_ptr) == 8
