@@ -262,6 +262,36 @@ class _BatchViews:
         one addcmul with per-channel (1, 3, 1, 1) operands runs slower than mul_ then add_.)"""
         return x.mul_(_channels(self._scale, x.device)).add_(_channels(self._shift, x.device))
 
+    # The colour half of a view, which both paths share: the in-memory path runs it on each chunk right after
+    # resampling it (view(), crop()), the crop path on the crops that loader workers cut (colour()).
+
+    def colour_params(self, b, device):
+        """The random colour parameters of b samples, drawn in the recipe's order (a tuple, _colour_'s)."""
+        raise NotImplementedError
+
+    def colour_takes(self, params):
+        """Which passes each sample takes (bool tensors (B,) or (B, k), the most costly first; _sorted_chunks)."""
+        raise NotImplementedError
+
+    def colour_(self, x, params, s):
+        """Colour and normalise x (float (n, 3, S, S) in [0, 1], samples s of the batch) in place."""
+        raise NotImplementedError
+
+    def colour(self, crops, n_views=None):
+        """The device half of the crop path (make_crop_views): crops, a sequence of uint8 (B, 3, s, s), one per
+        view, the geometric part of the recipe done (CropViews) -> a tuple of normalised float (B, 3, s, s), the
+        first n_views views (all for None), each with its own colour parameters."""
+        return tuple(self._coloured(c) for c in tuple(crops)[:n_views])
+
+    def _coloured(self, crop):
+        b, device = crop.shape[0], crop.device
+        params = self.colour_params(b, device)
+        out = torch.empty(crop.shape, device=device)
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
+            x.copy_(_at(crop, s)).mul_(1 / 255)
+            self.colour_(x, params, s)
+        return out
+
 
 class BatchTwoViews(_BatchViews):
     """Two augmented views of a batch of uint8 images (B, 3, H, W): the per-image recipe of
@@ -293,18 +323,29 @@ class BatchTwoViews(_BatchViews):
             boxes = sample_crop_boxes(b, height, width, (0.3, 1.0), (0.7, 1.4), device)
             rows, cols = crop_weights(boxes, height, width, self.size, "bicubic")
             size = (self.size, self.size)
-        jitter = jitter_params(b, 0.4, 0.4, 0.4, self.hue, 0.8, device)
-        gray = _coin(b, 0.25, device)
+        params = self.colour_params(b, device)
         if flip is not None:
             cols = _mirror_input(cols, flip, width)
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, *size, device=device)
-        for s, x in _sorted_chunks(out, _jitter_takes(jitter[0]), gray):
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            _color_jitter_(x, *_take(jitter, s))
-            _grayscale_(x, _at(gray, s))
-            self.normalize_(x)
+            self.colour_(x, params, s)
         return out
+
+    def colour_params(self, b, device):
+        """ColorJitter(0.4, 0.4, 0.4, hue) with p 0.8, then grayscale with p 0.25."""
+        return jitter_params(b, 0.4, 0.4, 0.4, self.hue, 0.8, device), _coin(b, 0.25, device)
+
+    def colour_takes(self, params):
+        jitter, gray = params
+        return _jitter_takes(jitter[0]), gray
+
+    def colour_(self, x, params, s):
+        jitter, gray = params
+        _color_jitter_(x, *_take(jitter, s))
+        _grayscale_(x, _at(gray, s))
+        self.normalize_(x)
 
 
 class BatchMoCoViews(_BatchViews):
@@ -333,30 +374,48 @@ class BatchMoCoViews(_BatchViews):
         b, _, height, width = images.shape
         device = images.device
         boxes = sample_crop_boxes(b, height, width, (0.2, 1.0), (3 / 4, 4 / 3), device)
-        if self.version == 1:
-            gray = _coin(b, 0.2, device)
-            jitter = jitter_params(b, 0.4, 0.4, 0.4, 0.4, 1.0, device)
-        else:
-            jitter = jitter_params(b, 0.4, 0.4, 0.4, 0.1, 0.8, device)
-            gray = _coin(b, 0.2, device)
-            blur = blur_kernels(b, (0.1, 2.0), 0.5, device)
+        params = self.colour_params(b, device)
         rows, cols = crop_weights(boxes, height, width, self.size, "bilinear")
         cols = _mirror_output(cols, _coin(b, 0.5, device))
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, self.size, self.size, device=device)
-        takes = (_jitter_takes(jitter[0]), gray) if self.version == 1 else \
-            (_blur_takes(blur), _jitter_takes(jitter[0]), gray)
-        for s, x in _sorted_chunks(out, *takes):
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            if self.version == 1:
-                _grayscale_(x, _at(gray, s))
-                _color_jitter_(x, *_take(jitter, s))
-            else:
-                _color_jitter_(x, *_take(jitter, s))
-                _grayscale_(x, _at(gray, s))
-                _blur_(x, _at(blur, s))
-            self.normalize_(x)
+            self.colour_(x, params, s)
         return out
+
+    def colour_params(self, b, device):
+        """v1: grayscale p 0.2, then ColorJitter(0.4, 0.4, 0.4, 0.4) always; v2: ColorJitter(0.4, 0.4, 0.4, 0.1)
+        p 0.8, grayscale p 0.2, Gaussian blur (sigma 0.1-2) p 0.5. Each a tuple in the order they run."""
+        if self.version == 1:
+            return _coin(b, 0.2, device), jitter_params(b, 0.4, 0.4, 0.4, 0.4, 1.0, device)
+        return (jitter_params(b, 0.4, 0.4, 0.4, 0.1, 0.8, device), _coin(b, 0.2, device),
+                blur_kernels(b, (0.1, 2.0), 0.5, device))
+
+    def colour_takes(self, params):
+        if self.version == 1:
+            gray, jitter = params
+            return _jitter_takes(jitter[0]), gray
+        jitter, gray, blur = params
+        return _blur_takes(blur), _jitter_takes(jitter[0]), gray
+
+    def colour_(self, x, params, s):
+        if self.version == 1:
+            gray, jitter = params
+            _grayscale_(x, _at(gray, s))
+            _color_jitter_(x, *_take(jitter, s))
+        else:
+            _jitter_gray_blur_(x, params, s)
+        self.normalize_(x)
+
+
+def _jitter_gray_blur_(x, params, s):
+    """MoCo v2's and SwAV's colour passes on x (float (n, 3, S, S) in [0, 1], samples s), in place: jitter,
+    grayscale, blur, with params = (jitter_params', _coin's, blur_kernels') draws of the whole batch."""
+    jitter, gray, blur = params
+    _color_jitter_(x, *_take(jitter, s))
+    _grayscale_(x, _at(gray, s))
+    _blur_(x, _at(blur, s))
 
 
 class BatchCMCViews:
@@ -379,6 +438,16 @@ class BatchCMCViews:
             _lab_(x, _LAB_SCALE, _LAB_SHIFT)
         return (lab[:, :1], lab[:, 1:])[:n_views]
 
+    def colour(self, crops, n_views=2):
+        """The device half of the crop path: crops, a one-element sequence of the uint8 crops (B, 3, S, S) that
+        loader workers cut and flipped (CropViews) -> their normalised Lab, (L (B, 1, S, S), ab (B, 2, S, S))
+        (n_views=1: (L,)). No random draw."""
+        crop = crops[0]
+        lab = torch.empty(crop.shape, device=crop.device)
+        for s in _chunks(lab):
+            _lab_(lab[s].copy_(crop[s]).mul_(1 / 255), _LAB_SCALE, _LAB_SHIFT)
+        return (lab[:, :1], lab[:, 1:])[:n_views]
+
 
 class BatchMultiCropViews(_BatchViews):
     """SwAV's crops of a batch of uint8 images (B, 3, H, W) of any size: MultiCropViews vectorised with the MoCo v2
@@ -399,17 +468,25 @@ class BatchMultiCropViews(_BatchViews):
         b, _, height, width = images.shape
         device = images.device
         boxes = sample_crop_boxes(b, height, width, scale, (3 / 4, 4 / 3), device)
-        jitter = jitter_params(b, 0.8, 0.8, 0.8, 0.2, 0.8, device)
-        gray = _coin(b, 0.2, device)
-        blur = blur_kernels(b, (0.1, 2.0), 0.5, device)
+        params = self.colour_params(b, device)
         rows, cols = crop_weights(boxes, height, width, size, "bilinear")
         cols = _mirror_output(cols, _coin(b, 0.5, device))
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, size, size, device=device)
-        for s, x in _sorted_chunks(out, _blur_takes(blur), _jitter_takes(jitter[0]), gray):
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            _color_jitter_(x, *_take(jitter, s))
-            _grayscale_(x, _at(gray, s))
-            _blur_(x, _at(blur, s))
-            self.normalize_(x)
+            self.colour_(x, params, s)
         return out
+
+    def colour_params(self, b, device):
+        """ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, Gaussian blur (sigma 0.1-2) p 0.5."""
+        return (jitter_params(b, 0.8, 0.8, 0.8, 0.2, 0.8, device), _coin(b, 0.2, device),
+                blur_kernels(b, (0.1, 2.0), 0.5, device))
+
+    def colour_takes(self, params):
+        jitter, gray, blur = params
+        return _blur_takes(blur), _jitter_takes(jitter[0]), gray
+
+    def colour_(self, x, params, s):
+        _jitter_gray_blur_(x, params, s)
+        self.normalize_(x)
