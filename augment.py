@@ -7,11 +7,12 @@ normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched
 (B, 3, H, W) on any device. Every random parameter is drawn from torch's global generator.
 """
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from PIL import ImageFilter
+from PIL import Image, ImageFilter
 
 from autoaugment import FastAutoAugment
 from imageops import (
@@ -159,12 +160,7 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
     (B, 3, s, s) batched (BatchMultiCropViews), s that crop's size.
     Raises UserError for a combination that does not exist.
     """
-    if kind not in VIEW_KINDS:
-        raise UserError(f"unknown view kind {kind!r}: choose one of {', '.join(VIEW_KINDS)}")
-    if recipe not in RECIPE_SIZE:
-        raise UserError(f"unknown augmentation recipe {recipe!r}: choose one of {', '.join(RECIPE_SIZE)}")
-    if aug not in AUGMENTATIONS:
-        raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    _check_views(kind, recipe, aug)
     if kind == "amdim":
         if not batched:
             return TwoViews(train_view_transform(recipe, aug, resize_first, mean_std))
@@ -178,12 +174,26 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
         crop_low = CMC_CROP_LOW if crop_low is None else crop_low
         return BatchCMCViews(recipe, crop_low) if batched else CMCViews(recipe, crop_low)
     if kind == "swav":
-        crops = crops or MultiCrop((2,), (RECIPE_SIZE[recipe],), (0.14,), (1.0,))
+        crops = crops or _default_crops(recipe)
         return BatchMultiCropViews(recipe, crops, mean_std) if batched else MultiCropViews(recipe, crops, mean_std)
     version = int(kind[-1])
     if batched:
         return BatchMoCoViews(recipe, version, mean_std)
     return IndependentViews(moco_view_transform(recipe, version, mean_std))
+
+
+def _check_views(kind, recipe, aug):
+    if kind not in VIEW_KINDS:
+        raise UserError(f"unknown view kind {kind!r}: choose one of {', '.join(VIEW_KINDS)}")
+    if recipe not in RECIPE_SIZE:
+        raise UserError(f"unknown augmentation recipe {recipe!r}: choose one of {', '.join(RECIPE_SIZE)}")
+    if aug not in AUGMENTATIONS:
+        raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+
+
+def _default_crops(recipe):
+    """SwAV's crops when none are given: two at the recipe's size."""
+    return MultiCrop((2,), (RECIPE_SIZE[recipe],), (0.14,), (1.0,))
 
 
 class CMCViews:
@@ -490,3 +500,131 @@ class BatchMultiCropViews(_BatchViews):
     def colour_(self, x, params, s):
         _jitter_gray_blur_(x, params, s)
         self.normalize_(x)
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The crop path, for image folders read file by file: loader workers decode each image and do the geometric part
+# of its recipe (crop and resize, flip, AMDIM's 32 px translation) in 8 bits, and ship uint8 crops; the training
+# device does the colour part (jitter, grayscale, blur, Lab, normalisation) batched, with the in-memory path's
+# code (_BatchViews.colour). Every colour operation commutes with the flip, so each recipe keeps its op order.
+
+class CropPath(NamedTuple):
+    """geometry: per image (a PIL RGB image, or a file opened but not decoded: datasets.ImageFile) -> a tuple of
+    uint8 tensors (3, s, s), one per view (CMC: one crop); colour: (a sequence of uint8 (B, 3, s, s) on the
+    device, one per view, n_views) -> what the batched recipe returns for those views (make_views)."""
+    geometry: object
+    colour: object
+
+
+def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low=None, crops=None):
+    """The training views of make_views(kind, recipe, ...) with the default augmentation, split into a CropPath:
+    the per-image geometry (CropViews, or TranslatedViews for AMDIM's 32 px recipe) and the batched colour
+    (the Batch*Views' colour()). Views have the per-image recipe's distribution; resize_first as make_views'
+    (AMDIM at 32 px only)."""
+    _check_views(kind, recipe, "default")
+    size = RECIPE_SIZE[recipe]
+    if kind == "amdim":
+        colour = BatchTwoViews(recipe, mean_std).colour
+        if recipe == "cifar":
+            return CropPath(TranslatedViews(resize_first), colour)
+        return CropPath(CropViews([Crop(size, (0.3, 1.0), (0.7, 1.4), Image.BICUBIC)] * 2, shared_flip=True),
+                        colour)
+    if kind == "cmc":
+        crop_low = CMC_CROP_LOW if crop_low is None else crop_low
+        return CropPath(CropViews([Crop(size, (crop_low, 1.0))]), BatchCMCViews(recipe, crop_low).colour)
+    if kind == "swav":
+        crops = crops or _default_crops(recipe)
+        return CropPath(CropViews([Crop(s, scale) for s, scale in crops.each()]),
+                        BatchMultiCropViews(recipe, crops, mean_std).colour)
+    return CropPath(CropViews([Crop(size, (0.2, 1.0))] * 2), BatchMoCoViews(recipe, int(kind[-1]), mean_std).colour)
+
+
+DRAFT_SCALES = (8, 4, 2)       # libjpeg decodes at 1/8, 1/4 or 1/2 scale (its DCT scaling), largest first
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One view's RandomResizedCrop: output size (px), area fraction range, aspect ratio range, PIL filter
+    (torchvision's defaults: ratio 3/4-4/3, bilinear)."""
+    size: int
+    scale: tuple
+    ratio: tuple = (3 / 4, 4 / 3)
+    resample: int = Image.BILINEAR
+
+
+class CropViews:
+    """The geometric part of a recipe, per image: image -> a tuple of uint8 (3, s, s), one per Crop of `crops`:
+    a RandomResizedCrop (torchvision's draws, from torch's global generator) mirrored with p 0.5, once for every
+    view (shared_flip: AMDIM's pair) or per view. image: a PIL RGB image, or a file opened but not decoded
+    (datasets.ImageFile: size, decode(scale)).
+
+    Every box is drawn on the full-size image first. A JPEG file is then decoded at the smallest scale (1/2, 1/4,
+    1/8; draft False: always 1) at which every box still spans at least its output size both ways, so that each
+    crop is still only shrunk by its antialiased resize; the boxes, and so the crops' geometry, do not change
+    (PIL's resize takes the box in the smaller image's fractional pixels). Resize with box= is crop and resize
+    in one pass; the filter may read the few pixels just outside the box where torchvision's crop first would
+    repeat the box's edge."""
+
+    def __init__(self, crops, shared_flip=False, draft=True):
+        self.crops, self.shared_flip, self.draft = tuple(crops), shared_flip, draft
+
+    def __call__(self, image):
+        width, height = image.size
+        flip = torch.rand(1).item() < 0.5 if self.shared_flip else None
+        shape = _shape_only(height, width)
+        boxes, flips = [], []
+        for crop in self.crops:
+            boxes.append(T.RandomResizedCrop.get_params(shape, crop.scale, crop.ratio))     # (top, left, h, w)
+            flips.append(flip if self.shared_flip else torch.rand(1).item() < 0.5)
+        room = min(min(h, w) / crop.size for (_, _, h, w), crop in zip(boxes, self.crops))
+        img, scale = _decoded(image, _draft_scale(room) if self.draft else 1)
+        out = []
+        for (top, left, h, w), crop, mirror in zip(boxes, self.crops, flips):
+            box = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
+            view = img.resize((crop.size, crop.size), crop.resample, box=box)
+            out.append(TF.pil_to_tensor(view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else view))
+        return tuple(out)
+
+
+class TranslatedViews:
+    """AMDIM's 32 px pair, geometry only, per image (train_view_transform's "cifar" ops): sources of another size
+    first resized (bicubic, short side 32 px) and centre-cropped to 32 px (resize_first; a JPEG decoded at the
+    smallest DCT scale that keeps the short side at least 32 px), one flip with p 0.5 for both views, then per
+    view a shift by up to +-4 px filled by reflection, with p 0.8. Returns (uint8 (3, 32, 32),) * 2."""
+
+    def __init__(self, resize_first=False, draft=True):
+        self.resize_first, self.draft = resize_first, draft
+        self.shift = T.RandomApply([T.RandomCrop(32, padding=4, padding_mode="reflect")], p=0.8)
+        self.first = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32)])
+
+    def __call__(self, image):
+        flip = torch.rand(1).item() < 0.5
+        if self.resize_first:
+            room = min(image.size) / 32
+            img = self.first(_decoded(image, _draft_scale(room) if self.draft else 1)[0])
+        else:
+            img = _decoded(image, 1)[0]
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return tuple(TF.pil_to_tensor(self.shift(img)) for _ in range(2))
+
+
+def _shape_only(height, width):
+    """A tensor of shape (1, height, width) without memory, to draw RandomResizedCrop's boxes for an image not yet
+    decoded (get_params reads only its size)."""
+    return torch.empty(1, 1, 1).expand(1, height, width)
+
+
+def _draft_scale(room):
+    """The largest libjpeg DCT scale (DRAFT_SCALES, else 1) that keeps `room`, how many times the output size
+    the smallest box spans, at 1 or more."""
+    return next((s for s in DRAFT_SCALES if room >= s), 1)
+
+
+def _decoded(image, scale):
+    """(PIL RGB image, its reduction: what full-size pixel coordinates are divided by): a PIL image as it is; a
+    file (datasets.ImageFile) decoded at 1/scale where its format can (JPEG), else at full size."""
+    if isinstance(image, Image.Image):
+        return image, 1
+    return image.decode(scale)
