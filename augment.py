@@ -6,13 +6,15 @@ Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagen
 normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched ones take uint8 images
 (B, 3, H, W) on any device. Every random parameter is drawn from torch's global generator.
 """
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageFilter
+import torch.nn.functional as F
+from PIL import ImageFilter
 
 from autoaugment import FastAutoAugment
 from imageops import (
@@ -505,7 +507,8 @@ class BatchMultiCropViews(_BatchViews):
 
 # ----------------------------------------------------------------------------------------------------------
 # The crop path, for image folders read file by file: loader workers decode each image and do the geometric part
-# of its recipe (crop and resize, flip, AMDIM's 32 px translation) in 8 bits, and ship uint8 crops; the training
+# of its recipe (crop and resize, flip, AMDIM's 32 px translation) in 8 bits, and ship uint8 crops (a quarter of
+# float32 views' bytes); the training
 # device does the colour part (jitter, grayscale, blur, Lab, normalisation) batched, with the in-memory path's
 # code (_BatchViews.colour). Every colour operation commutes with the flip, so each recipe keeps its op order.
 
@@ -528,7 +531,7 @@ def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low
         colour = BatchTwoViews(recipe, mean_std).colour
         if recipe == "cifar":
             return CropPath(TranslatedViews(resize_first), colour)
-        return CropPath(CropViews([Crop(size, (0.3, 1.0), (0.7, 1.4), Image.BICUBIC)] * 2, shared_flip=True),
+        return CropPath(CropViews([Crop(size, (0.3, 1.0), (0.7, 1.4), "bicubic")] * 2, shared_flip=True),
                         colour)
     if kind == "cmc":
         crop_low = CMC_CROP_LOW if crop_low is None else crop_low
@@ -540,17 +543,14 @@ def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low
     return CropPath(CropViews([Crop(size, (0.2, 1.0))] * 2), BatchMoCoViews(recipe, int(kind[-1]), mean_std).colour)
 
 
-DRAFT_SCALES = (8, 4, 2)       # libjpeg decodes at 1/8, 1/4 or 1/2 scale (its DCT scaling), largest first
-
-
 @dataclass(frozen=True)
 class Crop:
-    """One view's RandomResizedCrop: output size (px), area fraction range, aspect ratio range, PIL filter
-    (torchvision's defaults: ratio 3/4-4/3, bilinear)."""
+    """One view's RandomResizedCrop: output size (px), area fraction range, aspect ratio range, resampling
+    ("bilinear", torchvision's default, or "bicubic")."""
     size: int
     scale: tuple
     ratio: tuple = (3 / 4, 4 / 3)
-    resample: int = Image.BILINEAR
+    mode: str = "bilinear"
 
 
 class CropViews:
@@ -559,55 +559,78 @@ class CropViews:
     view (shared_flip: AMDIM's pair) or per view. image: a PIL RGB image, or a file opened but not decoded
     (datasets.ImageFile: size, decode(scale)).
 
-    Every box is drawn on the full-size image first. A JPEG file is then decoded at the smallest scale (1/2, 1/4,
-    1/8; draft False: always 1) at which every box still spans at least its output size both ways, so that each
-    crop is still only shrunk by its antialiased resize; the boxes, and so the crops' geometry, do not change
-    (PIL's resize takes the box in the smaller image's fractional pixels). Resize with box= is crop and resize
-    in one pass; the filter may read the few pixels just outside the box where torchvision's crop first would
-    repeat the box's edge."""
+    Every box is drawn on the full-size image. A JPEG file is then decoded at the smallest scale (1/2, 1/4, 1/8;
+    draft False: always 1) at which every box still spans more than its output size both ways, so that each crop
+    is still only shrunk, and the boxes are rounded to that scale's pixels (each edge moves by at most half of
+    one: a pixel of the full-size image at 1/2 scale). The crop is resized by torch's antialiased uint8
+    resampling (F.interpolate, antialias=True), which computes what PIL's resize of the cropped image does
+    (torchvision's per-image recipe) to within one 8-bit level, at a fraction of its cost (bench/loader.py)."""
 
     def __init__(self, crops, shared_flip=False, draft=True):
         self.crops, self.shared_flip, self.draft = tuple(crops), shared_flip, draft
 
     def __call__(self, image):
         width, height = image.size
-        flip = torch.rand(1).item() < 0.5 if self.shared_flip else None
         shape = _shape_only(height, width)
+        flip = torch.rand(1).item() < 0.5 if self.shared_flip else None
         boxes, flips = [], []
         for crop in self.crops:
             boxes.append(T.RandomResizedCrop.get_params(shape, crop.scale, crop.ratio))     # (top, left, h, w)
             flips.append(flip if self.shared_flip else torch.rand(1).item() < 0.5)
-        room = min(min(h, w) / crop.size for (_, _, h, w), crop in zip(boxes, self.crops))
+        room = min(min(h, w) / (crop.size + 1) for (_, _, h, w), crop in zip(boxes, self.crops))
         img, scale = _decoded(image, _draft_scale(room) if self.draft else 1)
+        pixels = _pixels(img)
         out = []
         for (top, left, h, w), crop, mirror in zip(boxes, self.crops, flips):
-            box = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
-            view = img.resize((crop.size, crop.size), crop.resample, box=box)
-            out.append(TF.pil_to_tensor(view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else view))
+            rows, cols = _reduced(top, h, scale), _reduced(left, w, scale)
+            view = _resized(pixels[:, rows, cols], (crop.size, crop.size), crop.mode)
+            out.append(view.flip(-1) if mirror else view)
         return tuple(out)
 
 
 class TranslatedViews:
     """AMDIM's 32 px pair, geometry only, per image (train_view_transform's "cifar" ops): sources of another size
-    first resized (bicubic, short side 32 px) and centre-cropped to 32 px (resize_first; a JPEG decoded at the
-    smallest DCT scale that keeps the short side at least 32 px), one flip with p 0.5 for both views, then per
-    view a shift by up to +-4 px filled by reflection, with p 0.8. Returns (uint8 (3, 32, 32),) * 2."""
+    first resized (bicubic, antialiased, short side 32 px; a JPEG decoded at the smallest scale that keeps its
+    short side over 32 px) and centre-cropped to 32 px (resize_first), one flip with p 0.5 for both views, then
+    per view a shift by up to +-4 px filled by reflection, with p 0.8. image: as CropViews' -> (uint8 (3, 32,
+    32),) * 2."""
 
     def __init__(self, resize_first=False, draft=True):
         self.resize_first, self.draft = resize_first, draft
         self.shift = T.RandomApply([T.RandomCrop(32, padding=4, padding_mode="reflect")], p=0.8)
-        self.first = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32)])
 
     def __call__(self, image):
         flip = torch.rand(1).item() < 0.5
+        room = min(image.size) / 33 if self.resize_first and self.draft else 1
+        pixels = _pixels(_decoded(image, _draft_scale(room))[0])
         if self.resize_first:
-            room = min(image.size) / 32
-            img = self.first(_decoded(image, _draft_scale(room) if self.draft else 1)[0])
-        else:
-            img = _decoded(image, 1)[0]
-        if flip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return tuple(TF.pil_to_tensor(self.shift(img)) for _ in range(2))
+            height, width = pixels.shape[-2:]
+            long = 32 * max(height, width) // min(height, width)        # torchvision's Resize(32) size rule
+            pixels = TF.center_crop(_resized(pixels, (32, long) if height <= width else (long, 32), "bicubic"), 32)
+        pixels = pixels.flip(-1) if flip else pixels.clone()         # a new tensor: _pixels' is read-only
+        return tuple(self.shift(pixels) for _ in range(2))
+
+
+DRAFT_SCALES = (8, 4, 2)       # libjpeg decodes at 1/8, 1/4 or 1/2 scale (its DCT scaling), largest first
+
+
+def _draft_scale(room):
+    """The largest libjpeg DCT scale (DRAFT_SCALES, else 1) at most `room`."""
+    return next((s for s in DRAFT_SCALES if room >= s), 1)
+
+
+def _decoded(image, scale):
+    """(PIL RGB image, its reduction s: full-size pixel coordinates over s are its own): a PIL image as it is, a
+    file (datasets.ImageFile) decoded at 1/scale where its format can (JPEG), else at full size."""
+    if hasattr(image, "decode"):
+        return image.decode(scale)
+    return image, 1
+
+
+def _reduced(start, length, scale):
+    """The slice of pixels start..start+length-1 of the full-size image in the image decoded at 1/scale, its
+    ends rounded to that image's pixels."""
+    return slice(round(start / scale), round((start + length) / scale))
 
 
 def _shape_only(height, width):
@@ -616,15 +639,18 @@ def _shape_only(height, width):
     return torch.empty(1, 1, 1).expand(1, height, width)
 
 
-def _draft_scale(room):
-    """The largest libjpeg DCT scale (DRAFT_SCALES, else 1) that keeps `room`, how many times the output size
-    the smallest box spans, at 1 or more."""
-    return next((s for s in DRAFT_SCALES if room >= s), 1)
+def _pixels(image):
+    """PIL RGB image -> uint8 tensor (3, H, W) of its pixels, channels-last in memory (as PIL keeps them, and as
+    torch's uint8 resampling reads fastest). Read-only: it shares the memory of the bytes PIL returns (one copy
+    of the pixels fewer than through numpy); callers make new tensors of it."""
+    width, height = image.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)        # torch's warning about a read-only buffer
+        flat = torch.frombuffer(image.tobytes(), dtype=torch.uint8)
+    return flat.view(height, width, 3).permute(2, 0, 1)
 
 
-def _decoded(image, scale):
-    """(PIL RGB image, its reduction: what full-size pixel coordinates are divided by): a PIL image as it is; a
-    file (datasets.ImageFile) decoded at 1/scale where its format can (JPEG), else at full size."""
-    if isinstance(image, Image.Image):
-        return image, 1
-    return image.decode(scale)
+def _resized(pixels, size, mode):
+    """uint8 (3, H, W) -> uint8 (3, *size): resampled with the antialiased kernel of mode ("bilinear" or
+    "bicubic"), as PIL resizes."""
+    return F.interpolate(pixels[None], size=size, mode=mode, antialias=True, align_corners=False)[0]

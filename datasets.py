@@ -145,17 +145,17 @@ class ImageFile:
         self.size = self._image.size
 
     def decode(self, scale=1):
-        img, width, height = self._image, *self.size
+        img, (width, height) = self._image, self.size
         with _reading(self.path):
             drafted = img.draft(None, (max(1, width // scale), max(1, height // scale))) if scale > 1 else None
-            img.load()         # closes the file (a single-frame image opened by name)
+            img.load()         # and closes the file (a single-frame image opened by name)
             rgb = img if img.mode == "RGB" else to_rgb(img)
         return rgb, 1 if drafted is None else round(width / drafted[1][2])      # draft's box: the image at 1/s
 
 
 class CroppedFiles(torch.utils.data.Dataset):
-    """(crops, label) items of image files (samples: (path, label) pairs): each file opened and cut into its
-    views' uint8 crops by geometry (augment.CropPath's), decoded no further than they need (ImageFile). An
+    """(crops, label) items of image files (samples: (path, label) pairs): each file opened (ImageFile) and cut
+    into its views' uint8 crops by geometry (augment.CropPath's), decoded no further than they need. An
     unreadable file raises BadImageError, which SkipBadImages catches."""
 
     def __init__(self, samples, geometry):
