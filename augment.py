@@ -1,6 +1,7 @@
 """The view recipes of AMDIM, MoCo v1 / v2, CMC and SwAV's multi-crop, each per image (PIL, torchvision) and
 batched on the training device (built of imageops' operations); AMDIM's per-image views can take AutoAugment or the
-Fast AutoAugment ImageNet policy (autoaugment.py). make_views() picks one.
+Fast AutoAugment ImageNet policy (autoaugment.py). make_views() picks one; make_crop_views() splits a recipe into
+its geometry per image (uint8 crops, in loader workers) and its colour batched on the device (image folders).
 
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px); each has its
 normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched ones take uint8 images
@@ -508,9 +509,9 @@ class BatchMultiCropViews(_BatchViews):
 # ----------------------------------------------------------------------------------------------------------
 # The crop path, for image folders read file by file: loader workers decode each image and do the geometric part
 # of its recipe (crop and resize, flip, AMDIM's 32 px translation) in 8 bits, and ship uint8 crops (a quarter of
-# float32 views' bytes); the training
-# device does the colour part (jitter, grayscale, blur, Lab, normalisation) batched, with the in-memory path's
-# code (_BatchViews.colour). Every colour operation commutes with the flip, so each recipe keeps its op order.
+# float32 views' bytes); the training device does the colour part (jitter, grayscale, blur, Lab, normalisation)
+# batched, with the in-memory path's code (the Batch*Views' colour()). Every colour operation commutes with the
+# flip, so each recipe keeps its op order.
 
 class CropPath(NamedTuple):
     """geometry: per image (a PIL RGB image, or a file opened but not decoded: datasets.ImageFile) -> a tuple of
@@ -524,7 +525,7 @@ def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low
     """The training views of make_views(kind, recipe, ...) with the default augmentation, split into a CropPath:
     the per-image geometry (CropViews, or TranslatedViews for AMDIM's 32 px recipe) and the batched colour
     (the Batch*Views' colour()). Views have the per-image recipe's distribution; resize_first as make_views'
-    (AMDIM at 32 px only)."""
+    (AMDIM at 32 px only). --aug's policies have no batched form: they stay per image (make_views)."""
     _check_views(kind, recipe, "default")
     size = RECIPE_SIZE[recipe]
     if kind == "amdim":
