@@ -1,16 +1,20 @@
 """The view recipes of AMDIM, MoCo v1 / v2, CMC and SwAV's multi-crop, each per image (PIL, torchvision) and
 batched on the training device (built of imageops' operations); AMDIM's per-image views can take AutoAugment or the
-Fast AutoAugment ImageNet policy (autoaugment.py). make_views() picks one.
+Fast AutoAugment ImageNet policy (autoaugment.py). make_views() picks one; make_crop_views() splits a recipe into
+its geometry per image (uint8 crops, in loader workers) and its colour batched on the device (image folders).
 
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px); each has its
 normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched ones take uint8 images
 (B, 3, H, W) on any device. Every random parameter is drawn from torch's global generator.
 """
+import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+import torch.nn.functional as F
 from PIL import ImageFilter
 
 from autoaugment import FastAutoAugment
@@ -159,12 +163,7 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
     (B, 3, s, s) batched (BatchMultiCropViews), s that crop's size.
     Raises UserError for a combination that does not exist.
     """
-    if kind not in VIEW_KINDS:
-        raise UserError(f"unknown view kind {kind!r}: choose one of {', '.join(VIEW_KINDS)}")
-    if recipe not in RECIPE_SIZE:
-        raise UserError(f"unknown augmentation recipe {recipe!r}: choose one of {', '.join(RECIPE_SIZE)}")
-    if aug not in AUGMENTATIONS:
-        raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+    _check_views(kind, recipe, aug)
     if kind == "amdim":
         if not batched:
             return TwoViews(train_view_transform(recipe, aug, resize_first, mean_std))
@@ -178,12 +177,26 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
         crop_low = CMC_CROP_LOW if crop_low is None else crop_low
         return BatchCMCViews(recipe, crop_low) if batched else CMCViews(recipe, crop_low)
     if kind == "swav":
-        crops = crops or MultiCrop((2,), (RECIPE_SIZE[recipe],), (0.14,), (1.0,))
+        crops = crops or _default_crops(recipe)
         return BatchMultiCropViews(recipe, crops, mean_std) if batched else MultiCropViews(recipe, crops, mean_std)
     version = int(kind[-1])
     if batched:
         return BatchMoCoViews(recipe, version, mean_std)
     return IndependentViews(moco_view_transform(recipe, version, mean_std))
+
+
+def _check_views(kind, recipe, aug):
+    if kind not in VIEW_KINDS:
+        raise UserError(f"unknown view kind {kind!r}: choose one of {', '.join(VIEW_KINDS)}")
+    if recipe not in RECIPE_SIZE:
+        raise UserError(f"unknown augmentation recipe {recipe!r}: choose one of {', '.join(RECIPE_SIZE)}")
+    if aug not in AUGMENTATIONS:
+        raise UserError(f"unknown --aug {aug!r}: choose one of {', '.join(AUGMENTATIONS)}")
+
+
+def _default_crops(recipe):
+    """SwAV's crops when none are given: two at the recipe's size."""
+    return MultiCrop((2,), (RECIPE_SIZE[recipe],), (0.14,), (1.0,))
 
 
 class CMCViews:
@@ -262,6 +275,36 @@ class _BatchViews:
         one addcmul with per-channel (1, 3, 1, 1) operands runs slower than mul_ then add_.)"""
         return x.mul_(_channels(self._scale, x.device)).add_(_channels(self._shift, x.device))
 
+    # The colour half of a view, which both paths share: the in-memory path runs it on each chunk right after
+    # resampling it (view(), crop()), the crop path on the crops that loader workers cut (colour()).
+
+    def colour_params(self, b, device):
+        """The random colour parameters of b samples, drawn in the recipe's order (a tuple, _colour_'s)."""
+        raise NotImplementedError
+
+    def colour_takes(self, params):
+        """Which passes each sample takes (bool tensors (B,) or (B, k), the most costly first; _sorted_chunks)."""
+        raise NotImplementedError
+
+    def colour_(self, x, params, s):
+        """Colour and normalise x (float (n, 3, S, S) in [0, 1], samples s of the batch) in place."""
+        raise NotImplementedError
+
+    def colour(self, crops, n_views=None):
+        """The device half of the crop path (make_crop_views): crops, a sequence of uint8 (B, 3, s, s), one per
+        view, the geometric part of the recipe done (CropViews) -> a tuple of normalised float (B, 3, s, s), the
+        first n_views views (all for None), each with its own colour parameters."""
+        return tuple(self._coloured(c) for c in tuple(crops)[:n_views])
+
+    def _coloured(self, crop):
+        b, device = crop.shape[0], crop.device
+        params = self.colour_params(b, device)
+        out = torch.empty(crop.shape, device=device)
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
+            x.copy_(_at(crop, s)).mul_(1 / 255)
+            self.colour_(x, params, s)
+        return out
+
 
 class BatchTwoViews(_BatchViews):
     """Two augmented views of a batch of uint8 images (B, 3, H, W): the per-image recipe of
@@ -293,18 +336,29 @@ class BatchTwoViews(_BatchViews):
             boxes = sample_crop_boxes(b, height, width, (0.3, 1.0), (0.7, 1.4), device)
             rows, cols = crop_weights(boxes, height, width, self.size, "bicubic")
             size = (self.size, self.size)
-        jitter = jitter_params(b, 0.4, 0.4, 0.4, self.hue, 0.8, device)
-        gray = _coin(b, 0.25, device)
+        params = self.colour_params(b, device)
         if flip is not None:
             cols = _mirror_input(cols, flip, width)
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, *size, device=device)
-        for s, x in _sorted_chunks(out, _jitter_takes(jitter[0]), gray):
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            _color_jitter_(x, *_take(jitter, s))
-            _grayscale_(x, _at(gray, s))
-            self.normalize_(x)
+            self.colour_(x, params, s)
         return out
+
+    def colour_params(self, b, device):
+        """ColorJitter(0.4, 0.4, 0.4, hue) with p 0.8, then grayscale with p 0.25."""
+        return jitter_params(b, 0.4, 0.4, 0.4, self.hue, 0.8, device), _coin(b, 0.25, device)
+
+    def colour_takes(self, params):
+        jitter, gray = params
+        return _jitter_takes(jitter[0]), gray
+
+    def colour_(self, x, params, s):
+        jitter, gray = params
+        _color_jitter_(x, *_take(jitter, s))
+        _grayscale_(x, _at(gray, s))
+        self.normalize_(x)
 
 
 class BatchMoCoViews(_BatchViews):
@@ -333,30 +387,48 @@ class BatchMoCoViews(_BatchViews):
         b, _, height, width = images.shape
         device = images.device
         boxes = sample_crop_boxes(b, height, width, (0.2, 1.0), (3 / 4, 4 / 3), device)
-        if self.version == 1:
-            gray = _coin(b, 0.2, device)
-            jitter = jitter_params(b, 0.4, 0.4, 0.4, 0.4, 1.0, device)
-        else:
-            jitter = jitter_params(b, 0.4, 0.4, 0.4, 0.1, 0.8, device)
-            gray = _coin(b, 0.2, device)
-            blur = blur_kernels(b, (0.1, 2.0), 0.5, device)
+        params = self.colour_params(b, device)
         rows, cols = crop_weights(boxes, height, width, self.size, "bilinear")
         cols = _mirror_output(cols, _coin(b, 0.5, device))
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, self.size, self.size, device=device)
-        takes = (_jitter_takes(jitter[0]), gray) if self.version == 1 else \
-            (_blur_takes(blur), _jitter_takes(jitter[0]), gray)
-        for s, x in _sorted_chunks(out, *takes):
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            if self.version == 1:
-                _grayscale_(x, _at(gray, s))
-                _color_jitter_(x, *_take(jitter, s))
-            else:
-                _color_jitter_(x, *_take(jitter, s))
-                _grayscale_(x, _at(gray, s))
-                _blur_(x, _at(blur, s))
-            self.normalize_(x)
+            self.colour_(x, params, s)
         return out
+
+    def colour_params(self, b, device):
+        """v1: grayscale p 0.2, then ColorJitter(0.4, 0.4, 0.4, 0.4) always; v2: ColorJitter(0.4, 0.4, 0.4, 0.1)
+        p 0.8, grayscale p 0.2, Gaussian blur (sigma 0.1-2) p 0.5. Each a tuple in the order they run."""
+        if self.version == 1:
+            return _coin(b, 0.2, device), jitter_params(b, 0.4, 0.4, 0.4, 0.4, 1.0, device)
+        return (jitter_params(b, 0.4, 0.4, 0.4, 0.1, 0.8, device), _coin(b, 0.2, device),
+                blur_kernels(b, (0.1, 2.0), 0.5, device))
+
+    def colour_takes(self, params):
+        if self.version == 1:
+            gray, jitter = params
+            return _jitter_takes(jitter[0]), gray
+        jitter, gray, blur = params
+        return _blur_takes(blur), _jitter_takes(jitter[0]), gray
+
+    def colour_(self, x, params, s):
+        if self.version == 1:
+            gray, jitter = params
+            _grayscale_(x, _at(gray, s))
+            _color_jitter_(x, *_take(jitter, s))
+        else:
+            _jitter_gray_blur_(x, params, s)
+        self.normalize_(x)
+
+
+def _jitter_gray_blur_(x, params, s):
+    """MoCo v2's and SwAV's colour passes on x (float (n, 3, S, S) in [0, 1], samples s), in place: jitter,
+    grayscale, blur, with params = (jitter_params', _coin's, blur_kernels') draws of the whole batch."""
+    jitter, gray, blur = params
+    _color_jitter_(x, *_take(jitter, s))
+    _grayscale_(x, _at(gray, s))
+    _blur_(x, _at(blur, s))
 
 
 class BatchCMCViews:
@@ -379,6 +451,16 @@ class BatchCMCViews:
             _lab_(x, _LAB_SCALE, _LAB_SHIFT)
         return (lab[:, :1], lab[:, 1:])[:n_views]
 
+    def colour(self, crops, n_views=2):
+        """The device half of the crop path: crops, a one-element sequence of the uint8 crops (B, 3, S, S) that
+        loader workers cut and flipped (CropViews) -> their normalised Lab, (L (B, 1, S, S), ab (B, 2, S, S))
+        (n_views=1: (L,)). No random draw."""
+        crop = crops[0]
+        lab = torch.empty(crop.shape, device=crop.device)
+        for s in _chunks(lab):
+            _lab_(lab[s].copy_(crop[s]).mul_(1 / 255), _LAB_SCALE, _LAB_SHIFT)
+        return (lab[:, :1], lab[:, 1:])[:n_views]
+
 
 class BatchMultiCropViews(_BatchViews):
     """SwAV's crops of a batch of uint8 images (B, 3, H, W) of any size: MultiCropViews vectorised with the MoCo v2
@@ -399,17 +481,177 @@ class BatchMultiCropViews(_BatchViews):
         b, _, height, width = images.shape
         device = images.device
         boxes = sample_crop_boxes(b, height, width, scale, (3 / 4, 4 / 3), device)
-        jitter = jitter_params(b, 0.8, 0.8, 0.8, 0.2, 0.8, device)
-        gray = _coin(b, 0.2, device)
-        blur = blur_kernels(b, (0.1, 2.0), 0.5, device)
+        params = self.colour_params(b, device)
         rows, cols = crop_weights(boxes, height, width, size, "bilinear")
         cols = _mirror_output(cols, _coin(b, 0.5, device))
         rows = _scaled(rows, _pixel_scale(images))
         out = torch.empty(b, 3, size, size, device=device)
-        for s, x in _sorted_chunks(out, _blur_takes(blur), _jitter_takes(jitter[0]), gray):
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
             _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            _color_jitter_(x, *_take(jitter, s))
-            _grayscale_(x, _at(gray, s))
-            _blur_(x, _at(blur, s))
-            self.normalize_(x)
+            self.colour_(x, params, s)
         return out
+
+    def colour_params(self, b, device):
+        """ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, Gaussian blur (sigma 0.1-2) p 0.5."""
+        return (jitter_params(b, 0.8, 0.8, 0.8, 0.2, 0.8, device), _coin(b, 0.2, device),
+                blur_kernels(b, (0.1, 2.0), 0.5, device))
+
+    def colour_takes(self, params):
+        jitter, gray, blur = params
+        return _blur_takes(blur), _jitter_takes(jitter[0]), gray
+
+    def colour_(self, x, params, s):
+        _jitter_gray_blur_(x, params, s)
+        self.normalize_(x)
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The crop path, for image folders read file by file: loader workers decode each image and do the geometric part
+# of its recipe (crop and resize, flip, AMDIM's 32 px translation) in 8 bits, and ship uint8 crops (a quarter of
+# float32 views' bytes); the training device does the colour part (jitter, grayscale, blur, Lab, normalisation)
+# batched, with the in-memory path's code (the Batch*Views' colour()). Every colour operation commutes with the
+# flip, so each recipe keeps its op order.
+
+class CropPath(NamedTuple):
+    """geometry: per image (a PIL RGB image, or a file opened but not decoded: datasets.ImageFile) -> a tuple of
+    uint8 tensors (3, s, s), one per view (CMC: one crop); colour: (a sequence of uint8 (B, 3, s, s) on the
+    device, one per view, n_views) -> what the batched recipe returns for those views (make_views)."""
+    geometry: object
+    colour: object
+
+
+def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low=None, crops=None):
+    """The training views of make_views(kind, recipe, ...) with the default augmentation, split into a CropPath:
+    the per-image geometry (CropViews, or TranslatedViews for AMDIM's 32 px recipe) and the batched colour
+    (the Batch*Views' colour()). Views have the per-image recipe's distribution; resize_first as make_views'
+    (AMDIM at 32 px only). --aug's policies have no batched form: they stay per image (make_views)."""
+    _check_views(kind, recipe, "default")
+    size = RECIPE_SIZE[recipe]
+    if kind == "amdim":
+        colour = BatchTwoViews(recipe, mean_std).colour
+        if recipe == "cifar":
+            return CropPath(TranslatedViews(resize_first), colour)
+        return CropPath(CropViews([Crop(size, (0.3, 1.0), (0.7, 1.4), "bicubic")] * 2, shared_flip=True),
+                        colour)
+    if kind == "cmc":
+        crop_low = CMC_CROP_LOW if crop_low is None else crop_low
+        return CropPath(CropViews([Crop(size, (crop_low, 1.0))]), BatchCMCViews(recipe, crop_low).colour)
+    if kind == "swav":
+        crops = crops or _default_crops(recipe)
+        return CropPath(CropViews([Crop(s, scale) for s, scale in crops.each()]),
+                        BatchMultiCropViews(recipe, crops, mean_std).colour)
+    return CropPath(CropViews([Crop(size, (0.2, 1.0))] * 2), BatchMoCoViews(recipe, int(kind[-1]), mean_std).colour)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One view's RandomResizedCrop: output size (px), area fraction range, aspect ratio range, resampling
+    ("bilinear", torchvision's default, or "bicubic")."""
+    size: int
+    scale: tuple
+    ratio: tuple = (3 / 4, 4 / 3)
+    mode: str = "bilinear"
+
+
+class CropViews:
+    """The geometric part of a recipe, per image: image -> a tuple of uint8 (3, s, s), one per Crop of `crops`:
+    a RandomResizedCrop (torchvision's draws, from torch's global generator) mirrored with p 0.5, once for every
+    view (shared_flip: AMDIM's pair) or per view. image: a PIL RGB image, or a file opened but not decoded
+    (datasets.ImageFile: size, decode(scale)).
+
+    Every box is drawn on the full-size image. A JPEG file is then decoded at the smallest scale (1/2, 1/4, 1/8;
+    draft False: always 1) at which every box still spans more than its output size both ways, so that each crop
+    is still only shrunk, and the boxes are rounded to that scale's pixels (each edge moves by at most half of
+    one: a pixel of the full-size image at 1/2 scale). The crop is resized by torch's antialiased uint8
+    resampling (F.interpolate, antialias=True), which computes what PIL's resize of the cropped image does
+    (torchvision's per-image recipe) to within one 8-bit level, at a fraction of its cost (bench/loader.py)."""
+
+    def __init__(self, crops, shared_flip=False, draft=True):
+        self.crops, self.shared_flip, self.draft = tuple(crops), shared_flip, draft
+
+    def __call__(self, image):
+        width, height = image.size
+        shape = _shape_only(height, width)
+        flip = torch.rand(1).item() < 0.5 if self.shared_flip else None
+        boxes, flips = [], []
+        for crop in self.crops:
+            boxes.append(T.RandomResizedCrop.get_params(shape, crop.scale, crop.ratio))     # (top, left, h, w)
+            flips.append(flip if self.shared_flip else torch.rand(1).item() < 0.5)
+        room = min(min(h, w) / (crop.size + 1) for (_, _, h, w), crop in zip(boxes, self.crops))
+        img, scale = _decoded(image, _draft_scale(room) if self.draft else 1)
+        pixels = _pixels(img)
+        out = []
+        for (top, left, h, w), crop, mirror in zip(boxes, self.crops, flips):
+            rows, cols = _reduced(top, h, scale), _reduced(left, w, scale)
+            view = _resized(pixels[:, rows, cols], (crop.size, crop.size), crop.mode)
+            out.append(view.flip(-1) if mirror else view)
+        return tuple(out)
+
+
+class TranslatedViews:
+    """AMDIM's 32 px pair, geometry only, per image (train_view_transform's "cifar" ops): sources of another size
+    first resized (bicubic, antialiased, short side 32 px; a JPEG decoded at the smallest scale that keeps its
+    short side over 32 px) and centre-cropped to 32 px (resize_first), one flip with p 0.5 for both views, then
+    per view a shift by up to +-4 px filled by reflection, with p 0.8. image: as CropViews' -> (uint8 (3, 32,
+    32),) * 2."""
+
+    def __init__(self, resize_first=False, draft=True):
+        self.resize_first, self.draft = resize_first, draft
+        self.shift = T.RandomApply([T.RandomCrop(32, padding=4, padding_mode="reflect")], p=0.8)
+
+    def __call__(self, image):
+        flip = torch.rand(1).item() < 0.5
+        room = min(image.size) / 33 if self.resize_first and self.draft else 1
+        pixels = _pixels(_decoded(image, _draft_scale(room))[0])
+        if self.resize_first:
+            height, width = pixels.shape[-2:]
+            long = 32 * max(height, width) // min(height, width)        # torchvision's Resize(32) size rule
+            pixels = TF.center_crop(_resized(pixels, (32, long) if height <= width else (long, 32), "bicubic"), 32)
+        pixels = pixels.flip(-1) if flip else pixels.clone()         # a new tensor: _pixels' is read-only
+        return tuple(self.shift(pixels) for _ in range(2))
+
+
+DRAFT_SCALES = (8, 4, 2)       # libjpeg decodes at 1/8, 1/4 or 1/2 scale (its DCT scaling), largest first
+
+
+def _draft_scale(room):
+    """The largest libjpeg DCT scale (DRAFT_SCALES, else 1) at most `room`."""
+    return next((s for s in DRAFT_SCALES if room >= s), 1)
+
+
+def _decoded(image, scale):
+    """(PIL RGB image, its reduction s: full-size pixel coordinates over s are its own): a PIL image as it is, a
+    file (datasets.ImageFile) decoded at 1/scale where its format can (JPEG), else at full size."""
+    if hasattr(image, "decode"):
+        return image.decode(scale)
+    return image, 1
+
+
+def _reduced(start, length, scale):
+    """The slice of pixels start..start+length-1 of the full-size image in the image decoded at 1/scale, its
+    ends rounded to that image's pixels."""
+    return slice(round(start / scale), round((start + length) / scale))
+
+
+def _shape_only(height, width):
+    """A tensor of shape (1, height, width) without memory, to draw RandomResizedCrop's boxes for an image not yet
+    decoded (get_params reads only its size)."""
+    return torch.empty(1, 1, 1).expand(1, height, width)
+
+
+def _pixels(image):
+    """PIL RGB image -> uint8 tensor (3, H, W) of its pixels, channels-last in memory (as PIL keeps them, and as
+    torch's uint8 resampling reads fastest). Read-only: it shares the memory of the bytes PIL returns (one copy
+    of the pixels fewer than through numpy); callers make new tensors of it."""
+    width, height = image.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)        # torch's warning about a read-only buffer
+        flat = torch.frombuffer(image.tobytes(), dtype=torch.uint8)
+    return flat.view(height, width, 3).permute(2, 0, 1)
+
+
+def _resized(pixels, size, mode):
+    """uint8 (3, H, W) -> uint8 (3, *size): resampled with the antialiased kernel of mode ("bilinear" or
+    "bicubic"), as PIL resizes."""
+    return F.interpolate(pixels[None], size=size, mode=mode, antialias=True, align_corners=False)[0]

@@ -5,7 +5,9 @@ shared flip, MoCo's independent pair, CMC's L and ab, SwAV's crops), its label (
 unlabeled split) and its position in the split. Test items are (x, y), or None for an unreadable image with
 --skip_bad_images. In-memory datasets can instead keep uint8 images, items (image, y, index), and augment whole
 batches on the training device (Splits.batch_augment); so can image folders, once decoded into memory
-(--cache_images, imagecache.py; ImageCache, DecodedSplit). Image folders skip hidden entries and refuse folder
+(--cache_images, imagecache.py; ImageCache, DecodedSplit). Image folders read file by file with the default
+augmentation have loader workers decode each image and cut its views' uint8 crops (items (crops, y, index);
+CroppedFiles), which the training device colours batch by batch. Image folders skip hidden entries and refuse folder
 symlinks that loop or lead out of their class folder (ImageFolder).
 Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagenet" (128 px).
 """
@@ -22,7 +24,8 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
-from augment import AUGMENTATIONS, NORMALIZATION, RECIPE_OF_SIZE, _to_normalized_tensor, make_views, test_transform
+from augment import (AUGMENTATIONS, NORMALIZATION, RECIPE_OF_SIZE, _to_normalized_tensor, make_crop_views, make_views,
+                     test_transform)
 import imagecache
 import subset as subsets
 import utils
@@ -56,10 +59,19 @@ class Splits:
     image_size: int
     skippers: dict = field(default_factory=dict)   # {"train", "test"}: SkipBadImages, with --skip_bad_images
     # When set, `train` holds uint8 images (items (image (3, H, W) uint8, y, index)) and this callable makes the
-    # augmented views of a whole batch on the training device.
+    # augmented views of a whole batch on the training device; with `crops`, items (uint8 crops, one (3, s, s)
+    # per view, y, index) that loader workers cut image by image, and the callable colours them
+    # (augment.make_crop_views).
     batch_augment: object = None
     memory_factory: object = None      # () -> the labelled training images with the test transform (kNN)
     mean_std: tuple = None             # the views' normalisation: ((mean r, g, b), (std r, g, b))
+    crops: bool = False
+
+    @property
+    def per_image_items(self):
+        """Whether training items are made image by image (decoded and augmented or cropped), the work of
+        loader worker processes, re-seeded per image (engine.SeededItems)."""
+        return self.batch_augment is None or self.crops
 
     @functools.cached_property
     def memory(self):
@@ -102,16 +114,59 @@ class BadImageError(UserError):
 
 def load_rgb(path):
     """Open any image file as 8-bit RGB: grayscale, palette, CMYK, RGBA and 16-bit images are converted."""
+    with _reading(path), Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """What PIL raises for an unreadable or undecodable file becomes a BadImageError that names it."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
+        yield
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         error = BadImageError(f"cannot read image {path} ({reason}); delete or replace the file, or pass "
                               f"--skip_bad_images")
         error.path = path
         raise error from None
+
+
+class ImageFile:
+    """An image file opened, its pixels not yet decoded (augment.CropViews' input): size (width, height) from its
+    header; decode(scale) -> (8-bit RGB PIL image, s): the pixels decoded at 1/s scale, s = scale (a power of two
+    up to 8) where the format can (JPEG: libjpeg's DCT scaling, through Image.draft), else 1 (full size).
+    Unreadable files raise BadImageError, as load_rgb."""
+
+    def __init__(self, path):
+        self.path = path
+        with _reading(path):
+            self._image = Image.open(path)
+        self.size = self._image.size
+
+    def decode(self, scale=1):
+        img, (width, height) = self._image, self.size
+        with _reading(self.path):
+            drafted = img.draft(None, (max(1, width // scale), max(1, height // scale))) if scale > 1 else None
+            img.load()         # and closes the file (a single-frame image opened by name)
+            rgb = img if img.mode == "RGB" else to_rgb(img)
+        return rgb, 1 if drafted is None else round(width / drafted[1][2])      # draft's box: the image at 1/s
+
+
+class CroppedFiles(torch.utils.data.Dataset):
+    """(crops, label) items of image files (samples: (path, label) pairs): each file opened (ImageFile) and cut
+    into its views' uint8 crops by geometry (augment.CropPath's), decoded no further than they need. An
+    unreadable file raises BadImageError, which SkipBadImages catches."""
+
+    def __init__(self, samples, geometry):
+        self.samples, self.geometry = samples, geometry
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, y = self.samples[i]
+        return self.geometry(ImageFile(path)), y
 
 
 class SkipBadImages(torch.utils.data.Dataset):
@@ -167,8 +222,8 @@ def to_rgb(img):
 
 
 class Transformed(torch.utils.data.Dataset):
-    """(image, label) items of `base` passed through `transform`: training items (views, y, index) when the
-    transform makes a tuple of views, else test items (x, y)."""
+    """(image, label) items of `base` passed through `transform` (None: as they are): training items (views, y,
+    index) when the transform makes a tuple of views, else test items (x, y)."""
 
     def __init__(self, base, transform):
         self.base, self.transform = base, transform
@@ -181,7 +236,7 @@ class Transformed(torch.utils.data.Dataset):
         if item is None:      # an unreadable image that scoring skips (SkipBadImages with substitute=False)
             return None
         img, y = item
-        out = self.transform(img)
+        out = img if self.transform is None else self.transform(img)
         return (out, int(y), i) if isinstance(out, tuple) else (out, int(y))
 
 
@@ -365,10 +420,11 @@ def _check_folder_link(path, real, chain, class_dir):
                         f"or remove the link")
 
 
-def _image_folders(name, root, image_size, make, kind, skip_bad_images=False, subset=None, cache=None):
-    """The splits of an image folder dataset: (train, test, n_classes, skippers, memory factory, batched
-    augmentation or None). make(recipe, resize_first, batched) makes the training views; kind is their view
-    kind; cache: the ImageCache settings (None: read image by image)."""
+def _image_folders(name, root, image_size, make, kind, skip_bad_images=False, subset=None, cache=None,
+                   crop_path=None):
+    """The Splits of an image folder dataset. make(recipe, resize_first, batched) makes the training views; kind
+    is their view kind; cache: the ImageCache settings (None: read image by image); crop_path(recipe,
+    resize_first): an augment.CropPath for training images read file by file (None: the per-image views)."""
     if not os.path.isdir(root):
         raise UserError(f"--input_dir {root} does not exist: point it at the folder that holds train/ and val/")
     names = _FOLDER_NAMES[name]
@@ -404,23 +460,39 @@ def _image_folders(name, root, image_size, make, kind, skip_bad_images=False, su
     # test transform, applied to them here as on files, needs.
     decoded_train = cache.decode(train, 32 if resize_first and kind == "amdim" else None, skip_bad_images)
     decoded_test = cache.decode(test, 32 if resize_first else None, skip_bad_images, per_image_ok=True)
-    skippers, augment = {}, None
+    skippers, augment, cropped = {}, None, None
     if decoded_train is not None:
         train, memory, augment = decoded_train.training_images(), DecodedImages(decoded_train), make(recipe, False,
                                                                                                    True)
         skippers["train"] = decoded_train
-    elif skip_bad_images:
-        # Training batches get a stand-in for an unreadable image; the kNN memory leaves it out.
-        train = SkipBadImages(train)
-        memory, skippers["train"] = SkipBadImages(train.base, substitute=False, flags=train.bad), train
-        train = Transformed(train, make(recipe, resize_first, False))
     else:
-        train, memory = Transformed(train, make(recipe, resize_first, False)), train
+        # Read file by file: loader workers cut uint8 crops that the device colours, or make the whole views.
+        cropped = crop_path(recipe, resize_first) if crop_path is not None else None
+        files, transform = (CroppedFiles(train.samples, cropped.geometry), None) if cropped else \
+            (train, make(recipe, resize_first, False))
+        augment = cropped.colour if cropped else None
+        memory = train
+        if skip_bad_images:
+            # Training batches get a stand-in for an unreadable image; the kNN memory leaves it out.
+            files = skippers["train"] = SkipBadImages(files)
+            memory = SkipBadImages(train, substitute=False, flags=files.bad)
+        train = Transformed(files, transform)
     if decoded_test is not None:
         test = skippers["test"] = DecodedImages(decoded_test)
     elif skip_bad_images:
         test = skippers["test"] = SkipBadImages(test, substitute=False)      # scoring leaves it out
-    return train, Transformed(test, test_tf), n_classes, skippers, lambda: Transformed(memory, test_tf), augment
+    return Splits(train=train, test=Transformed(test, test_tf), n_classes=n_classes, image_size=image_size,
+                  skippers=skippers, batch_augment=augment, memory_factory=lambda: Transformed(memory, test_tf),
+                  mean_std=NORMALIZATION[recipe], crops=cropped is not None)
+
+
+def source_image(train, i):
+    """The source image (PIL RGB) of item i of a training split made image by image (Transformed), before any
+    augmentation."""
+    base = train.base.base if isinstance(train.base, SkipBadImages) else train.base
+    if isinstance(base, CroppedFiles):
+        return load_rgb(base.samples[i][0])
+    return train.base[i][0]
 
 
 @dataclass
@@ -508,7 +580,8 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     folders), the training split serves the next readable image and the test split and kNN memory leave it out
     (None items, dropped by the loaders). batch_augment: in-memory datasets (C10, C100, STL10, DIGITS) with the
     default augmentation keep uint8 images and augment whole batches on the training device
-    (Splits.batch_augment); False keeps the per-image pipeline everywhere. subset: a class-list file that
+    (Splits.batch_augment); image folders read file by file take the crop path (loader workers cut uint8 crops,
+    the device colours them: Splits.crops); False keeps the per-image pipeline everywhere. subset: a class-list file that
     restricts image folders to those classes. view_options: make_views' keywords of the view kind (a
     ViewSpec's options: CMC's crop_low, SwAV's crops); None: its defaults. cache_images: "auto", "on" or "off" (the
     default here; train.py's is auto): decode image folder splits into memory (imagecache.py), so that their
@@ -533,10 +606,9 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     else:
         make = lambda recipe, resize_first, batched_: make_views(views, recipe, aug=aug, resize_first=resize_first,
                                                                  batched=batched_, **view_options)
+        crop_path = (lambda recipe, resize_first: make_crop_views(views, recipe, resize_first=resize_first,
+                                                                  **view_options)) if batched else None
         cache = ImageCache(cache_images, report, cache_budget, batched, cache_copies)
-        train, test, n_classes, skippers, memory, augment = _image_folders(name, input_dir, size, make, views,
-                                                                           skip_bad_images, subset, cache)
-        return Splits(train=train, test=test, n_classes=n_classes, image_size=size, skippers=skippers,
-                      batch_augment=augment, memory_factory=memory, mean_std=NORMALIZATION[RECIPE_OF_SIZE[size]])
+        return _image_folders(name, input_dir, size, make, views, skip_bad_images, subset, cache, crop_path)
     return Splits(train=train, test=test, n_classes=n_classes, image_size=size, batch_augment=augment,
                   memory_factory=memory, mean_std=mean_std)

@@ -2,10 +2,12 @@
 training views on the device, the BatchNorm refresh, classifier accuracy and kNN accuracy.
 
 Training items are (views, y, index): views is a tuple of augmented images (per-image augmentation in the
-loader) or one uint8 image that a batched augmentation turns into views on the device; y is -1 for unlabelled
+loader), one uint8 image that a batched augmentation turns into views on the device, or a tuple of uint8 crops
+(image folders' crop path) that it colours there; y is -1 for unlabelled
 images; index is the item's position in the training split. Test items are (x, y).
 """
 import multiprocessing
+import os
 import sys
 
 import torch
@@ -18,18 +20,38 @@ import utils
 BN_REFRESH_BATCHES = 50
 
 
-def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, sampler=None):
+MAX_WORKERS = 16          # default loader workers per training process, at most
+BATCHES_IN_FLIGHT = 8     # a loader's prefetched batches, at least, over all its workers
+
+
+def make_loader(dataset, batch_size, num_workers, device, shuffle=False, drop_last=False, sampler=None,
+                persistent=False):
     """A DataLoader. Training augmentation does not depend on its workers' seeds: SeededItems re-seeds per image.
     Workers ignore Ctrl-C/SIGTERM: the training process handles them at the next update boundary. Items that are
     None (unreadable test images under --skip_bad_images) are left out of their batch; see collate_present.
+    Batches are pinned on CUDA (so copies to the device overlap the step); each worker prefetches at least two,
+    more where there are few workers (BATCHES_IN_FLIGHT in all), to ride out slow images.
 
     Workers are forked where the platform allows (worker_context), so they share the dataset's memory with the
-    training process instead of each unpickling a copy."""
+    training process instead of each unpickling a copy. persistent: the workers live as long as the loader,
+    not one epoch (the training loader: its sampler runs in this process, its items are re-seeded per image, so
+    a worker carries nothing from one epoch to the next)."""
+    extra = dict(prefetch_factor=max(2, -(-BATCHES_IN_FLIGHT // num_workers)), persistent_workers=persistent) \
+        if num_workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                                        num_workers=num_workers, drop_last=drop_last, collate_fn=collate_present,
-                                       pin_memory=device.type == "cuda", persistent_workers=False,
+                                       pin_memory=device.type == "cuda",
                                        worker_init_fn=utils.ignore_stop_signals if num_workers else None,
-                                       multiprocessing_context=worker_context(num_workers))
+                                       multiprocessing_context=worker_context(num_workers), **extra)
+
+
+def default_num_workers(processes_on_machine):
+    """Loader workers per training process when --num_workers is not given: the cores this process may run on
+    (its CPU affinity), shared by the training processes on this machine, less one for the training process
+    itself; at least 1, at most MAX_WORKERS (beyond that a worker's start-up and memory cost more than it
+    adds)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores // max(1, processes_on_machine) - 1))
 
 
 def worker_context(num_workers):
@@ -124,12 +146,15 @@ def layout(memory_format):
 
 def training_views(batch, augment, device, n_views, memory_format="contiguous"):
     """(views, y, index) of a training batch on the device: the loader's views, or (batched augmentation) the
-    views made here from its uint8 images. views: a tuple of n_views tensors (B, 3, S, S)."""
+    views made here from its uint8 images, or (the crop path) from its uint8 crops, a list of (B, 3, s, s), one
+    per view. views: a tuple of n_views tensors (B, 3, S, S)."""
     first, y, index = batch
     if augment is None:
         views = tuple(first)[:n_views]
-    else:
+    elif isinstance(first, torch.Tensor):
         views = augment(first.to(device, non_blocking=True), n_views=n_views)
+    else:
+        views = augment([c.to(device, non_blocking=True) for c in first[:n_views]], n_views=n_views)
     views = tuple(v.to(device, non_blocking=True, memory_format=layout(memory_format)) for v in views)
     return views, y.to(device, non_blocking=True), index
 

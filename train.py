@@ -58,7 +58,8 @@ def parse_args(argv=None):
                    help="AMDIM's augmentation: its default recipe, or with a policy added")
     p.add_argument("--per_image_aug", action="store_true",
                    help="augment image by image in the loader workers even where batched on-device "
-                        "augmentation applies (C10, C100, STL10, DIGITS with --aug default)")
+                        "augmentation applies (C10, C100, STL10, DIGITS with --aug default; image folders, whose "
+                        "workers otherwise cut uint8 crops that the device colours)")
     p.add_argument("--cache_images", choices=imagecache.MODES, default="auto",
                    help="image folders: decode each split once into memory (cached on disk beside it) so that "
                         "training augments whole batches on the device, as for the in-memory datasets; auto does "
@@ -89,9 +90,10 @@ def parse_args(argv=None):
                         "ImageNet 30, Places205 15); LR milestones scale with it")
     p.add_argument("--warmup_updates", type=count,
                    help="linear LR warm-up, self-supervised only (default: amdim 500, moco 0)")
-    p.add_argument("--num_workers", type=count, default=min(4, os.cpu_count() or 1),
-                   help="data loader processes (0: load in the training process); min(4, CPU count) by "
-                        "default, here")
+    p.add_argument("--num_workers", type=count,
+                   help="data loader processes per training process (0: load in the training process); default: "
+                        "the cores this process may use, shared by the training processes on this machine, less "
+                        f"one, at most {engine.MAX_WORKERS}")
     p.add_argument("--eval_encoder", action="store_true",
                    help="--classifiers: keep the frozen encoder's BatchNorm in eval mode")
     p.add_argument("--bn_warmup", choices=("train", "test"), default="train",
@@ -271,6 +273,8 @@ def setup(dist, args):
                         f"{dist.world_size} processes: use a multiple of {dist.world_size}, at least "
                         f"{2 * dist.world_size}")
     amp = mp.resolve(dist.device, args.amp, args.amp_dtype)       # refuses a dtype before anything is written
+    if args.num_workers is None:
+        args.num_workers = engine.default_num_workers(distributed.processes_on_this_machine())
     run_dir = os.path.join(args.output_dir, args.run_name)
     cpt_path = os.path.join(run_dir, args.cpt_name)
     prepare_output(run_dir, args.cpt_name, dist)
@@ -334,12 +338,12 @@ def load_data(args, dist, view_kind, view_options=None):
 def make_loaders(run):
     """The training loader (its sampler resumable) and the BatchNorm-refresh loader; returns the former."""
     args, dist = run.args, run.dist
-    per_image = run.splits.batch_augment is None
+    per_image = run.splits.per_image_items
     sampler = engine.ResumableSampler(run.splits.train, dist, run.data_seed, run.per_rank, seed_items=per_image)
-    # Batched augmentation indexes uint8 tensors in memory: worker processes would only add copies.
+    # Batched augmentation of in-memory images indexes uint8 tensors: worker processes would only add copies.
     train_set = engine.SeededItems(run.splits.train) if per_image else run.splits.train
     train_loader = engine.make_loader(train_set, run.per_rank, args.num_workers if per_image else 0, dist.device,
-                                      sampler=sampler, drop_last=True)
+                                      sampler=sampler, drop_last=True, persistent=True)
     run.bn_loader = train_loader if args.bn_warmup == "train" else \
         engine.make_loader(engine.shard(run.splits.test, dist), run.per_rank, args.num_workers, dist.device)
     return train_loader

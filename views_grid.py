@@ -25,9 +25,8 @@ def originals(dataset, indices):
     for i in indices:
         if hasattr(dataset, "images"):              # datasets.UInt8Images: batched augmentation
             out.append(torch.as_tensor(dataset.images[i]))
-        else:                                         # datasets.Transformed over (PIL image, label) items
-            img, _ = dataset.base[i]
-            out.append(torchvision.transforms.functional.pil_to_tensor(img))
+        else:                                         # datasets.Transformed: made image by image
+            out.append(torchvision.transforms.functional.pil_to_tensor(datasets.source_image(dataset, i)))
     return out
 
 

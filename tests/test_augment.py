@@ -9,6 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+
 import augment
 import imageops
 from utils import UserError
@@ -38,6 +41,16 @@ def _batched(recipe, images, kind="amdim"):
     return torch.cat([a for a, _ in outs]), torch.cat([b for _, b in outs])
 
 
+def _crop_path(recipe, images, kind="amdim", **options):
+    """The crop path: the per-image geometry (uint8 crops) of each image, then the colour of the collated crops,
+    batch by batch; returns the views as _batched does."""
+    geometry, colour = augment.make_crop_views(kind, recipe, **options)
+    crops = [geometry(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images]
+    assert all(c.dtype == torch.uint8 for c in crops[0])
+    outs = [colour([torch.stack(view) for view in zip(*crops[i:i + 250])]) for i in range(0, len(images), 250)]
+    return tuple(torch.cat(views) for views in zip(*outs))
+
+
 def _unnormalize(x, recipe):
     mean, std = augment.NORMALIZATION[recipe]
     return x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
@@ -53,18 +66,20 @@ def _assert_same_statistics(kind, recipe, size, gray_rate):
     torch.manual_seed(0)
     images = _images(N, size)
     ref1, ref2 = _per_image(recipe, images, kind)
-    got1, got2 = _batched(recipe, images, kind)
-    assert got1.shape == ref1.shape and got1.dtype == torch.float32
-    for ref, got in ((ref1, got1), (ref2, got2)):
-        ref_mean, got_mean = ref.mean(dim=(0, 2, 3)), got.mean(dim=(0, 2, 3))
-        ref_std, got_std = ref.std(dim=(0, 2, 3)), got.std(dim=(0, 2, 3))
-        assert torch.allclose(ref_mean, got_mean, atol=0.05), (ref_mean, got_mean)
-        assert torch.allclose(ref_std, got_std, atol=0.05), (ref_std, got_std)
-        # per-image brightness spread: the jitter's effect on whole images
-        assert abs(ref.mean(dim=(1, 2, 3)).std() - got.mean(dim=(1, 2, 3)).std()) < 0.05
-    # grayscale views (binomial sd over 3000 views ~ 0.008)
-    for rate in (_gray_rate(torch.cat([ref1, ref2]), recipe), _gray_rate(torch.cat([got1, got2]), recipe)):
-        assert abs(rate - gray_rate) < 0.035, rate
+    assert abs(_gray_rate(torch.cat([ref1, ref2]), recipe) - gray_rate) < 0.035
+    for path in (_batched, _crop_path):          # in-memory images; crops cut per image, coloured batched
+        got1, got2 = path(recipe, images, kind)
+        assert got1.shape == ref1.shape and got1.dtype == torch.float32
+        for ref, got in ((ref1, got1), (ref2, got2)):
+            ref_mean, got_mean = ref.mean(dim=(0, 2, 3)), got.mean(dim=(0, 2, 3))
+            ref_std, got_std = ref.std(dim=(0, 2, 3)), got.std(dim=(0, 2, 3))
+            assert torch.allclose(ref_mean, got_mean, atol=0.05), (path, ref_mean, got_mean)
+            assert torch.allclose(ref_std, got_std, atol=0.05), (path, ref_std, got_std)
+            # per-image brightness spread: the jitter's effect on whole images
+            assert abs(ref.mean(dim=(1, 2, 3)).std() - got.mean(dim=(1, 2, 3)).std()) < 0.05, path
+        # grayscale views (binomial sd over 3000 views ~ 0.008)
+        rate = _gray_rate(torch.cat([got1, got2]), recipe)
+        assert abs(rate - gray_rate) < 0.035, (path, rate)
 
 
 @pytest.mark.parametrize("recipe,size", [("cifar", 32), ("stl", 96)])
@@ -77,6 +92,10 @@ def test_output_statistics_match_the_per_image_recipe(recipe, size):
 def test_moco_statistics_match_the_per_image_recipe(kind, recipe, size):
     # v1 turns gray before its jitter, which keeps gray images gray: 20 % gray views either way.
     _assert_same_statistics(kind, recipe, size, gray_rate=0.2)
+
+
+def test_swav_statistics_match_the_per_image_recipe():
+    _assert_same_statistics("swav", "stl", 96, gray_rate=0.2)
 
 
 # The colour jitter, one component at a time, on images whose every statistic below the translation leaves
@@ -121,11 +140,12 @@ def test_each_colour_jitter_component_spreads_as_the_per_image_recipe():
     sampling differ by under 10 % over seeds)."""
     torch.manual_seed(11)
     ref = _jitter_statistics(_per_image("cifar", _jitter_probes(300)), 300)
-    got = _jitter_statistics(_batched("cifar", _jitter_probes(600)), 600)
-    for k in ref:
-        ratio = (got[k].std() / ref[k].std()).item()
-        assert 0.85 < ratio < 1.18, (k, ratio, ref[k].std().item())
-        assert abs(got[k].mean() - ref[k].mean()) < 0.25 * ref[k].std(), (k, got[k].mean(), ref[k].mean())
+    for path in (_batched, _crop_path):
+        got = _jitter_statistics(path("cifar", _jitter_probes(600)), 600)
+        for k in ref:
+            ratio = (got[k].std() / ref[k].std()).item()
+            assert 0.85 < ratio < 1.18, (path, k, ratio, ref[k].std().item())
+            assert abs(got[k].mean() - ref[k].mean()) < 0.25 * ref[k].std(), (path, k, got[k].mean(), ref[k].mean())
     # Hue spread of U(-0.2, 0.2) shifts applied to 80 % of the views: sd 0.2 sqrt(0.8 / 3) = 0.103.
     assert abs(ref["hue"].std() - 0.103) < 0.025     # (hue 0.1 would give 0.052)
 
@@ -157,6 +177,7 @@ def test_every_path_normalises_with_the_original_constants(recipe):
     for kind in RGB_KINDS:
         views = augment.make_views(kind, recipe)(Image.new("RGB", (size, size)))
         views += augment.make_views(kind, recipe, batched=True)(torch.zeros(4, 3, size, size, dtype=torch.uint8))
+        views += _crop_path(recipe, torch.zeros(4, 3, size, size, dtype=torch.uint8), kind)
         for v in views:
             assert torch.allclose(v, black.expand_as(v), atol=1e-5), kind
 
@@ -179,6 +200,10 @@ def test_flip_is_shared_by_both_views_and_happens_half_the_time():
     assert abs(f1.float().mean().item() - 0.5) < 0.05
     ref1, ref2 = _per_image("cifar", img[:300])
     assert torch.equal(_flipped(ref1, "cifar"), _flipped(ref2, "cifar"))
+    for recipe, size in (("cifar", 32), ("stl", 96)):          # the crop path: TranslatedViews, CropViews
+        x1, x2 = _crop_path(recipe, _ramp(600, size))
+        f1 = _flipped(x1, recipe)
+        assert torch.equal(f1, _flipped(x2, recipe)) and abs(f1.float().mean().item() - 0.5) < 0.07, recipe
 
 
 def _ramp(n, size=32):
@@ -190,7 +215,8 @@ def _ramp(n, size=32):
 @pytest.mark.parametrize("kind", ["moco_v1", "moco_v2"])
 def test_moco_views_flip_independently_half_the_time(kind):
     torch.manual_seed(7)
-    for (x1, x2), n in ((_batched("cifar", _ramp(N), kind), N), (_per_image("cifar", _ramp(400), kind), 400)):
+    for (x1, x2), n in ((_batched("cifar", _ramp(N), kind), N), (_per_image("cifar", _ramp(400), kind), 400),
+                        (_crop_path("cifar", _ramp(600), kind), 600)):
         f1, f2 = _flipped(x1, "cifar").float(), _flipped(x2, "cifar").float()
         sd = 0.5 / math.sqrt(n)
         assert abs(f1.mean() - 0.5) < 4 * sd and abs(f2.mean() - 0.5) < 4 * sd, (f1.mean(), f2.mean())
@@ -327,3 +353,75 @@ def test_lab_to_rgb_inverts_rgb_to_lab_and_view_pictures_have_three_channels():
     grey, colour = imageops.cmc_views_to_rgb(*views)
     assert grey.shape == colour.shape == (3, 3, 32, 32)
     assert 0 <= grey.min() and grey.max() <= 1 and 0 <= colour.min() and colour.max() <= 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The crop path's geometry (loader workers): uint8 crops whose boxes and flips spread as the per-image recipe's.
+
+def _coordinate_jpeg(path, width=500, height=375):
+    """A JPEG whose red channel is the x coordinate and green the y coordinate (scaled to 0..255), blue 128."""
+    x = torch.linspace(0, 255, width).round().expand(height, width)
+    y = torch.linspace(0, 255, height).round()[:, None].expand(height, width)
+    pixels = torch.stack([x, y, torch.full_like(x, 128)], dim=2).byte().numpy()
+    Image.fromarray(pixels).save(path, quality=95)
+    return path
+
+
+def _boxes(crops, width=500, height=375):
+    """Box statistics read off crops (n, 3, s, s) of _coordinate_jpeg: centre x, centre y, width and height in
+    source pixels, and whether each is mirrored."""
+    x, y = crops[:, 0].float() * (width - 1) / 255, crops[:, 1].float() * (height - 1) / 255
+    left, right = x[:, :, 0].mean(1), x[:, :, -1].mean(1)
+    top, bottom = y[:, 0, :].mean(1), y[:, -1, :].mean(1)
+    return {"cx": x.mean(dim=(1, 2)), "cy": y.mean(dim=(1, 2)), "w": (right - left).abs(), "h": bottom - top,
+            "flip": (right < left).float()}
+
+
+@pytest.mark.parametrize("kind,reference", [
+    ("amdim", lambda: [T.RandomResizedCrop(128, (0.3, 1.0), (0.7, 1.4), T.InterpolationMode.BICUBIC)] * 2),
+    ("moco_v2", lambda: [T.RandomResizedCrop(128, (0.2, 1.0))] * 2),
+    ("swav", lambda: [T.RandomResizedCrop(128, (0.14, 1.0)), T.RandomResizedCrop(64, (0.05, 0.14))])])
+def test_crop_path_geometry_spreads_as_the_per_image_recipe(kind, reference, tmp_path, monkeypatch):
+    """Crops of one JPEG file (decoded at 1/2 scale or less where every box allows: some of them here) against
+    the per-image recipe's geometric ops (torchvision's RandomResizedCrop and flip on the decoded image): box
+    centre, size and flip spread alike; AMDIM's two views share their flip, the others' flip independently."""
+    import datasets
+    path = _coordinate_jpeg(tmp_path / "coords.jpg")
+    scales = []
+    decode = datasets.ImageFile.decode
+    monkeypatch.setattr(datasets.ImageFile, "decode", lambda self, s=1: scales.append(s) or decode(self, s))
+    crops = augment.MultiCrop((1, 1), (128, 64), (0.14, 0.05), (1.0, 0.14))
+    geometry, _ = augment.make_crop_views(kind, "imagenet", crops=crops if kind == "swav" else None)
+    torch.manual_seed(21)
+    n = 400
+    ours = [geometry(datasets.ImageFile(str(path))) for _ in range(n)]
+    assert [tuple(c.shape) for c in ours[0]] == [(3, 128, 128), (3, 64, 64) if kind == "swav" else (3, 128, 128)]
+    assert all(c.dtype == torch.uint8 for c in ours[0])
+    assert kind == "swav" or 0.1 < sum(s > 1 for s in scales) / n < 0.9          # both decodes are exercised
+    source = datasets.load_rgb(str(path))
+    flip = T.RandomHorizontalFlip()
+    theirs = [[flip(crop(source)) for crop in reference()] for _ in range(n)]
+    for view in range(2):
+        got = _boxes(torch.stack([c[view] for c in ours]))
+        ref = _boxes(torch.stack([TF.pil_to_tensor(c[view]) for c in theirs]))
+        for k in got:
+            sd = ref[k].std().item()
+            assert abs(got[k].mean() - ref[k].mean()) < 4 * sd * math.sqrt(2 / n) + 1, (kind, view, k)
+            assert abs(got[k].std() - sd) < 0.15 * sd + 1, (kind, view, k, got[k].std(), sd)
+    f1, f2 = (torch.stack([_boxes(c[v][None])["flip"] for c in ours]).flatten() for v in (0, 1))
+    assert torch.equal(f1, f2) if kind == "amdim" else abs(torch.corrcoef(torch.stack([f1, f2]))[0, 1]) < 0.2
+
+
+@pytest.mark.parametrize("kind", augment.VIEW_KINDS)
+def test_crop_path_gives_uint8_crops_and_what_the_batched_recipe_gives(kind):
+    """Per image a tuple of uint8 (3, s, s), one per view (CMC: one crop); colour gives the batched recipe's
+    views: shapes, dtype, n_views."""
+    torch.manual_seed(23)
+    geometry, colour = augment.make_crop_views(kind, "stl")
+    crops = [geometry(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in _images(5, 80)]
+    assert all(c.dtype == torch.uint8 and c.shape == (3, 64, 64) for c in crops[0])
+    assert len(crops[0]) == (1 if kind == "cmc" else 2)
+    batch = [torch.stack(v) for v in zip(*crops)]
+    expected = augment.make_views(kind, "stl", batched=True)(_images(5, 80))
+    assert [(v.shape, v.dtype) for v in colour(batch)] == [(v.shape, v.dtype) for v in expected]
+    assert len(colour(batch, n_views=1)) == 1

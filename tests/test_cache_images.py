@@ -96,7 +96,7 @@ def test_cached_splits_serve_what_the_per_image_path_serves(tmp_path):
     data = _folder(tmp_path)
     off = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="off")
     on = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="on")
-    assert off.batch_augment is None and on.batch_augment is not None
+    assert off.crops and off.per_image_items and not on.crops and not on.per_image_items
     assert isinstance(on.train, datasets.UInt8Images) and len(on.train) == len(off.train) == 30
     # Test items and the kNN memory through the test transform: equal to the tensor.
     for a, b in ((off.test, on.test), (off.memory, on.memory)):
@@ -125,7 +125,7 @@ def test_64px_recipe_caches_one_size_and_leaves_mixed_sizes_per_image(tmp_path, 
     Image.new("RGB", (90, 70)).save(tmp_path / "train" / "a" / "odd.png")
     capsys.readouterr()
     s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=64, cache_images="auto")
-    assert s.batch_augment is None and isinstance(s.train, datasets.Transformed)
+    assert s.crops and isinstance(s.train, datasets.Transformed)      # read file by file: the crop path
     assert "several sizes" in capsys.readouterr().out
     with pytest.raises(UserError, match="--cache_images on: .*several sizes.*odd.png.*--cache_images off"):
         datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=64, cache_images="on")
@@ -247,7 +247,7 @@ def test_auto_reads_image_by_image_above_its_budget_and_on_ignores_the_budget(tm
     data = _folder(tmp_path)
     small = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="auto",
                                   cache_budget=30 * 3 * 32 * 32 - 1)       # one byte short of the 30 images
-    assert small.batch_augment is None and isinstance(small.train, datasets.Transformed)
+    assert small.crops and isinstance(small.train, datasets.Transformed)
     assert "more than the --cache_images auto budget" in capsys.readouterr().out
     fits = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="auto",
                                  cache_budget=30 * 3 * 32 * 32)
@@ -266,7 +266,7 @@ def test_the_processes_of_one_machine_share_its_memory(tmp_path, monkeypatch, ca
     assert isinstance(alone.train, datasets.UInt8Images)                   # 50 % of 250,000 >= 92,160
     two = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="auto",
                                 cache_copies=2)
-    assert two.batch_augment is None                                       # 25 % of 250,000 < 92,160
+    assert two.crops                                                       # 25 % of 250,000 < 92,160
     assert "shared by this machine's 2 training processes" in capsys.readouterr().out
     with pytest.raises(UserError, match="shared by this machine's 3 training processes"):
         datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="on", cache_copies=3)
@@ -293,10 +293,10 @@ def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch):
     assert "--cache_images on needs the batched augmentation" in line and not (tmp_path / "runs").exists()
 
 
-def test_off_keeps_the_per_image_path_and_writes_nothing(tmp_path):
+def test_off_reads_file_by_file_and_writes_nothing(tmp_path):
     data = _folder(tmp_path)
     s = datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="off")
-    assert s.batch_augment is None and cache_files(os.path.join(data, "train")) == []
+    assert s.crops and cache_files(os.path.join(data, "train")) == []
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -290,3 +290,31 @@ def test_symlinked_class_folders_and_links_within_a_class_are_followed(tmp_path)
     os.symlink("..", tmp_path / "data" / "train" / "up")
     with pytest.raises(UserError, match="contains .*remove the link"):
         datasets.build_splits("FOLDER", str(tmp_path / "data"), "self_supervised", image_size=32)
+
+
+def test_a_folder_read_file_by_file_names_or_skips_an_unreadable_or_truncated_file(tmp_path):
+    """The crop path decodes in the geometry (datasets.ImageFile): a file that is no image and a JPEG cut short
+    are BadImageErrors naming the file; with skip_bad_images the training split serves the next image's crops in
+    their place, counted once each, and the kNN memory leaves them out."""
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / split / c)
+            for i in range(3):
+                Image.fromarray(rng.randint(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / split / c / f"{i}.jpg", quality=90)
+    whole = (tmp_path / "train" / "a" / "1.jpg").read_bytes()
+    (tmp_path / "train" / "a" / "1.jpg").write_bytes(whole[:len(whole) // 2])      # truncated: header intact
+    (tmp_path / "train" / "b" / "0.jpg").write_bytes(b"not an image")
+    s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32)
+    assert s.crops
+    with pytest.raises(datasets.BadImageError, match=r"a/1\.jpg"):
+        s.train[1]
+    with pytest.raises(datasets.BadImageError, match=r"b/0\.jpg"):
+        s.train[3]
+    s = datasets.build_splits("FOLDER", str(tmp_path), "self_supervised", image_size=32, skip_bad_images=True)
+    crops, y, index = s.train[1]                     # a/2.jpg's crops in a/1.jpg's place
+    assert index == 1 and y == 0 and [c.dtype for c in crops] == [torch.uint8] * 2
+    s.train[3], s.train[1]
+    assert s.skipped_images("train") == 2
+    assert s.memory[1] is None and s.memory[3] is None and s.memory[0] is not None

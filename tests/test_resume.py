@@ -100,3 +100,36 @@ def test_resume_with_another_batch_size_trains_exactly_the_rest_of_the_epoch(tmp
     done = torch.load(tmp_path / "b" / "amdim_cpt.pth", weights_only=True)
     # 1,500 images, 1,200 trained at batch 100: the other 300 at batch 50 are 6 more updates.
     assert done["cursor"]["info_epoch"] == 1 and done["cursor"]["info_step"] == 18
+
+
+@pytest.mark.slow
+def test_a_folder_read_file_by_file_resumes_bit_for_bit_after_a_kill(tmp_path):
+    """The crop path: a loader worker (kept across epochs) cuts each image's uint8 crops, seeded per image; the
+    device colours them with draws seeded per update. Killed mid-epoch and re-run, the run ends where the
+    uninterrupted one does, bit for bit, two epochs in."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 50), ("val", 3)):
+        for c in ("a", "b"):
+            os.makedirs(tmp_path / "data" / split / c)
+            for i in range(n):
+                Image.fromarray(rng.randint(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.jpg", quality=90)
+    flags = ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "data"), "--cache_images",
+             "off", "--num_workers", "1", "--epochs", "2"]
+    cmd = lambda name: train_cmd(tmp_path, "amdim", name, *flags, "--batch_size", "10")     # later flags win
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = subprocess.run(cmd("straight"), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    cpt = tmp_path / "killed" / "amdim_cpt.pth"
+    at_kill = kill_mid_epoch(cmd("killed"), cpt, env)
+    assert at_kill["cursor"]["info_epoch"] == 0 and at_kill["samples_done"] > 0
+    resumed = subprocess.run(cmd("killed"), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    a, b = (torch.load(p, weights_only=True) for p in (tmp_path / "straight" / "amdim_cpt.pth", cpt))
+    assert a["cursor"] == b["cursor"] and a["cursor"]["info_epoch"] == 2 and a["cursor"]["info_step"] == 20
+    ta, tb = tensors({"model": a["model"], "optimizer": a["optimizer"]["state"]}), \
+        tensors({"model": b["model"], "optimizer": b["optimizer"]["state"]})
+    assert ta.keys() == tb.keys() and [k for k in ta if not torch.equal(ta[k], tb[k])] == []

@@ -441,3 +441,24 @@ def test_test_py_on_a_dataset_with_another_class_count_is_a_one_line_error(three
                                                         "--input_dir", two, "--num_workers", "0",
                                                         "--device", "cpu"]))
     assert "classifiers predict 3 classes" in err and "has 2" in err, err
+
+
+def test_a_folder_read_file_by_file_trains_on_uint8_crops_coloured_on_the_device(tmp_path):
+    """Without the cache a loader worker (a real process, kept across epochs) cuts uint8 crops, one tensor per
+    view, and the training device colours them; two epochs train through it."""
+    data = _image_folder(tmp_path / "data", 2, n_train=12)
+    argv = FOLDER + ["--input_dir", data, "--cache_images", "off", "--num_workers", "1", "--epochs", "2",
+                     "--output_dir", str(tmp_path), "--view_grid", "2"]
+    run, _ = train.setup(distributed.Dist(), train.parse_args(argv))
+    assert run.splits.crops and run.splits.per_image_items
+    loader = train.make_loaders(run)
+    assert loader.num_workers == 1 and loader.persistent_workers
+    crops, y, index = next(iter(loader))
+    assert [(tuple(c.shape), c.dtype) for c in crops] == [((8, 3, 32, 32), torch.uint8)] * 2
+    views, _, _ = engine.training_views((crops, y, index), run.splits.batch_augment, torch.device("cpu"), 2)
+    assert [(tuple(v.shape), v.dtype) for v in views] == [((8, 3, 32, 32), torch.float32)] * 2
+    run.log.close()
+    del loader
+    train.main(argv)
+    done = load(os.path.join(tmp_path, "default_run", "amdim_cpt.pth"))
+    assert done["cursor"]["info_epoch"] == 2 and done["cursor"]["info_step"] == 6          # 24 images, batch 8
