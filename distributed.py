@@ -238,11 +238,29 @@ def all_reduce_sum(values, device):
     return t.tolist()
 
 
-def broadcast_buffers(module, src=0):
-    """Copy rank src's buffers (BatchNorm running statistics) to every rank."""
-    if tdist.is_initialized():
-        for b in module.buffers():
-            tdist.broadcast(b, src)
+def broadcast_bn_statistics(module, dist, src=0):
+    """Copy rank src's BatchNorm running statistics (every BatchNorm and SyncBatchNorm layer's buffers) to every
+    rank: one broadcast per dtype of the buffers flattened together. Other buffers (queues, memory banks) are
+    kept identical on every rank by the methods themselves and stay as they are."""
+    if not dist.active:
+        return
+    buffers = [b for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for b in m.buffers()]
+    for dtype in sorted({b.dtype for b in buffers}, key=str):
+        same = [b for b in buffers if b.dtype == dtype]
+        flat = torch._utils._flatten_dense_tensors(same)
+        tdist.broadcast(flat, src)
+        for b, value in zip(same, torch._utils._unflatten_dense_tensors(flat, same)):
+            b.copy_(value)
+
+
+def fewest(n, dist):
+    """The smallest of every rank's n (one all-reduce; n itself in a single process)."""
+    if not dist.active:
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def any_rank(flags, dist):

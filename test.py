@@ -84,8 +84,8 @@ def main(argv=None):
     # Seeded here, after the model is built, so the refresh's data order, augmentation and dropout follow
     # --seed alone.
     seed_everything(args.seed)
-    refresh_bn(args, model, splits, device, bool(ckpt.get("eval_encoder", False)))
-    dist = Dist(device=device)
+    dist = Dist(device=device)         # one process: the collectives of engine's loops are local
+    refresh_bn(args, model, splits, dist, bool(ckpt.get("eval_encoder", False)))
     acc = engine.evaluate(model, splits.test, dist, args.amp, args.batch_size, args.num_workers)
 
     result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "n_images": acc["n_images"],
@@ -139,13 +139,13 @@ def retrain_command(args, splits, image_size):
     return shlex.join(argv)
 
 
-def refresh_bn(args, model, splits, device, eval_encoder):
+def refresh_bn(args, model, splits, dist, eval_encoder):
     """engine.refresh_bn on training batches (view 1 of AMDIM's augmentation) or, with --bn_warmup test, on
     test batches."""
     source = splits.train if args.bn_warmup == "train" else splits.test
-    loader = engine.make_loader(source, args.batch_size, args.num_workers, device, shuffle=True)
-    images = engine.first_view(splits.batch_augment, device) if args.bn_warmup == "train" else None
-    engine.refresh_bn(model, loader, device, args.amp, eval_encoder=eval_encoder, images=images)
+    loader = engine.make_loader(source, args.batch_size, args.num_workers, dist.device, shuffle=True)
+    images = engine.first_view(splits.batch_augment, dist.device) if args.bn_warmup == "train" else None
+    engine.refresh_bn(model, loader, dist, args.amp, eval_encoder=eval_encoder, images=images)
 
 
 def position(ckpt):

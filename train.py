@@ -214,14 +214,22 @@ def build_model(args, ckpt, how, hp, splits, phase_cls, log):
 
 def place_model(model, args, dist):
     """The model on the training device: SyncBatchNorm where asked, the device and the memory format."""
-    if args.sync_bn and dist.active:
-        if dist.device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop it "
-                            "on CPU")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = with_sync_bn(model, args.sync_bn, dist)
     model = model.to(dist.device, memory_format=engine.layout(args.memory_format))
     tune_cudnn(dist.device)
     return model
+
+
+def with_sync_bn(model, sync_bn, dist):
+    """`model` with every BatchNorm layer a SyncBatchNorm when --sync_bn is given to a job of several CUDA
+    processes; as it is in a single process (nothing to synchronise). Call before the model moves to the device
+    and before DistributedDataParallel wraps it. The state-dict keys stay those of BatchNorm, so checkpoints load
+    with or without --sync_bn."""
+    if not (sync_bn and dist.active):
+        return model
+    if dist.device.type != "cuda":
+        raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop it on CPU")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def wrap_step(phase, dist, compile_step=False, warn=print):
@@ -531,8 +539,8 @@ def test_accuracy(run, epoch):
     eval_encoder = run.phase.eval_encoder
     images = engine.first_view(run.splits.batch_augment, dist.device, args.memory_format) \
         if args.bn_warmup == "train" else None
-    engine.refresh_bn(run.model, run.bn_loader, dist.device, run.amp, eval_encoder=eval_encoder, images=images)
-    distributed.broadcast_buffers(run.model)
+    engine.refresh_bn(run.model, run.bn_loader, dist, run.amp, eval_encoder=eval_encoder, images=images)
+    distributed.broadcast_bn_statistics(run.model, dist)
     acc = engine.evaluate(run.model, engine.shard(run.splits.test, dist), dist, run.amp, run.per_rank,
                           args.num_workers)
     if args.knn_every and (epoch + 1) % args.knn_every == 0:

@@ -1,0 +1,261 @@
+"""Multi-GPU behaviour shown with gloo ranks on the CPU: every rank issues the same collectives in the BatchNorm
+refresh, the evaluation and kNN when the test shards are uneven; SyncBatchNorm (--sync_bn) as far as the CPU
+allows, through a CPU stand-in for its train-mode forward."""
+import contextlib
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+
+import checkpoint
+import distributed
+import engine
+from helpers import run_ranks
+
+# Every collective of torch.distributed that the code could call: the tests record the top-level calls.
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
+               "broadcast_object_list", "barrier", "reduce", "reduce_scatter", "reduce_scatter_tensor", "gather",
+               "gather_object", "scatter", "scatter_object_list", "all_to_all", "all_to_all_single")
+
+
+@contextlib.contextmanager
+def recorded_collectives():
+    """Within the block, every call of a torch.distributed collective is appended to the yielded list as
+    (name, shape, dtype) of its first tensor argument ((name, None, None) for object collectives). Calls that
+    one collective makes internally (all_gather_object's all_gather) are not recorded: torch.distributed's own
+    module calls them by its own names."""
+    calls, originals = [], {name: getattr(tdist, name) for name in COLLECTIVES}
+
+    def recording(name, original):
+        def call(*args, **kwargs):
+            tensor = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            calls.append((name, None if tensor is None else tuple(tensor.shape),
+                          None if tensor is None else str(tensor.dtype)))
+            return original(*args, **kwargs)
+        return call
+
+    for name, original in originals.items():
+        setattr(tdist, name, recording(name, original))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(tdist, name, original)
+
+
+def cpu_sync_batchnorm_forward(self, x):
+    """A CPU stand-in for SyncBatchNorm.forward (torch's refuses CPU tensors in train mode): in train mode, one
+    all-reduce of every rank's per-channel sums, sums of squares and row count (a rank without rows takes part
+    with zeros, as torch's skips empty inputs), then normalisation by, and running statistics from, the global
+    batch; in eval mode, BatchNorm with the running statistics. Counts its train-mode forwards in
+    self.forwards."""
+    if not self.training:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+    self.forwards = getattr(self, "forwards", 0) + 1
+    dims = [0, *range(2, x.dim())]
+    channels = x.shape[1]
+    stats = torch.cat([x.sum(dims), (x * x).sum(dims), torch.tensor([x.numel() / channels], dtype=x.dtype)])
+    tdist.all_reduce(stats)
+    n = stats[-1]
+    mean = stats[:channels] / n
+    var = stats[channels:2 * channels] / n - mean * mean
+    with torch.no_grad():
+        self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+        self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
+        self.num_batches_tracked += 1
+    shape = (1, channels) + (1,) * (x.dim() - 2)
+    y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+    return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+class Images(torch.utils.data.Dataset):
+    """n seeded test items (x (3, 32, 32), y in 0..2); the items in `missing` are None, as unreadable images
+    under --skip_bad_images."""
+
+    def __init__(self, n, missing=()):
+        g = torch.Generator().manual_seed(7)
+        self.x = 2 * torch.randn(n, 3, 32, 32, generator=g) + 1
+        self.y = torch.randint(0, 3, (n,), generator=g)
+        self.missing = set(missing)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return None if i in self.missing else (self.x[i], self.y[i])
+
+
+class ImageBN(torch.nn.Module):
+    """A stand-in method for the refresh: BatchNorm straight on the images, so that its running statistics are the
+    images' own (an independent computation can follow them) and an evaluator that does nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.evaluator = torch.nn.Identity()
+        self.hyperparams = {"encoder_size": 32}
+
+    def classify(self, x):
+        return self.bn(x)
+
+
+# Per world size: test images and unreadable ones, chosen so that with BATCH images a batch the ranks' shards
+# make different numbers of batches, some rank's batch within the agreed count is None and another's 1 image.
+BATCH = 3
+SPLITS = {2: (9, {1, 3, 5}),     # rank 0: [0 2 4] [6 8]; rank 1: None, [7]
+          3: (13, {1, 4, 7})}    # rank 0: [0 3 6] [9 12] (no third); rank 1: None, [10]; rank 2: [2 5 8], [11]
+
+
+def _tiny_amdim(synced):
+    torch.manual_seed(0)
+    model = checkpoint.build_model(dict(ndf=8, n_classes=3, n_rkhs=32, tclip=20.0, n_depth=1, encoder_size=32,
+                                        use_bn=True))
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if synced else model
+
+
+def _test_of_one_epoch(model, data, dist):
+    """What train.test_accuracy runs after each epoch (with --bn_warmup test and --knn_every), on `data`."""
+    loader = engine.make_loader(engine.shard(data, dist), BATCH, 0, dist.device)
+    engine.refresh_bn(model, loader, dist, amp=False)
+    distributed.broadcast_bn_statistics(model, dist)
+    acc = engine.evaluate(model, engine.shard(data, dist), dist, False, BATCH, 0)
+    acc["top1_knn"] = engine.knn_accuracy(model, data, data, dist, False, BATCH, 0, k=3)
+    return acc
+
+
+def _rank_collectives(dist):
+    torch.nn.SyncBatchNorm.forward = cpu_sync_batchnorm_forward       # this process only
+    n, missing = SPLITS[dist.world_size]
+    data = Images(n, missing)
+    result = {}
+    for synced in (False, True):
+        model = _tiny_amdim(synced)
+        with recorded_collectives() as calls:
+            acc = _test_of_one_epoch(model, data, dist)
+        result[synced] = {"calls": calls, "acc": acc, "forwards": [getattr(m, "forwards", 0) for m in
+                                                                   model.modules()
+                                                                   if isinstance(m, torch.nn.SyncBatchNorm)],
+                          "bn": {k: v for k, v in model.state_dict().items() if "running" in k}}
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_issues_the_same_collectives_in_the_refresh_evaluation_and_knn(tmp_path, world):
+    """Uneven shards, a None batch on one rank and a 1-image batch on another, with per-process BatchNorm and
+    with SyncBatchNorm (its CPU stand-in): the ranks' sequences of collectives are identical, every
+    SyncBatchNorm layer ran forward as often on every rank, and every rank ends with the same statistics and
+    scores, equal to one process's on the whole set for what does not depend on the shards."""
+    ranks = run_ranks(_rank_collectives, world, tmp_path)
+    n, missing = SPLITS[world]
+    for synced in (False, True):
+        calls = [r[synced]["calls"] for r in ranks]
+        assert all(c == calls[0] for c in calls), synced
+        # The refresh's agreement, the statistics' broadcast, the evaluation's sum, kNN's gathers and sum.
+        names = [name for name, _, _ in calls[0]]
+        assert names[0] == "all_reduce" and names.count("broadcast") == 2 and "all_gather_into_tensor" in names
+        forwards = [r[synced]["forwards"] for r in ranks]
+        assert all(f == forwards[0] for f in forwards)
+        for r in ranks[1:]:
+            assert r[synced]["acc"] == ranks[0][synced]["acc"]
+            for key, value in r[synced]["bn"].items():
+                assert torch.equal(value, ranks[0][synced]["bn"][key]), key
+        assert ranks[0][synced]["acc"]["n_images"] == n - len(missing)
+    # SyncBatchNorm: the 2 refresh batches every rank has, through each layer of the evaluation path; one
+    # all-reduce per train-mode forward besides the agreement, the evaluation's sum and kNN's.
+    forwards = ranks[0][True]["forwards"]
+    assert set(forwards) == {0, 2} or set(forwards) == {2}
+    assert [name for name, _, _ in ranks[0][True]["calls"]].count("all_reduce") == 3 + sum(forwards)
+    # Scores of one process on the whole set, with rank 0's refreshed statistics (plain BatchNorm).
+    model = _tiny_amdim(False)
+    model.load_state_dict(dict(model.state_dict(), **ranks[0][False]["bn"]))
+    data = Images(n, missing)
+    single = engine.evaluate(model, data, distributed.Dist(), False, BATCH, 0)
+    assert single == {k: v for k, v in ranks[0][False]["acc"].items() if k != "top1_knn"}
+    assert engine.knn_accuracy(model, data, data, distributed.Dist(), False, BATCH, 0, k=3) == \
+        pytest.approx(ranks[0][False]["acc"]["top1_knn"])
+
+
+def test_one_process_loops_issue_no_collective():
+    """test.py's path: Dist() in a single process, no process group; nothing is called."""
+    model, data = _tiny_amdim(False), Images(*SPLITS[3])
+    with recorded_collectives() as calls:
+        _test_of_one_epoch(model, data, distributed.Dist())
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The refresh's statistics against a direct computation.
+
+def _expected_running(batches, momentum=0.1):
+    """BatchNorm's running mean and variance (unbiased) after train-mode forwards of `batches`, each (N, 3, H, W),
+    from its initial 0 and 1: the per-channel statistics of each batch, averaged in with `momentum`."""
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for b in batches:
+        rows = b.double().transpose(0, 1).reshape(3, -1)
+        mean = (1 - momentum) * mean + momentum * rows.mean(1)
+        var = (1 - momentum) * var + momentum * rows.var(1, unbiased=True)
+    return mean, var
+
+
+def _steps(data, rank, world):
+    """Rank's refresh batches, in order: the present images of each batch of its shard (None: none present)."""
+    shard = list(range(rank, len(data), world))
+    out = []
+    for start in range(0, len(shard), BATCH):
+        present = [data.x[i] for i in shard[start:start + BATCH] if i not in data.missing]
+        out.append(torch.stack(present) if present else None)
+    return out
+
+
+def _rank_refresh(dist, synced):
+    torch.nn.SyncBatchNorm.forward = cpu_sync_batchnorm_forward
+    n, missing = SPLITS[dist.world_size]
+    model = ImageBN()
+    if synced:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    loader = engine.make_loader(engine.shard(Images(n, missing), dist), BATCH, 0, dist.device)
+    engine.refresh_bn(model, loader, dist, amp=False)
+    before = {k: v.clone() for k, v in model.bn.state_dict().items()}
+    distributed.broadcast_bn_statistics(model, dist)
+    return {"own": before, "shared": dict(model.bn.state_dict())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("synced", [False, True], ids=["per_process_bn", "sync_bn"])
+def test_refresh_statistics_follow_the_agreed_batches(tmp_path, synced):
+    """3 ranks, shards of 5, 4 and 4 images in batches of 3, with a None batch and 1-image batches: both loops
+    run the 2 batches every rank has. Per-process BatchNorm: each rank's statistics are those of its own batches
+    of 2 images or more, and after the broadcast every rank holds rank 0's. SyncBatchNorm: every rank's are
+    those of each step's images of all ranks together (1-image batches included, None adding nothing)."""
+    world = 3
+    ranks = run_ranks(_rank_refresh, world, tmp_path, synced)
+    data = Images(*SPLITS[world])
+    steps = [_steps(data, r, world) for r in range(world)]
+    agreed = min(len(s) for s in steps)
+    assert agreed == 2 and len(steps[0]) == 2 and any(b is None for s in steps for b in s[:agreed])
+    assert any(b is not None and b.shape[0] == 1 for s in steps for b in s[:agreed])
+    if synced:
+        together = [torch.cat([s[i] for s in steps if s[i] is not None]) for i in range(agreed)]
+        own = [_expected_running(together)] * world
+    else:
+        own = [_expected_running([b for b in s[:agreed] if b is not None and b.shape[0] > 1]) for s in steps]
+    for r, result in enumerate(ranks):
+        mean, var = own[r]
+        assert torch.allclose(result["own"]["running_mean"].double(), mean, atol=1e-5), r
+        assert torch.allclose(result["own"]["running_var"].double(), var, rtol=1e-4), r
+        for key, value in ranks[0]["own"].items():
+            assert torch.equal(result["shared"][key], value), (r, key)
+    if not synced:      # the ranks' own statistics differed before rank 0's were shared
+        assert not torch.allclose(ranks[0]["own"]["running_mean"], ranks[1]["own"]["running_mean"])
+
+
+def test_one_process_refresh_skips_only_batches_too_small_for_batchnorm():
+    data = Images(*SPLITS[2])                       # one process: batches of 2, 1 and 3 images
+    model = ImageBN()
+    engine.refresh_bn(model, engine.make_loader(data, BATCH, 0, torch.device("cpu")), distributed.Dist(),
+                      amp=False)
+    mean, var = _expected_running([b for b in _steps(data, 0, 1) if b is not None and b.shape[0] > 1])
+    assert torch.allclose(model.bn.running_mean.double(), mean, atol=1e-5)
+    assert torch.allclose(model.bn.running_var.double(), var, rtol=1e-4)
