@@ -235,13 +235,20 @@ def with_sync_bn(model, sync_bn, dist):
 def wrap_step(phase, dist, compile_step=False, warn=print):
     """What the training step calls: the phase's step module (the whole method, or the classifiers alone) in
     DistributedDataParallel across processes, and torch.compile'd where asked (eager execution and a warning where
-    compilation fails)."""
+    compilation fails).
+
+    DDP settings: gradients are views into its all-reduce buckets (gradient_as_bucket_view: no copy in and out,
+    one gradient-sized buffer less); it looks for parameters without a gradient after each forward only where
+    the phase has some (find_unused_parameters costs a graph traversal per update). static_graph stays off: it
+    would save little once the buckets are built, and it assumes the same graph every update, which a compiled
+    step falling back to eager execution breaks."""
     step_model = phase.step_module()
     if dist.active:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_model, phase.ddp_ignored_state())
         step_model = DistributedDataParallel(step_model, device_ids=[dist.device.index] if
                                              dist.device.type == "cuda" else None,
-                                             find_unused_parameters=phase.has_unused_parameters())
+                                             find_unused_parameters=phase.has_unused_parameters(),
+                                             gradient_as_bucket_view=True)
     if compile_step:
         compiling.cache_dir()
         step_model = compiling.EagerFallback(step_model, warn)
