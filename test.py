@@ -20,6 +20,7 @@ import checkpoint
 import datasets
 import engine
 import imagecache
+import mixed_precision as mp
 from distributed import Dist, pick_device
 from phases import CLASSIFIERS, SELF_SUPERVISED
 from utils import UserError, reap_children_at_exit, run_main, seed_everything
@@ -41,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=1, help="seeds the augmentation of the BatchNorm refresh")
     p.add_argument("--amp", action="store_true")
+    p.add_argument("--tf32", choices=mp.TF32_CHOICES, default="on",
+                   help="float32 on CUDA: TF32 matmuls and convolutions, as train.py's --tf32")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable image files out (counted)")
     p.add_argument("--cache_images", choices=imagecache.MODES, default="auto",
@@ -72,6 +75,7 @@ def bad_number(args):
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
+    mp.set_tf32(mp.tf32(device, args.amp, args.tf32))
     reap_children_at_exit()
     ckpt = checkpoint.read(args.checkpoint, arg=CHECKPOINT_ARG)
     model = checkpoint.model_from(ckpt).to(device)

@@ -76,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--amp_dtype", choices=mp.AMP_DTYPES,
                    help="--amp's dtype: auto (the default) is bfloat16 where the device computes it natively, "
                         "else float16; float16 trains with a GradScaler")
+    p.add_argument("--tf32", choices=mp.TF32_CHOICES, default="on",
+                   help="float32 CUDA runs: let matmuls and convolutions use TF32 tensor cores (Ampere and later; "
+                        "10-bit mantissa); off keeps full float32. Not used under --amp or on the CPU")
     p.add_argument("--classifiers", "--finetune", action="store_true",
                    help="train only the evaluation classifiers on a frozen encoder")
     p.add_argument("--checkpoint_path", "--cpt_load_path",
@@ -173,6 +176,7 @@ class Run:
     n_views: int                         # views per image the phase trains on
     non_finite_skipped: int = 0
     bn_loader: object = field(default=None)
+    tf32: object = None                  # whether float32 CUDA math may use TF32 (mixed_precision.tf32)
 
     @property
     def epoch_key(self):
@@ -286,6 +290,8 @@ def setup(dist, args):
                         f"{dist.world_size} processes: use a multiple of {dist.world_size}, at least "
                         f"{2 * dist.world_size}")
     amp = mp.resolve(dist.device, args.amp, args.amp_dtype)       # refuses a dtype before anything is written
+    tf32 = mp.tf32(dist.device, amp, args.tf32)
+    mp.set_tf32(tf32)
     run_dir = os.path.join(args.output_dir, args.run_name)
     cpt_path = os.path.join(run_dir, args.cpt_name)
     prepare_output(run_dir, args.cpt_name, dist)
@@ -320,7 +326,7 @@ def setup(dist, args):
               model=model, phase=phase, step_model=step_model, compiled=compiled, optimizer=phase.optimizer(args),
               schedule=schedule, amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
               milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
-              n_views=views.count)
+              n_views=views.count, tf32=tf32)
     epoch_so_far = EpochProgress()
     if how == "resume":
         epoch_so_far.samples, epoch_so_far.seconds, epoch_so_far.meters = checkpoint.restore_run(run, ckpt)
@@ -611,7 +617,7 @@ def announce(run, ckpt_from, how, encoder_size):
     log.print(f"{hp['method']} {args.phase}: {args.dataset} ({len(run.splits.train)} train / "
               f"{len(run.splits.test)} test images, {run.splits.n_classes} classes, {encoder_size} px); device "
               f"{devices}, world size {dist.world_size}, {run.per_rank} images per process, amp "
-              f"{mp.describe(run.amp)}")
+              f"{mp.describe(run.amp)}, tf32 {mp.describe_tf32(run.tf32)}")
     n_params = sum(p.numel() for p in run.model.parameters())
     groups = ", ".join(f"{g['base_lr']:.3g}" for g in run.optimizer.param_groups)
     log.print(f"model {hp} ({n_params / 1e6:.2f} M parameters); {type(run.optimizer).__name__} base LR {groups}; "
@@ -647,7 +653,7 @@ def resolved_config(run, encoder_size):
     cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),
                learning_rate=lrs[0], learning_rates=lrs, optimizer=type(run.optimizer).__name__,
                warmup_updates=run.schedule.warmup_updates, world_size=run.dist.world_size,
-               amp_dtype=mp.dtype_name(run.amp), compiled=run.compiled.startswith("on"),
+               amp_dtype=mp.dtype_name(run.amp), tf32=run.tf32, compiled=run.compiled.startswith("on"),
                per_process_batch=run.per_rank, data_seed=run.data_seed,
                train_images=len(run.splits.train), test_images=len(run.splits.test))
     return cfg
