@@ -2,6 +2,7 @@
 refresh, the evaluation and kNN when the test shards are uneven; SyncBatchNorm (--sync_bn) as far as the CPU
 allows, through a CPU stand-in for its train-mode forward."""
 import contextlib
+import os
 
 import pytest
 import torch
@@ -388,3 +389,56 @@ def _rows_sorted(t):
     moved = [k for k, v in single["state"].items() if v.is_floating_point() and not torch.equal(v, single["start"][k])]
     assert moved, "the updates changed nothing"
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Threads of the processes distributed.spawn starts.
+
+def _report_threads(dist, out_dir):
+    import json
+    import os
+    with open(os.path.join(out_dir, f"rank{dist.rank}.json"), "w") as f:
+        json.dump({"env": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()}, f)
+
+
+def _spawn_two_cpu_ranks(out_dir, omp_num_threads):
+    """distributed.spawn of 2 CPU (gloo) ranks in a fresh interpreter, with OMP_NUM_THREADS as given (None:
+    unset); returns (each rank's report, the launcher's stderr)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from helpers import CHILD_PATH, ROOT
+    code = (CHILD_PATH + "import os, distributed, test_multigpu as t\n"
+            "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
+            f"distributed.spawn(t._report_threads, 2, 'cpu', {str(out_dir)!r})\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp_num_threads is not None:
+        env["OMP_NUM_THREADS"] = omp_num_threads
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [json.load(open(os.path.join(out_dir, f"rank{rank}.json"))) for rank in range(2)], r.stderr
+
+
+@pytest.mark.slow
+def test_spawned_ranks_share_the_cores_unless_omp_num_threads_is_set(tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "unset").mkdir()
+    (tmp_path / "set").mkdir()
+    reports, stderr = _spawn_two_cpu_ranks(tmp_path / "unset", None)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert reports == [{"env": str(share), "torch": share}] * 2
+    assert f"OMP_NUM_THREADS={share} for each of the 2 processes" in stderr
+    reports, stderr = _spawn_two_cpu_ranks(tmp_path / "set", "3")
+    # As torch takes OMP_NUM_THREADS=3 in any process (it may cap it at the cores).
+    plain = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], text=True,
+                           capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="3"), check=True)
+    assert reports == [{"env": "3", "torch": int(plain.stdout)}] * 2 and "OMP_NUM_THREADS" not in stderr
+
+
+def test_gpu_ranks_get_one_thread_and_cpu_ranks_the_cores_shared_out(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [distributed.threads_per_rank(n, "cuda") for n in (2, 8)] == [1, 1]
+    assert distributed.threads_per_rank(8, "auto") == 1
+    assert [distributed.threads_per_rank(n, "cpu") for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
