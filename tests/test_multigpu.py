@@ -442,3 +442,56 @@ def test_gpu_ranks_get_one_thread_and_cpu_ranks_the_cores_shared_out(monkeypatch
     assert [distributed.threads_per_rank(n, "cuda") for n in (2, 8)] == [1, 1]
     assert distributed.threads_per_rank(8, "auto") == 1
     assert [distributed.threads_per_rank(n, "cpu") for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --sync_bn as far as the CPU goes: the conversion, checkpoints, eval-mode forwards. (Train-mode forwards are
+# CUDA-only in torch; the refresh and evaluation tests above run them through cpu_sync_batchnorm_forward.)
+
+def _batchnorms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_sync_bn_converts_only_a_cuda_job_of_several_processes():
+    import train
+    from utils import UserError
+    cuda_job = distributed.Dist(rank=0, world_size=2, device=torch.device("cuda", 0))     # only inspected
+    for sync_bn, dist in ((False, cuda_job), (True, distributed.Dist()),
+                          (True, distributed.Dist(device=torch.device("cuda", 0)))):
+        converted = train.with_sync_bn(_tiny_amdim(False), sync_bn, dist)
+        assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    with pytest.raises(UserError, match="--sync_bn needs CUDA devices"):
+        train.with_sync_bn(_tiny_amdim(False), True, distributed.Dist(rank=0, world_size=2))
+    plain = _batchnorms(_tiny_amdim(False))
+    synced = _batchnorms(train.with_sync_bn(_tiny_amdim(False), True, cuda_job))
+    assert len(synced) == len(plain) >= 3 and all(type(m) is torch.nn.SyncBatchNorm for m in synced)
+
+
+def test_checkpoints_of_sync_bn_models_load_without_it_and_back(tmp_path):
+    """A --sync_bn run's checkpoint (real file) loads into a plain model and a plain one into a converted model,
+    with the same state and the same eval-mode outputs."""
+    import train
+    cuda_job = distributed.Dist(rank=0, world_size=2, device=torch.device("cuda", 0))
+    synced = train.with_sync_bn(_tiny_amdim(False), True, cuda_job)
+    with torch.no_grad():           # statistics a refresh would leave, so that eval mode uses them
+        for i, bn in enumerate(_batchnorms(synced)):
+            bn.running_mean.normal_(generator=torch.Generator().manual_seed(i))
+            bn.running_var.uniform_(0.5, 2.0)
+    path = str(tmp_path / "synced.pth")
+    checkpoint.save({"model": synced.state_dict(), "hyperparams": synced.hyperparams}, path)
+    plain = checkpoint.load_model(path)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+    x = Images(4).x
+    synced.eval()
+    plain.eval()
+    with torch.no_grad():
+        for a, b in zip(synced.classify(x), plain.classify(x)):
+            assert torch.equal(a, b)
+    path_plain = str(tmp_path / "plain.pth")
+    checkpoint.save({"model": plain.state_dict(), "hyperparams": plain.hyperparams}, path_plain)
+    back = train.with_sync_bn(checkpoint.load_model(path_plain), True, cuda_job).eval()
+    state = back.state_dict()
+    assert set(state) == set(synced.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in synced.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(back.features(x), plain.features(x))
