@@ -352,7 +352,7 @@ def test_two_ranks_train_like_one_process_with_the_ddp_settings(every_method, na
     second update would fail where one was missed), no static graph: the loss terms' means over the ranks, each
     update's gradients on every rank and the weights after the updates equal one process's on the whole batch.
     SwAV's prototypes get no gradient in their frozen first update on any rank. The first update's gradients
-    agree to 2e-5 of each tensor's largest entry; the second's to 1% (measured: up to 0.5% for CMC and SwAV):
+    agree to 1e-4 relative and 1e-5 of each tensor's largest entry; the second's to 1% of the largest (measured: up to 0.5% for CMC and SwAV):
     the first step's rounding differences grow through these tiny untrained models' steep second step, while
     the losses still agree to 1e-6."""
     ranks = [r[name] for r in every_method]
@@ -372,8 +372,8 @@ def test_two_ranks_train_like_one_process_with_the_ddp_settings(every_method, na
                 if want is None:
                     assert got is None, (u, key)
                 else:
-                    scale = want.abs().max() + 1e-9
-                    assert (got - want).abs().max() <= (2e-5 if u == 0 else 1e-2) * scale, (u, key)
+                    bound = 1e-4 * want.abs() + (1e-5 if u == 0 else 1e-2) * want.abs().max() + 1e-9
+                    assert ((got - want).abs() <= bound).all(), (u, key)
     if name == "swav":
         assert single["grads"][0]["prototypes.weight"] is None and single["grads"][1]["prototypes.weight"] is not None
     for key, want in single["state"].items():
