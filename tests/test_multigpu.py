@@ -352,9 +352,9 @@ def test_two_ranks_train_like_one_process_with_the_ddp_settings(every_method, na
     second update would fail where one was missed), no static graph: the loss terms' means over the ranks, each
     update's gradients on every rank and the weights after the updates equal one process's on the whole batch.
     SwAV's prototypes get no gradient in their frozen first update on any rank. The first update's gradients
-    agree to 1e-4 relative and 1e-5 of each tensor's largest entry; the second's to 1% of the largest (measured: up to 0.5% for CMC and SwAV):
-    the first step's rounding differences grow through these tiny untrained models' steep second step, while
-    the losses still agree to 1e-6."""
+    agree to 1e-4 relative and 1e-5 of each tensor's largest entry; the second's to 1% of the largest
+    (measured: up to 0.5% for CMC and SwAV): the first step's rounding differences grow through these tiny
+    untrained models' steep second step, while the losses still agree to 1e-6."""
     ranks = [r[name] for r in every_method]
     single = every_method[0]["single"][name]
     _, unused = DDP_RUNS[name]
