@@ -297,8 +297,8 @@ def _global_batches(run):
 def _ddp_updates(dist, name, result_dir):
     """DDP_UPDATES train.update calls of a freshly set-up tiny run, each process on its share of the global batch
     (rows rank, rank + world, ...), in eval mode (BatchNorm by running statistics, no dropout: each sample's
-    outputs depend on it alone). AMDIM's 5x5 locations are drawn for the global batch and sliced likewise. Returns the logged values,
-    each update's gradients and the final weights."""
+    outputs depend on it alone). AMDIM's 5x5 locations are drawn for the global batch and sliced likewise.
+    Returns the logged values, each update's gradients and the final weights."""
     import costs
     import train
     flags, _ = DDP_RUNS[name]
