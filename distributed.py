@@ -134,9 +134,15 @@ def spawn(worker, nprocs, device_name, *args, timeout_s=DIST_TIMEOUT_S):
     forwards SIGTERM to them.
     """
     import torch.multiprocessing as mp
+    threads = None
+    if "OMP_NUM_THREADS" not in os.environ:
+        threads = threads_per_rank(nprocs, device_name)
+        print(f"note: OMP_NUM_THREADS={threads} for each of the {nprocs} processes (unset; as torchrun does for "
+              f"GPU processes, the cores shared out for CPU ones): set it to tune", file=sys.stderr, flush=True)
     # Shared with every rank: which one failed first (-1: none), for the others' messages and our exit status.
     first_failure = mp.get_context("spawn").Value("i", -1)
-    context = mp.start_processes(_spawned_rank, args=(nprocs, device_name, timeout_s, first_failure, worker, args),
+    context = mp.start_processes(_spawned_rank, args=(nprocs, device_name, timeout_s, first_failure, threads, worker,
+                                                      args),
                                  nprocs=nprocs, join=False, start_method="spawn")
 
     def forward(signum, _frame):
@@ -162,11 +168,16 @@ def spawn(worker, nprocs, device_name, *args, timeout_s=DIST_TIMEOUT_S):
         sys.exit(1)
 
 
-def _spawned_rank(local_rank, nprocs, device_name, timeout_s, first_failure, worker, args):
+def _spawned_rank(local_rank, nprocs, device_name, timeout_s, first_failure, threads, worker, args):
     global _first_failure
     _first_failure = first_failure
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(nprocs), LOCAL_RANK=str(local_rank),
                       LOCAL_WORLD_SIZE=str(nprocs))
+    if threads is not None:
+        # torch read the environment when this process imported it: set its pool too; the variable is for the
+        # processes this one starts (loader workers, compiler threads).
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
     try:
         utils.run_main(lambda: _run_rank(local_rank, nprocs, local_rank, device_name, timeout_s, worker, args))
     except Exception:
@@ -179,6 +190,16 @@ def _spawned_rank(local_rank, nprocs, device_name, timeout_s, first_failure, wor
         # (utils.reap_children_at_exit): DataLoader workers ignore SIGTERM, and the traceback of a loader error
         # keeps their iterator alive, so without this the rank would wait on them forever.
         utils.kill_children()
+
+
+def threads_per_rank(nprocs, device_name):
+    """OMP_NUM_THREADS for each of nprocs processes on this machine when it is unset: 1 for GPU processes
+    (torchrun's choice: the GPU computes, and nprocs thread pools each the size of the machine would fight over
+    its cores), this process's cores shared out evenly for CPU processes (gloo), which compute on them."""
+    if device_name != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // nprocs)
 
 
 def _run_rank(rank, world_size, local_rank, device_name, timeout_s, worker, args):
@@ -252,11 +273,29 @@ def all_reduce_sum(values, device):
     return t.tolist()
 
 
-def broadcast_buffers(module, src=0):
-    """Copy rank src's buffers (BatchNorm running statistics) to every rank."""
-    if tdist.is_initialized():
-        for b in module.buffers():
-            tdist.broadcast(b, src)
+def broadcast_bn_statistics(module, dist, src=0):
+    """Copy rank src's BatchNorm running statistics (every BatchNorm and SyncBatchNorm layer's buffers) to every
+    rank: one broadcast per dtype of the buffers flattened together. Other buffers (queues, memory banks) are
+    kept identical on every rank by the methods themselves and stay as they are."""
+    if not dist.active:
+        return
+    buffers = [b for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for b in m.buffers()]
+    for dtype in sorted({b.dtype for b in buffers}, key=str):
+        same = [b for b in buffers if b.dtype == dtype]
+        flat = torch._utils._flatten_dense_tensors(same)
+        tdist.broadcast(flat, src)
+        for b, value in zip(same, torch._utils._unflatten_dense_tensors(flat, same)):
+            b.copy_(value)
+
+
+def fewest(n, dist):
+    """The smallest of every rank's n (one all-reduce; n itself in a single process)."""
+    if not dist.active:
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def any_rank(flags, dist):

@@ -6,6 +6,7 @@ loader), one uint8 image that a batched augmentation turns into views on the dev
 (image folders' crop path) that it colours there; y is -1 for unlabelled
 images; index is the item's position in the training split. Test items are (x, y).
 """
+import itertools
 import multiprocessing
 import os
 import sys
@@ -165,19 +166,38 @@ def first_view(augment, device, memory_format="contiguous"):
 
 
 @torch.no_grad()
-def refresh_bn(model, loader, device, amp, eval_encoder=False, n_batches=BN_REFRESH_BATCHES, images=None):
+def refresh_bn(model, loader, dist, amp, eval_encoder=False, n_batches=BN_REFRESH_BATCHES, images=None):
     """Re-estimate BatchNorm running statistics as the original did before testing: up to n_batches batches
     through the evaluation path (features and classifiers) in train mode, without gradients. images(batch)
-    gives the images to use (default: the first entry of each batch)."""
+    gives the images to use (default: the first entry of each batch).
+
+    Every rank runs the same number of batches, the fewest any rank's loader has (at most n_batches), agreed in
+    one all-reduce before the loop: under SyncBatchNorm each forward is a collective, and the test shards (and
+    so their loaders) differ by an image. A batch train-mode BatchNorm cannot take alone (None: every image
+    unreadable; or a single image) is skipped where statistics are per process; under SyncBatchNorm the rank
+    takes part with what it has (no rows for None), as the other ranks' images make the statistics."""
     set_train_mode(model, eval_encoder)
-    for i, batch in enumerate(loader):
-        if i == n_batches:
-            break
-        if batch is None or batch[1].shape[0] < 2:  # train-mode BatchNorm needs 2 images
+    synced = dist.active and syncs_batchnorm(model)
+    for batch in itertools.islice(loader, distributed.fewest(min(n_batches, len(loader)), dist)):
+        x = refresh_images(batch, images, dist.device, model.hyperparams["encoder_size"])
+        if x.shape[0] < 2 and not synced:
             continue
-        x = images(batch) if images is not None else batch[0].to(device, non_blocking=True)
-        with mp.autocast(device, amp):
+        with mp.autocast(dist.device, amp):
             model.classify(x)
+
+
+def refresh_images(batch, images, device, size):
+    """The images of a refresh batch on the device: images(batch), the batch's first entry, or (batch None)
+    no images, (0, 3, size, size)."""
+    if batch is None:
+        return torch.empty(0, 3, size, size, device=device)
+    return images(batch) if images is not None else batch[0].to(device, non_blocking=True)
+
+
+def syncs_batchnorm(model):
+    """Whether `model` has SyncBatchNorm layers (train.py's --sync_bn), whose train-mode forward is a
+    collective."""
+    return any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
 
 
 def set_train_mode(model, eval_encoder=False):
@@ -189,7 +209,8 @@ def set_train_mode(model, eval_encoder=False):
 @torch.no_grad()
 def evaluate(model, dataset, dist, amp, batch_size, num_workers):
     """Top-1 accuracy (percent) of both classifiers over every item of `dataset` (items (x, y)), in eval mode.
-    In a multi-process job pass each rank its shard(); the counts are summed over ranks.
+    In a multi-process job pass each rank its shard(); the counts are summed over ranks, the loop's only
+    collective (eval-mode forwards, SyncBatchNorm's too, issue none, so shards of different lengths are fine).
 
     Returns {"n_images", "top1_mlp", "top1_linear"}."""
     model.eval()
@@ -210,9 +231,11 @@ def evaluate(model, dataset, dist, amp, batch_size, num_workers):
 @torch.no_grad()
 def extract_features(model, dataset, device, amp, batch_size, num_workers):
     """Frozen features of every item of `dataset` (items (x, y)), in eval mode: (features (N, D) float32 on the
-    device, labels (N,) int64)."""
+    device, labels (N,) int64); N may be 0 (a rank's shard of a set smaller than the job, or unreadable
+    images only). No collectives."""
     model.eval()
-    feats, labels = [], []
+    feats = [torch.empty(0, model.n_features, device=device)]
+    labels = [torch.empty(0, dtype=torch.int64, device=device)]
     for x, y in filter(None, make_loader(dataset, batch_size, num_workers, device)):
         with mp.autocast(device, amp):
             feats.append(model.features(x.to(device, non_blocking=True)).float())
@@ -223,7 +246,8 @@ def extract_features(model, dataset, device, amp, batch_size, num_workers):
 def knn_accuracy(model, memory_set, query_set, dist, amp, batch_size, num_workers, k=200, temperature=0.07):
     """Weighted kNN top-1 (percent, knn.py) of the test split (queries) against the training split (memory),
     both through the test-time transform. Each rank extracts its shard of both; the memory is gathered on every
-    rank and each rank scores its own queries."""
+    rank and each rank scores its own queries. Collectives: gather_uneven's two all-gathers for each of memory
+    and labels, then one all-reduce, on every rank whatever its shards' lengths."""
     memory, memory_labels = extract_features(model, shard(memory_set, dist), dist.device, amp, batch_size,
                                              num_workers)
     queries, query_labels = extract_features(model, shard(query_set, dist), dist.device, amp, batch_size,
@@ -233,14 +257,16 @@ def knn_accuracy(model, memory_set, query_set, dist, amp, batch_size, num_worker
     n_classes = model.hyperparams["n_classes"]
     pred = knn.knn_predict(memory, memory_labels, queries, n_classes, k=k, temperature=temperature)
     correct, total = distributed.all_reduce_sum([(pred == query_labels).sum().item(), query_labels.shape[0]],
-                                          dist.device)
+                                                dist.device)
     return 100.0 * correct / max(total, 1)
 
 
 def gather_uneven(tensor, dist):
-    """Concatenate every rank's (N_r, ...) tensor in rank order, where N_r differ (padded to the largest)."""
-    sizes = [int(s) for s in distributed.all_gather_objects(tensor.shape[0])]
-    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    """Concatenate every rank's (N_r, ...) tensor in rank order, where N_r differ (0 included): one all-gather
+    of the lengths, one of the rows padded to the longest."""
+    sizes = dist.all_gather(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+    longest = max(sizes)
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     padded[:tensor.shape[0]] = tensor
     everything = dist.all_gather(padded)
-    return torch.cat([everything[r * max(sizes):r * max(sizes) + n] for r, n in enumerate(sizes)])
+    return torch.cat([everything[r * longest:r * longest + n] for r, n in enumerate(sizes)])

@@ -128,3 +128,35 @@ def to_float32(tree):
     if isinstance(tree, (list, tuple)):
         return type(tree)(to_float32(v) for v in tree)
     return tree
+
+
+# TF32: float32 matmuls and convolutions on the tensor cores of Ampere and later GPUs, with a 10-bit mantissa
+# (float32's range), several times faster than full float32.
+
+TF32_CHOICES = ("on", "off")
+
+
+def tf32(device, amp, requested="on"):
+    """Whether float32 matmuls and convolutions may use TF32 (--tf32): True for a float32 run on CUDA unless
+    requested is "off"; False on CUDA otherwise (under autocast the regions kept in float32, the NCE scores
+    and log-softmax, stay full float32); None on other devices, where it does not apply. amp: whether the run
+    autocasts (a resolved dtype or True; None or False for float32)."""
+    if device.type != "cuda":
+        return None
+    return requested == "on" and (amp is None or amp is False)
+
+
+def set_tf32(enabled):
+    """Apply tf32()'s decision to the process (None: leave everything as it is). Only CUDA's switches, through
+    the API torch's compiler reads: torch.set_float32_matmul_precision("high") would also let oneDNN's CPU
+    matmuls drop precision, and setting the newer fp32_precision switches as well makes reading the older
+    ones raise."""
+    if enabled is None:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def describe_tf32(enabled):
+    """tf32()'s decision for the start-up line."""
+    return {True: "on", False: "off", None: "n/a (not CUDA)"}[enabled]

@@ -20,6 +20,7 @@ import checkpoint
 import datasets
 import engine
 import imagecache
+import mixed_precision as mp
 from distributed import Dist, pick_device
 from phases import CLASSIFIERS, SELF_SUPERVISED
 from utils import UserError, reap_children_at_exit, run_main, seed_everything
@@ -41,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=1, help="seeds the augmentation of the BatchNorm refresh")
     p.add_argument("--amp", action="store_true")
+    p.add_argument("--tf32", choices=mp.TF32_CHOICES, default="on",
+                   help="float32 on CUDA: TF32 matmuls and convolutions, as train.py's --tf32")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--skip_bad_images", action="store_true", help="leave unreadable image files out (counted)")
     p.add_argument("--cache_images", choices=imagecache.MODES, default="auto",
@@ -72,6 +75,7 @@ def bad_number(args):
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
+    mp.set_tf32(mp.tf32(device, args.amp, args.tf32))
     reap_children_at_exit()
     ckpt = checkpoint.read(args.checkpoint, arg=CHECKPOINT_ARG)
     model = checkpoint.model_from(ckpt).to(device)
@@ -84,8 +88,8 @@ def main(argv=None):
     # Seeded here, after the model is built, so the refresh's data order, augmentation and dropout follow
     # --seed alone.
     seed_everything(args.seed)
-    refresh_bn(args, model, splits, device, bool(ckpt.get("eval_encoder", False)))
-    dist = Dist(device=device)
+    dist = Dist(device=device)         # one process: the collectives of engine's loops are local
+    refresh_bn(args, model, splits, dist, bool(ckpt.get("eval_encoder", False)))
     acc = engine.evaluate(model, splits.test, dist, args.amp, args.batch_size, args.num_workers)
 
     result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "n_images": acc["n_images"],
@@ -139,13 +143,13 @@ def retrain_command(args, splits, image_size):
     return shlex.join(argv)
 
 
-def refresh_bn(args, model, splits, device, eval_encoder):
+def refresh_bn(args, model, splits, dist, eval_encoder):
     """engine.refresh_bn on training batches (view 1 of AMDIM's augmentation) or, with --bn_warmup test, on
     test batches."""
     source = splits.train if args.bn_warmup == "train" else splits.test
-    loader = engine.make_loader(source, args.batch_size, args.num_workers, device, shuffle=True)
-    images = engine.first_view(splits.batch_augment, device) if args.bn_warmup == "train" else None
-    engine.refresh_bn(model, loader, device, args.amp, eval_encoder=eval_encoder, images=images)
+    loader = engine.make_loader(source, args.batch_size, args.num_workers, dist.device, shuffle=True)
+    images = engine.first_view(splits.batch_augment, dist.device) if args.bn_warmup == "train" else None
+    engine.refresh_bn(model, loader, dist, args.amp, eval_encoder=eval_encoder, images=images)
 
 
 def position(ckpt):

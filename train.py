@@ -77,6 +77,9 @@ def parse_args(argv=None):
     p.add_argument("--amp_dtype", choices=mp.AMP_DTYPES,
                    help="--amp's dtype: auto (the default) is bfloat16 where the device computes it natively, "
                         "else float16; float16 trains with a GradScaler")
+    p.add_argument("--tf32", choices=mp.TF32_CHOICES, default="on",
+                   help="float32 CUDA runs: let matmuls and convolutions use TF32 tensor cores (Ampere and later; "
+                        "10-bit mantissa); off keeps full float32. Not used under --amp or on the CPU")
     p.add_argument("--classifiers", "--finetune", action="store_true",
                    help="train only the evaluation classifiers on a frozen encoder")
     p.add_argument("--checkpoint_path", "--cpt_load_path",
@@ -175,6 +178,7 @@ class Run:
     n_views: int                         # views per image the phase trains on
     non_finite_skipped: int = 0
     bn_loader: object = field(default=None)
+    tf32: object = None                  # whether float32 CUDA math may use TF32 (mixed_precision.tf32)
 
     @property
     def epoch_key(self):
@@ -216,26 +220,41 @@ def build_model(args, ckpt, how, hp, splits, phase_cls, log):
 
 def place_model(model, args, dist):
     """The model on the training device: SyncBatchNorm where asked, the device and the memory format."""
-    if args.sync_bn and dist.active:
-        if dist.device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop it "
-                            "on CPU")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = with_sync_bn(model, args.sync_bn, dist)
     model = model.to(dist.device, memory_format=engine.layout(args.memory_format))
     tune_cudnn(dist.device)
     return model
 
 
+def with_sync_bn(model, sync_bn, dist):
+    """`model` with every BatchNorm layer a SyncBatchNorm when --sync_bn is given to a job of several CUDA
+    processes; as it is in a single process (nothing to synchronise). Call before the model moves to the device
+    and before DistributedDataParallel wraps it. The state-dict keys stay those of BatchNorm, so checkpoints load
+    with or without --sync_bn."""
+    if not (sync_bn and dist.active):
+        return model
+    if dist.device.type != "cuda":
+        raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); drop it on CPU")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def wrap_step(phase, dist, compile_step=False, warn=print):
     """What the training step calls: the phase's step module (the whole method, or the classifiers alone) in
     DistributedDataParallel across processes, and torch.compile'd where asked (eager execution and a warning where
-    compilation fails)."""
+    compilation fails).
+
+    DDP settings: gradients are views into its all-reduce buckets (gradient_as_bucket_view: no copy in and out,
+    one gradient-sized buffer less); it looks for parameters without a gradient after each forward only where
+    the phase has some (find_unused_parameters costs a graph traversal per update). static_graph stays off: it
+    would save little once the buckets are built, and it assumes the same graph every update, which a compiled
+    step falling back to eager execution breaks."""
     step_model = phase.step_module()
     if dist.active:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step_model, phase.ddp_ignored_state())
         step_model = DistributedDataParallel(step_model, device_ids=[dist.device.index] if
                                              dist.device.type == "cuda" else None,
-                                             find_unused_parameters=phase.has_unused_parameters())
+                                             find_unused_parameters=phase.has_unused_parameters(),
+                                             gradient_as_bucket_view=True)
     if compile_step:
         compiling.cache_dir()
         step_model = compiling.EagerFallback(step_model, warn)
@@ -275,6 +294,8 @@ def setup(dist, args):
     amp = mp.resolve(dist.device, args.amp, args.amp_dtype)       # refuses a dtype before anything is written
     if args.num_workers is None:
         args.num_workers = engine.default_num_workers(distributed.processes_on_this_machine())
+    tf32 = mp.tf32(dist.device, amp, args.tf32)
+    mp.set_tf32(tf32)
     run_dir = os.path.join(args.output_dir, args.run_name)
     cpt_path = os.path.join(run_dir, args.cpt_name)
     prepare_output(run_dir, args.cpt_name, dist)
@@ -309,7 +330,7 @@ def setup(dist, args):
               model=model, phase=phase, step_model=step_model, compiled=compiled, optimizer=phase.optimizer(args),
               schedule=schedule, amp=amp, scaler=mp.grad_scaler(dist.device, amp), cursor=cursor, epochs=epochs,
               milestones=milestones, data_seed=data_seed, per_rank=args.batch_size // dist.world_size,
-              n_views=views.count)
+              n_views=views.count, tf32=tf32)
     epoch_so_far = EpochProgress()
     if how == "resume":
         epoch_so_far.samples, epoch_so_far.seconds, epoch_so_far.meters = checkpoint.restore_run(run, ckpt)
@@ -577,8 +598,8 @@ def test_accuracy(run, epoch):
     eval_encoder = run.phase.eval_encoder
     images = engine.first_view(run.splits.batch_augment, dist.device, args.memory_format) \
         if args.bn_warmup == "train" else None
-    engine.refresh_bn(run.model, run.bn_loader, dist.device, run.amp, eval_encoder=eval_encoder, images=images)
-    distributed.broadcast_buffers(run.model)
+    engine.refresh_bn(run.model, run.bn_loader, dist, run.amp, eval_encoder=eval_encoder, images=images)
+    distributed.broadcast_bn_statistics(run.model, dist)
     acc = engine.evaluate(run.model, engine.shard(run.splits.test, dist), dist, run.amp, run.per_rank,
                           args.num_workers)
     if args.knn_every and (epoch + 1) % args.knn_every == 0:
@@ -642,7 +663,7 @@ def announce(run, ckpt_from, how, encoder_size):
     log.print(f"{hp['method']} {args.phase}: {args.dataset} ({len(run.splits.train)} train / "
               f"{len(run.splits.test)} test images, {run.splits.n_classes} classes, {encoder_size} px); device "
               f"{devices}, world size {dist.world_size}, {run.per_rank} images per process, amp "
-              f"{mp.describe(run.amp)}")
+              f"{mp.describe(run.amp)}, tf32 {mp.describe_tf32(run.tf32)}")
     n_params = sum(p.numel() for p in run.model.parameters())
     groups = ", ".join(f"{g['base_lr']:.3g}" for g in run.optimizer.param_groups)
     log.print(f"model {hp} ({n_params / 1e6:.2f} M parameters); {type(run.optimizer).__name__} base LR {groups}; "
@@ -678,7 +699,7 @@ def resolved_config(run, encoder_size):
     cfg.update(hp, encoder_size=encoder_size, epochs=run.epochs, milestones=list(run.milestones),
                learning_rate=lrs[0], learning_rates=lrs, optimizer=type(run.optimizer).__name__,
                warmup_updates=run.schedule.warmup_updates, world_size=run.dist.world_size,
-               amp_dtype=mp.dtype_name(run.amp), compiled=run.compiled.startswith("on"),
+               amp_dtype=mp.dtype_name(run.amp), tf32=run.tf32, compiled=run.compiled.startswith("on"),
                per_process_batch=run.per_rank, data_seed=run.data_seed,
                train_images=len(run.splits.train), test_images=len(run.splits.test))
     return cfg

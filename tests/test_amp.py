@@ -298,3 +298,57 @@ def test_sync_free_color_jitter_equals_the_gathering_one(hue, p):
     ours = imageops.color_jitter(x, 0.4, 0.4, 0.4, hue, p)
     torch.manual_seed(3)
     assert torch.allclose(ours, _color_jitter_by_gather(x, 0.4, 0.4, 0.4, hue, p), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# TF32 (--tf32).
+
+CUDA = torch.device("cuda", 0)      # only compared, never used: nothing here runs on a GPU
+
+
+def test_tf32_is_on_for_float32_cuda_runs_only():
+    assert mp.tf32(CUDA, None) is True and mp.tf32(CUDA, None, "on") is True
+    assert mp.tf32(CUDA, None, "off") is False
+    for amp in (torch.bfloat16, torch.float16, True):        # a run's resolved dtype, test.py's --amp
+        assert mp.tf32(CUDA, amp) is False
+    assert mp.tf32(CUDA, False) is True                      # test.py without --amp
+    for device in (torch.device("cpu"), torch.device("mps")):
+        assert mp.tf32(device, None) is None and mp.tf32(device, None, "off") is None
+
+
+@pytest.fixture
+def tf32_switches():
+    """Restores torch's TF32 switches after the test (set_tf32 sets them process-wide)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_set_tf32_switches_cuda_matmuls_and_cudnn_and_leaves_the_cpu_alone(tf32_switches):
+    cpu_matmul = torch.backends.mkldnn.matmul.fp32_precision
+    mp.set_tf32(True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert torch.get_float32_matmul_precision() == "high"     # what set_float32_matmul_precision("high") sets
+    assert torch.backends.mkldnn.matmul.fp32_precision == cpu_matmul
+    mp.set_tf32(None)                                         # the CPU: nothing changes
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    mp.set_tf32(False)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_a_run_states_its_tf32_decision_in_the_start_line_and_the_config(tmp_path, capsys, monkeypatch,
+                                                                          tf32_switches):
+    run = _setup(tmp_path, "--run_name", "cpu")
+    _close(run)
+    assert run.tf32 is None and run.log.run_info["config"]["tf32"] is None
+    assert "amp off (float32), tf32 n/a (not CUDA)" in capsys.readouterr().out
+    # The decision a CUDA device would get, on the CPU: setup applies it and records it.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    asked = []
+    monkeypatch.setattr(mp, "tf32", lambda device, amp, requested: asked.append((amp, requested)) or True)
+    run = _setup(tmp_path, "--run_name", "fake_cuda", "--tf32", "on")
+    _close(run)
+    assert asked == [(None, "on")] and run.tf32 is True and run.log.run_info["config"]["tf32"] is True
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert "tf32 on" in capsys.readouterr().out

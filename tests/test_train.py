@@ -180,13 +180,16 @@ def test_bn_refresh_uses_at_most_50_batches():
     seen = []
 
     class Loader:
+        def __len__(self):
+            return 80
+
         def __iter__(self):
             for i in range(80):
                 seen.append(i)
                 yield torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
 
-    engine.refresh_bn(m, Loader(), torch.device("cpu"), amp=False)
-    assert len(seen) == 51                     # the 51st is fetched and not used
+    engine.refresh_bn(m, Loader(), distributed.Dist(), amp=False)
+    assert len(seen) == 50
     assert m.encoder.layer_list[8].num_batches_tracked.item() == 50
 
 
