@@ -166,6 +166,14 @@ def time_blocks(step, device, blocks, block_steps):
     return times
 
 
+def peak_memory_mb(device):
+    """MiB: CUDA's peak allocated memory since the last reset, else this process's peak RSS."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def build(config_name, variant, device, amp="none", views="host", dry_run=False):
     """One config's training step on `device`, as train.py builds and runs it. Returns (step, run, batch_data,
     count_batch, batch): step() runs one update (forward, loss, backward, optimizer step, the method's hooks;
@@ -289,8 +297,7 @@ def measure(config_name, variant, steps, warmup, device="cpu", amp="none", views
     times = time_blocks(step, device, max(1, steps // block_steps), block_steps)
     loss = step()
     finite = bool(torch.isfinite(loss))                         # one sync, after the timing
-    peak_mb = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else
-               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
+    peak_mb = peak_memory_mb(device)
     gflop = flops_per_image(run, count_batch, batch) / 1e9
     rates = [batch * block_steps / t for t in times]
     return {"config": config_name, "variant": variant, "amp": amp, "views": views, "batch": batch,
