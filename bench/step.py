@@ -174,12 +174,13 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(config_name, variant, device, amp="none", views="host", dry_run=False):
-    """One config's training step on `device`, as train.py builds and runs it. Returns (step, run, batch_data,
-    count_batch, batch): step() runs one update (forward, loss, backward, optimizer step, the method's hooks;
-    GradScaler under fp16) and returns its loss tensor (no sync); run is the train.Run-like namespace
-    train.loss_terms takes; batch_data what a step feeds (ready views, or uint8 images for --views device);
-    count_batch ready views of the same images (what the flop counter runs on)."""
+def build(config_name, variant, device, amp="none", views="host", dry_run=False, spec=None):
+    """One config's training step on `device`, as train.py builds and runs it; spec: a (method, size, batch,
+    flags) tuple of CONFIGS' form to build instead of CONFIGS[config_name]. Returns a namespace: step() runs one
+    update (forward, loss, backward, optimizer step, the method's hooks; GradScaler under fp16) and returns its
+    loss tensor (no sync); run is the train.Run-like namespace train.loss_terms takes; batch_data what a step
+    feeds (ready views, or uint8 images for --views device); count_batch ready views of the same images (what
+    the flop counter runs on); batch, optimizer, scaler."""
     from types import SimpleNamespace
 
     import torch
@@ -192,7 +193,7 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False)
     import mixed_precision as mp
     import phases
     import train
-    method, size, batch, flags = CONFIGS[config_name]
+    method, size, batch, flags = spec or CONFIGS[config_name]
     if dry_run:
         flags, batch = tiny(flags), TINY_BATCH
     memory_format, compile_step, fused = VARIANTS[variant]
@@ -217,20 +218,20 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False)
         group["fused"] = group.get("fused") and fused       # as train.py's optimizer, or unfused
     amp_dtype = mp.resolve(device, args.amp, args.amp_dtype)
     scaler = mp.grad_scaler(device, amp_dtype)
-    spec = phases.SelfSupervised.views(hp)
+    view_spec = phases.SelfSupervised.views(hp)
     run = SimpleNamespace(args=args, dist=dist, model=model, phase=phase, step_model=step_model,
-                          n_views=spec.count, amp=amp_dtype, splits=SimpleNamespace(batch_augment=None))
+                          n_views=view_spec.count, amp=amp_dtype, splits=SimpleNamespace(batch_augment=None))
     g = torch.Generator().manual_seed(1)
     labels, index = torch.randint(0, 10, (batch,), generator=g), torch.arange(batch)
     if views == "device":
-        run.splits.batch_augment = augment.make_views(spec.kind, augment.RECIPE_OF_SIZE[size], batched=True,
-                                                      **spec.options)
+        run.splits.batch_augment = augment.make_views(view_spec.kind, augment.RECIPE_OF_SIZE[size], batched=True,
+                                                      **view_spec.options)
         crop_sizes = [s for s, _ in augment.MultiCrop.from_hyperparams(hp).each()] if method == "swav" else [size]
         side = source_size(size, crop_sizes)
         images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=g)
         batch_data = (images.pin_memory() if device.type == "cuda" else images, labels, index)
         with torch.no_grad():
-            ready = run.splits.batch_augment(images.to(device), n_views=spec.count)
+            ready = run.splits.batch_augment(images.to(device), n_views=view_spec.count)
     else:
         if method == "cmc":                                     # CMC's views: Lab's L and ab
             shapes = [(1, size), (2, size)]
@@ -258,7 +259,8 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False)
         model.after_step(out, dist)
         return loss.detach()
 
-    return step, run, batch_data, count_batch, batch
+    return SimpleNamespace(step=step, run=run, batch_data=batch_data, count_batch=count_batch, batch=batch,
+                           optimizer=optimizer, scaler=scaler)
 
 
 def flops_per_image(run, count_batch, batch):
@@ -288,7 +290,8 @@ def measure(config_name, variant, steps, warmup, device="cpu", amp="none", views
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    step, run, _, count_batch, batch = build(config_name, variant, device, amp, views, dry_run)
+    built = build(config_name, variant, device, amp, views, dry_run)
+    step, run, count_batch, batch = built.step, built.run, built.count_batch, built.batch
     t0 = time.perf_counter()
     for _ in range(warmup):
         loss = step()
