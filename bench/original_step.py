@@ -136,8 +136,8 @@ def measure(original_model, config, device, amp, steps, warmup, block_steps, dry
         one_step()
     step.synchronize(device)
     warmup_s = time.perf_counter() - t0
-    times = step.time_blocks(one_step, device, max(1, steps // block_steps), block_steps)
-    finite = bool(torch.isfinite(one_step()))
+    times, loss = step.time_blocks(one_step, device, max(1, steps // block_steps), block_steps)
+    finite = bool(torch.isfinite(loss))
     peak_mb = step.peak_memory_mb(device)
     with FlopCounterMode(display=False) as counter:
         forward_loss().backward()

@@ -153,17 +153,17 @@ def matmul_peaks(device, dry_run=False):
 
 
 def time_blocks(step, device, blocks, block_steps):
-    """Seconds of each of `blocks` blocks of `block_steps` calls of step(), the device synchronised only at the
-    blocks' ends (no per-step host-device sync)."""
+    """(seconds of each of `blocks` blocks of `block_steps` calls of step(), the last call's result): the device
+    synchronised only at the blocks' ends (no per-step host-device sync)."""
     times = []
     for _ in range(blocks):
         synchronize(device)
         t0 = time.perf_counter()
         for _ in range(block_steps):
-            step()
+            last = step()
         synchronize(device)
         times.append(time.perf_counter() - t0)
-    return times
+    return times, last
 
 
 def peak_memory_mb(device):
@@ -294,11 +294,10 @@ def measure(config_name, variant, steps, warmup, device="cpu", amp="none", views
     step, run, count_batch, batch = built.step, built.run, built.count_batch, built.batch
     t0 = time.perf_counter()
     for _ in range(warmup):
-        loss = step()
+        step()
     synchronize(device)
     warmup_s = time.perf_counter() - t0
-    times = time_blocks(step, device, max(1, steps // block_steps), block_steps)
-    loss = step()
+    times, loss = time_blocks(step, device, max(1, steps // block_steps), block_steps)
     finite = bool(torch.isfinite(loss))                         # one sync, after the timing
     peak_mb = peak_memory_mb(device)
     gflop = flops_per_image(run, count_batch, batch) / 1e9
@@ -336,6 +335,8 @@ def gpu_main(args):
           f"matmul precision {torch.get_float32_matmul_precision()}{'; DRY RUN (tiny configs)' * args.dry_run}")
     peaks = matmul_peaks(device, args.dry_run)
     print("matmul peak TFLOP/s: " + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()), flush=True)
+    if args.peaks_only:
+        return
     print(GPU_HEADER)
     for config in args.configs:
         for variant in args.variants:
@@ -367,6 +368,7 @@ def main():
                    help="device: the batched augmentation from uint8 images runs inside the timed step")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="every GPU config, tiny, on the CPU, one warm-up and one timed step")
+    p.add_argument("--peaks_only", action="store_true", help="--device cuda: print the matmul peaks and stop")
     p.add_argument("--steps", type=int, help="timed steps after warm-up (default: 5 on the CPU, 30 on CUDA)")
     p.add_argument("--block_steps", type=int, help="steps per timed block (default: 1 on the CPU, 10 on CUDA)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default: 2 on the CPU, 10 on CUDA)")
