@@ -79,7 +79,7 @@ GPU_CONFIGS = ["amdim-c10", "amdim-in128", "moco-r50-128px", "cmc-r50-128px", "s
 CPU_CONFIGS = [name for name in CONFIGS if name not in GPU_CONFIGS]
 # --dry-run: every config tiny (flag -> value; SwAV's crops a quarter of their size), at batch TINY_BATCH, so
 # that the CPU runs all of them in seconds.
-TINY_FLAGS = {"--ndf": "8", "--n_rkhs": "64", "--n_depth": "1", "--arch": "resnet18"}
+TINY_FLAGS = {"--ndf": "8", "--n_rkhs": "64", "--n_depth": "1", "--arch": "resnet18", "--queue_length": "64"}
 TINY_BATCH = 2
 # variant: (memory format, torch.compile, fused optimizer step). "default" is what train.py runs for a run long
 # enough to compile (compiling.AUTO_MIN_UPDATES); "channels_last_unfused" was the default before fused steps

@@ -71,6 +71,6 @@ def test_the_op_counter_counts_each_dispatched_op_and_tells_views_apart():
 def test_tiny_flags_shrink_every_size_flag_and_swav_crops():
     flags = ["--arch", "resnet50", "--nmb_crops", "2", "6", "--size_crops", "224", "96", "--queue_length", "3840"]
     assert step.tiny(flags) == ["--arch", "resnet18", "--nmb_crops", "2", "6", "--size_crops", "56", "24",
-                                "--queue_length", "3840"]
+                                "--queue_length", "64"]
     assert step.tiny(["--ndf", "192", "--n_rkhs", "1536", "--n_depth", "8"]) == ["--ndf", "8", "--n_rkhs", "64",
                                                                                  "--n_depth", "1"]

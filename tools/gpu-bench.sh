@@ -10,7 +10,11 @@
 # Each section's log goes to ${OUT:-/tmp}/gpu-bench/<section>.log; summary.txt there has every section's status
 # (ok, exit status, timed out, absent), its seconds and its table. DRY_RUN=1 runs every section on the CPU with
 # tiny configs (the bench scripts' --dry-run, caps times DRY_CAP_SCALE, default 3) to prove the script;
-# tests/test_gpu_bench.py runs it. Measured here: DRY_TIMES.
+# tests/test_gpu_bench.py runs it. Measured on a 2-core host shared with other jobs (load ~6): 567 s in all (the
+# float32 step section 186 s, views 158 s, the original 50 + 31 s, augment 43 s); about a third of that idle.
+# On the GPU (estimate, none run yet): each bench/step.py process ~10 s to start and measure the peaks, each
+# config ~5-10 s (autotuning, 40 steps, one counted step): about 70 s for float32, 60 for bf16, 40 for the views,
+# 30 + 30 for the original, 30 for augment: ~5 minutes.
 #
 #     bash tools/gpu-bench.sh                 # PYTHON=... another python; DRY_RUN=1 on the CPU
 #
@@ -25,8 +29,8 @@ summary=$dir/summary.txt
 export PYTHONUNBUFFERED=1
 started=$(date +%s)
 
-# section NAME CAP CMD...: run CMD with a CAP-second timeout (times $cap_scale), its output in $dir/NAME.log; one status line and
-# the log's last lines (its table) into the summary.
+# section NAME CAP CMD...: run CMD with a CAP-second timeout (times $cap_scale), its output in $dir/NAME.log;
+# one status line and the log's last lines (its table) into the summary.
 section() {
   local name=$1 cap=$2; shift 2
   local log=$dir/$name.log t0 rc status
@@ -55,18 +59,18 @@ if [ "$dry" = 1 ]; then
 else
   cap_scale=1
   step=(bench/step.py --device cuda); original=(bench/original_step.py --device cuda)
-  augment=(bench/augment.py --device cuda --images 2048 --runs 3 --sizes 32 96)
+  augment=(bench/augment.py --device cuda --images 1024 --runs 3 --sizes 32 96)
   bf16_configs=()
 fi
 
-section environment 15 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+section environment 10 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
   --format=csv,noheader 2>&1 | head -2; nproc; $py -c 'import torch, torchvision; print(\"torch\", \
 torch.__version__, \"torchvision\", torchvision.__version__, \"cuda\", torch.version.cuda, \"available\", \
 torch.cuda.is_available())'"
-section peaks 30 "$py" "${step[@]}" --peaks_only
+section peaks 25 "$py" "${step[@]}" --peaks_only
 section step-fp32 110 "$py" "${step[@]}"
-section step-bf16 90 "$py" "${step[@]}" --amp bf16 "${bf16_configs[@]}"
-section step-fp16 30 "$py" "${step[@]}" --amp fp16 --configs amdim-c10
+section step-bf16 85 "$py" "${step[@]}" --amp bf16 "${bf16_configs[@]}"
+section step-fp16 25 "$py" "${step[@]}" --amp fp16 --configs amdim-c10
 section step-bf16-views-device 60 "$py" "${step[@]}" --amp bf16 --views device --configs "${views_configs[@]}"
 if [ -f bench/original/model.py ]; then
   section original-fp32 40 "$py" "${original[@]}"
@@ -78,7 +82,7 @@ fi
 if [ -f bench/loader.py ]; then section loader 30 "$py" bench/loader.py --quick
 else absent loader "bench/loader.py is not in this checkout"
 fi
-if "$py" bench/augment.py --help 2>/dev/null | grep -q -- "--device"; then section augment 35 "$py" "${augment[@]}"
+if "$py" bench/augment.py --help 2>/dev/null | grep -q -- "--device"; then section augment 55 "$py" "${augment[@]}"
 else absent augment "bench/augment.py has no --device option"
 fi
 echo "== total: $(( $(date +%s) - started ))s; logs in $dir" | tee -a "$summary"
