@@ -13,7 +13,7 @@ import checkpoint
 import distributed
 import engine
 import utils
-from helpers import BASE, TINY_ENCODER, TINY_FLAGS, run_ranks
+from helpers import BASE, TINY_ENCODER, TINY_FLAGS, run_ranks, update_now
 
 # Every collective of torch.distributed that the code could call: the tests record the top-level calls.
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "broadcast",
@@ -316,7 +316,7 @@ def _ddp_updates(dist, name, result_dir):
     values, grads = [], []
     try:
         for views, y, index in _global_batches(run):
-            values_u, stop = train.update(run, (tuple(v[part] for v in views), y[part], index[part]), epoch=0)
+            values_u, stop = update_now(run, (tuple(v[part] for v in views), y[part], index[part]), epoch=0)
             assert values_u is not None and not stop
             values.append(values_u)
             grads.append({k: None if p.grad is None else p.grad.clone() for k, p in run.model.named_parameters()
