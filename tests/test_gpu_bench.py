@@ -25,33 +25,27 @@ def _rows(log):
     return {m["config"]: (float(m["img_s"]), float(m["gflop"])) for m in ROW.finditer(log.read_text())}
 
 
+# The sections CI runs (about 45 s on 2 cores); `DRY_RUN=1 bash tools/gpu-bench.sh` runs them all (~3 min).
+CI_SECTIONS = ("environment", "peaks", "step-fp32", "step-fp16")
+
+
 @pytest.mark.slow
 def test_the_dry_run_reports_every_section_and_every_config(tmp_path):
-    env = dict(os.environ, DRY_RUN="1", OUT=str(tmp_path), PYTHON=sys.executable)
-    subprocess.run(["bash", "tools/gpu-bench.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    env = dict(os.environ, DRY_RUN="1", OUT=str(tmp_path), PYTHON=sys.executable, SECTIONS=" ".join(CI_SECTIONS))
+    subprocess.run(["bash", "tools/gpu-bench.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = tmp_path / "gpu-bench"
     summary = (out / "summary.txt").read_text()
     status = dict(re.findall(r"^== ([\w-]+): (\w+)", summary, re.M))
     has_original = os.path.isfile(os.path.join(ROOT, "bench", "original", "model.py"))
-    has_loader = os.path.isfile(os.path.join(ROOT, "bench", "loader.py"))
-    expected = {name: "ok" for name in SECTIONS}
-    expected.update({"original-fp32": "ok" if has_original else "absent",
-                     "original-bf16": "ok" if has_original else "absent", "loader": "ok" if has_loader else "absent"})
+    expected = {name: "ok" if name in CI_SECTIONS else "skipped" for name in SECTIONS}
+    expected.update({name: "absent" for name in ("original-fp32", "original-bf16") if not has_original})
     assert {name: status.get(name) for name in SECTIONS} == expected, summary
     assert re.search(r"^== total: \d+s", summary, re.M)
 
     fp32 = _rows(out / "step-fp32.log")
     assert sorted(fp32) == sorted(step.GPU_CONFIGS)
     assert all(rate > 0 and gflop > 0 for rate, gflop in fp32.values())
-    assert sorted(_rows(out / "step-bf16-views-device.log")) == sorted(
-        ["amdim-c10", "moco-r50-128px", "cmc-r50-128px", "swav-r50-2x128-6x64"])
     assert list(_rows(out / "step-fp16.log")) == ["amdim-c10"]
-    if has_original:
-        # The original's model and ours are the same network: the flop counter agrees on both configs.
-        original = _rows(out / "original-fp32.log")
-        assert sorted(original) == ["amdim-c10", "amdim-in128"]
-        for config, (_, gflop) in original.items():
-            assert gflop == pytest.approx(fp32[config][1], rel=1e-3)
 
 
 def test_the_op_counter_counts_each_dispatched_op_and_tells_views_apart():

@@ -36,7 +36,9 @@ def _syncs(fn):
     return [name for name in count_syncs(fn) if name not in ("to", "cuda")]
 
 
-CASES = [(m, "fp32") for m in TINY_FLAGS] + [("amdim", "bf16"), ("amdim", "fp16"), ("moco", "fp16"), ("swav", "fp16")]
+# Every method in float32; float16's GradScaler with Adam (AMDIM) and with LARC (SwAV). (bfloat16 needs no scaler:
+# its step is float32's.)
+CASES = [(m, "fp32") for m in TINY_FLAGS] + [("amdim", "fp16"), ("swav", "fp16")]
 
 
 @pytest.mark.parametrize("method,precision", CASES)

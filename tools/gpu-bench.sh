@@ -16,7 +16,8 @@
 # config ~5-10 s (autotuning, 40 steps, one counted step): about 70 s for float32, 60 for bf16, 40 for the views,
 # 30 + 30 for the original, 30 for augment: ~5 minutes.
 #
-#     bash tools/gpu-bench.sh                 # PYTHON=... another python; DRY_RUN=1 on the CPU
+#     bash tools/gpu-bench.sh                 # PYTHON=... another python; DRY_RUN=1 on the CPU;
+#                                             # SECTIONS="peaks step-fp32" runs only those sections
 #
 # Steps: 10 warm-up + 3 blocks of 10 timed steps per config (bench/step.py's CUDA defaults).
 set -u
@@ -34,6 +35,9 @@ started=$(date +%s)
 section() {
   local name=$1 cap=$2; shift 2
   local log=$dir/$name.log t0 rc status
+  if [ -n "${SECTIONS:-}" ] && [[ " $SECTIONS " != *" $name "* ]]; then
+    echo "== $name: skipped (not in SECTIONS)" | tee -a "$summary"; return 0
+  fi
   cap=$(( cap * cap_scale ))
   t0=$(date +%s)
   echo "\$ $*" > "$log"

@@ -81,6 +81,36 @@ for m in moco cmc swav; do
   done
 done
 
+# Steady-state updates wait for nothing (docs/training.md): under torch's sync debug mode "error" any host-device
+# sync raises; every method, fp32 and fp16, 4 updates after 3 warm ones, then one window read (which syncs).
+for m in amdim moco cmc swav; do
+  for amp in "" "--amp --amp_dtype float16"; do
+    CUDA_VISIBLE_DEVICES=0 run $py - $m $amp <<'PY'
+import sys, tempfile, torch
+sys.path.insert(0, ".")
+sys.path.insert(0, "tests")
+import distributed, train
+from helpers import BASE, TINY_FLAGS
+method, extra = sys.argv[1], sys.argv[2:]
+args = train.parse_args([*BASE, *TINY_FLAGS[method], *extra, "--device", "cuda", "--output_dir", tempfile.mkdtemp(),
+                         "--compile", "off"])
+run, _ = train.setup(distributed.Dist(device=torch.device("cuda")), args)
+batches = iter(train.make_loaders(run))
+for _ in range(3):
+    train.update(run, next(batches), 0)
+queued = [next(batches) for _ in range(4)]
+torch.cuda.synchronize()
+torch.cuda.set_sync_debug_mode("error")
+window = train.Pending()
+window.rows = [train.update(run, batch, 0) for batch in queued]
+torch.cuda.set_sync_debug_mode(0)
+rows, _ = window.read(run.dist, False)
+print(f"{method} {' '.join(extra) or 'fp32'}: 4 updates without a sync; losses", [round(v["loss"], 4) for _, v, _ in rows])
+PY
+    check "$m ${amp:-fp32}: no host-device sync in steady-state updates" $?
+  done
+done
+
 # torch.compile on CUDA (inductor + Triton), fp16 + GradScaler: it must compile, not fall back to eager.
 CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 2 --amp --amp_dtype float16 --compile on \
   --output_dir $d --run_name compiled; check "--compile on trains on CUDA" $?
