@@ -142,15 +142,25 @@ def _rank_collectives(dist):
     return result
 
 
+def _rank_of_three(dist):
+    """Everything the 3-rank tests below look at, from one job (its start-up is most of their cost)."""
+    return {"collectives": _rank_collectives(dist),
+            "refresh": {synced: _rank_refresh(dist, synced) for synced in (False, True)}}
+
+
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory):
+    return run_ranks(_rank_of_three, 3, tmp_path_factory.mktemp("three_ranks"))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("world", [2, 3])
-def test_every_rank_issues_the_same_collectives_in_the_refresh_evaluation_and_knn(tmp_path, world):
+def test_every_rank_issues_the_same_collectives_in_the_refresh_evaluation_and_knn(three_ranks):
     """Uneven shards, a None batch on one rank and a 1-image batch on another, with per-process BatchNorm and
     with SyncBatchNorm (its CPU stand-in): the ranks' sequences of collectives are identical, every
     SyncBatchNorm layer ran forward as often on every rank, and every rank ends with the same statistics and
     scores, equal to one process's on the whole set for what does not depend on the shards."""
-    ranks = run_ranks(_rank_collectives, world, tmp_path)
-    n, missing = SPLITS[world]
+    ranks = [r["collectives"] for r in three_ranks]
+    n, missing = SPLITS[3]
     for synced in (False, True):
         calls = [r[synced]["calls"] for r in ranks]
         assert all(c == calls[0] for c in calls), synced
@@ -226,13 +236,13 @@ def _rank_refresh(dist, synced):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("synced", [False, True], ids=["per_process_bn", "sync_bn"])
-def test_refresh_statistics_follow_the_agreed_batches(tmp_path, synced):
+def test_refresh_statistics_follow_the_agreed_batches(three_ranks, synced):
     """3 ranks, shards of 5, 4 and 4 images in batches of 3, with a None batch and 1-image batches: both loops
     run the 2 batches every rank has. Per-process BatchNorm: each rank's statistics are those of its own batches
     of 2 images or more, and after the broadcast every rank holds rank 0's. SyncBatchNorm: every rank's are
     those of each step's images of all ranks together (1-image batches included, None adding nothing)."""
     world = 3
-    ranks = run_ranks(_rank_refresh, world, tmp_path, synced)
+    ranks = [r["refresh"][synced] for r in three_ranks]
     data = Images(*SPLITS[world])
     steps = [_steps(data, r, world) for r in range(world)]
     agreed = min(len(s) for s in steps)
