@@ -25,8 +25,8 @@ def _rows(log):
     return {m["config"]: (float(m["img_s"]), float(m["gflop"])) for m in ROW.finditer(log.read_text())}
 
 
-# The sections CI runs (about 45 s on 2 cores); `DRY_RUN=1 bash tools/gpu-bench.sh` runs them all (~3 min).
-CI_SECTIONS = ("environment", "peaks", "step-fp32", "step-fp16")
+# The sections CI runs (about 40 s on 2 cores); `DRY_RUN=1 bash tools/gpu-bench.sh` runs them all (~3 min).
+CI_SECTIONS = ("environment", "peaks", "step-fp32")
 
 
 @pytest.mark.slow
@@ -45,7 +45,6 @@ def test_the_dry_run_reports_every_section_and_every_config(tmp_path):
     fp32 = _rows(out / "step-fp32.log")
     assert sorted(fp32) == sorted(step.GPU_CONFIGS)
     assert all(rate > 0 and gflop > 0 for rate, gflop in fp32.values())
-    assert list(_rows(out / "step-fp16.log")) == ["amdim-c10"]
 
 
 def test_the_op_counter_counts_each_dispatched_op_and_tells_views_apart():

@@ -280,13 +280,12 @@ def test_one_process_refresh_skips_only_batches_too_small_for_batchnorm():
 DDP_WORLD, DDP_BATCH, DDP_UPDATES = 2, 8, 2
 RESNET = ["--arch", "resnet18"]
 # Each run's flags, and whether DDP must look for unused parameters (the AMDIM encoder as a plain backbone).
-# AMDIM itself and CMC are held to one process by test_distributed.py and test_cmc.py; here the DDP settings that
-# differ: unused parameters (the AMDIM encoder as a backbone), BatchNorm backbones, prototypes without a gradient at
-# first, the classifiers phase.
+# AMDIM itself and CMC are held to one process by test_distributed.py and test_cmc.py, SwAV's queues and prototypes
+# over two processes by test_swav.py; here the DDP settings that differ: unused parameters (the AMDIM encoder as a
+# backbone), a BatchNorm backbone whose prototypes get no gradient at first, the classifiers phase.
 DDP_RUNS = {
     # Uniformity is a log of a mean over each process's rows (as in the seed), so it is left out here.
     "moco_on_amdim": (TINY_FLAGS["moco"] + ["--moco-unif-w", "0"], True),
-    "moco": (RESNET + ["--method", "moco", "--moco-k", "64", "--moco-dim", "16", "--moco-unif-w", "0"], False),
     # Prototypes frozen for the first update: their gradient is dropped after the backward pass.
     "swav": (RESNET + ["--method", "swav", "--nmb_crops", "2", "1", "--size_crops", "32", "16", "--feat_dim", "8",
                        "--hidden_mlp", "16", "--nmb_prototypes", "10", "--queue_length", "0",
