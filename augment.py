@@ -505,7 +505,6 @@ class BatchMultiCropViews(_BatchViews):
         self.normalize_(x)
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # The crop path, for image folders read file by file: loader workers decode each image and do the geometric part
 # of its recipe (crop and resize, flip, AMDIM's 32 px translation) in 8 bits, and ship uint8 crops (a quarter of
