@@ -449,7 +449,7 @@ class Pending:
         self.rows = []
 
     def read(self, dist, stop_requested):
-        """Every row's numbers as floats (dicts, None for a skipped update) and whether any rank asked to stop:
+        """([(row, its numbers as a dict of floats, whether it was skipped) ...], whether any rank asked to stop):
         one host-device transfer, and under several processes one small all-reduce (every rank reads at the same
         updates, so they agree). Empties the window."""
         flag = torch.full((1,), float(stop_requested), device=dist.device)
