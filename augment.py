@@ -20,8 +20,9 @@ from PIL import ImageFilter
 from autoaugment import FastAutoAugment
 from imageops import (
     _LAB_SCALE, _LAB_SHIFT, _at, _blur_, _blur_takes, _channels, _chunks, _coin, _color_jitter_, _grayscale_,
-    _jitter_takes, _lab_, _mirror_input, _mirror_output, _pixel_scale, _resample, _scaled, _sorted_chunks, _take,
-    blur_kernels, crop_weights, jitter_params, normalize_lab, rgb_to_lab, sample_crop_boxes, translate_weights)
+    _jitter_takes, _lab_, _masked, _mirror_input, _mirror_output, _pixel_scale, _resample, _scaled, _sorted_chunks,
+    _take, blur_draws, blur_from, crop_box_draws, crop_boxes, crop_weights, jitter_draws, jitter_from,
+    normalize_lab, rgb_to_lab, translate_draws, translate_from)
 from utils import UserError
 
 VIEW_KINDS = ("amdim", "moco_v1", "moco_v2", "cmc", "swav")
@@ -256,10 +257,37 @@ class MultiCropViews:
 # ----------------------------------------------------------------------------------------------------------
 # Batched augmentation: the same recipes on whole uint8 batches, on the training device, with random
 # parameters drawn per sample (and per view, except AMDIM's shared flip).
-# How a view's passes run, chunk by chunk: the comment at the top of imageops.py.
+# How a view's passes run, chunk by chunk: the comment at the top of imageops.py. Each view first draws its
+# random numbers (imageops' *_draws, in the recipe's order); the rest (the parameters derived from them, the
+# resampling, the colour passes) is a pure function of the images and those numbers, which compile_views can
+# hand to torch.compile as one graph where the passes run masked (a GPU), the draws staying eager so that the
+# random stream is the same compiled or not.
 
-class _BatchViews:
-    """Shared by the batched recipes: output size S and normalisation (mean_std, default the recipe's)."""
+class _CompilableViews:
+    """What the batched recipes share: their pixel work goes through _pixels, eager or compiled."""
+    compiled = None         # compile_views sets it: a function -> its compiled form (compiling.function)
+
+    def _pixels(self, fn, *args):
+        """fn(images, *draws), compiled where compile_views asked and the passes run masked on images' device
+        (off imageops.SKIPS_ON; on the CPU the passes read the draws to skip samples, which compiles badly)."""
+        if self.compiled is not None and _masked(args[0]):
+            return self.compiled(fn)(*args)
+        return fn(*args)
+
+
+def compile_views(augment, warn):
+    """Have the batched views `augment` (Splits.batch_augment: a Batch*Views, or the bound colour() of the crop
+    path; None: none) compile their pixel work (torch.compile, inductor), each function once, with eager
+    execution and one warning where compilation fails (compiling.function)."""
+    import compiling
+    owner = getattr(augment, "__self__", augment)
+    if isinstance(owner, _CompilableViews):
+        cache = {}
+        owner.compiled = lambda fn: cache.get(fn) or cache.setdefault(fn, compiling.function(fn, warn))
+
+
+class _BatchViews(_CompilableViews):
+    """Shared by the batched RGB recipes: output size S and normalisation (mean_std, default the recipe's)."""
 
     def __init__(self, recipe, mean_std=None):
         self.recipe = recipe
@@ -276,10 +304,14 @@ class _BatchViews:
         return x.mul_(_channels(self._scale, x.device)).add_(_channels(self._shift, x.device))
 
     # The colour half of a view, which both paths share: the in-memory path runs it on each chunk right after
-    # resampling it (view(), crop()), the crop path on the crops that loader workers cut (colour()).
+    # resampling it (_resampled), the crop path on the crops that loader workers cut (colour()).
 
-    def colour_params(self, b, device):
-        """The random colour parameters of b samples, drawn in the recipe's order (a tuple, _colour_'s)."""
+    def colour_draws(self, b, device):
+        """The random numbers of b samples' colour operations, drawn in the recipe's order (a tuple)."""
+        raise NotImplementedError
+
+    def colour_params(self, draws):
+        """colour_draws' numbers -> the parameters colour_takes and colour_ read (a tuple)."""
         raise NotImplementedError
 
     def colour_takes(self, params):
@@ -294,14 +326,26 @@ class _BatchViews:
         """The device half of the crop path (make_crop_views): crops, a sequence of uint8 (B, 3, s, s), one per
         view, the geometric part of the recipe done (CropViews) -> a tuple of normalised float (B, 3, s, s), the
         first n_views views (all for None), each with its own colour parameters."""
-        return tuple(self._coloured(c) for c in tuple(crops)[:n_views])
+        return tuple(self._pixels(self._coloured, c, self.colour_draws(c.shape[0], c.device))
+                     for c in tuple(crops)[:n_views])
 
-    def _coloured(self, crop):
-        b, device = crop.shape[0], crop.device
-        params = self.colour_params(b, device)
-        out = torch.empty(crop.shape, device=device)
+    def _coloured(self, crop, draws):
+        params = self.colour_params(draws)
+        out = torch.empty(crop.shape, device=crop.device)
         for s, x in _sorted_chunks(out, *self.colour_takes(params)):
             x.copy_(_at(crop, s)).mul_(1 / 255)
+            self.colour_(x, params, s)
+        return out
+
+    def _resampled(self, images, rows, cols, size, colour_draws):
+        """images (B, 3, H, W), uint8 or float in [0, 1], resampled by the compact weights (rows, cols) to
+        size = (S, T) and coloured -> normalised float (B, 3, S, T)."""
+        b, device = images.shape[0], images.device
+        params = self.colour_params(colour_draws)
+        rows = _scaled(rows, _pixel_scale(images))
+        out = torch.empty(b, 3, *size, device=device)
+        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
+            _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
             self.colour_(x, params, s)
         return out
 
@@ -327,28 +371,33 @@ class BatchTwoViews(_BatchViews):
     def view(self, images, flip=None):
         """One view of images (B, 3, H, W), uint8 or float in [0, 1], mirrored first where flip (bool (B,))
         -> normalised float (B, 3, S, S)."""
-        b, _, height, width = images.shape
-        device = images.device
+        b, device = images.shape[0], images.device
         if self.recipe == "cifar":
-            rows, cols = translate_weights(b, height, width, 4, 0.8, device)
+            geometry = translate_draws(b, 4, 0.8, device)
+        else:
+            geometry = crop_box_draws(b, (0.3, 1.0), (0.7, 1.4), device)
+        return self._pixels(self._view, images, geometry, self.colour_draws(b, device), flip)
+
+    def _view(self, images, geometry, colour_draws, flip):
+        _, _, height, width = images.shape
+        if self.recipe == "cifar":
+            rows, cols = translate_from(geometry, height, width, 4)
             size = (height, width)
         else:
-            boxes = sample_crop_boxes(b, height, width, (0.3, 1.0), (0.7, 1.4), device)
+            boxes = crop_boxes(geometry, height, width, (0.7, 1.4))
             rows, cols = crop_weights(boxes, height, width, self.size, "bicubic")
             size = (self.size, self.size)
-        params = self.colour_params(b, device)
         if flip is not None:
             cols = _mirror_input(cols, flip, width)
-        rows = _scaled(rows, _pixel_scale(images))
-        out = torch.empty(b, 3, *size, device=device)
-        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
-            _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            self.colour_(x, params, s)
-        return out
+        return self._resampled(images, rows, cols, size, colour_draws)
 
-    def colour_params(self, b, device):
+    def colour_draws(self, b, device):
         """ColorJitter(0.4, 0.4, 0.4, hue) with p 0.8, then grayscale with p 0.25."""
-        return jitter_params(b, 0.4, 0.4, 0.4, self.hue, 0.8, device), _coin(b, 0.25, device)
+        return jitter_draws(b, 0.4, 0.4, 0.4, self.hue, 0.8, device), _coin(b, 0.25, device)
+
+    def colour_params(self, draws):
+        jitter, gray = draws
+        return jitter_from(jitter), gray
 
     def colour_takes(self, params):
         jitter, gray = params
@@ -359,6 +408,16 @@ class BatchTwoViews(_BatchViews):
         _color_jitter_(x, *_take(jitter, s))
         _grayscale_(x, _at(gray, s))
         self.normalize_(x)
+
+
+def _random_crop(images, scale, colour_draws, pixels):
+    """The random-resized-crop recipes (MoCo, SwAV's crops): a box of area fraction in scale per sample, the
+    colour's draws, then a mirroring coin, in that order (the recipe's); pixels(images, box draws, colour
+    draws, flip) does the rest."""
+    b, device = images.shape[0], images.device
+    boxes = crop_box_draws(b, scale, (3 / 4, 4 / 3), device)
+    colour = colour_draws(b, device)
+    return pixels(images, boxes, colour, _coin(b, 0.5, device))
 
 
 class BatchMoCoViews(_BatchViews):
@@ -384,26 +443,28 @@ class BatchMoCoViews(_BatchViews):
 
     def view(self, images):
         """One view of images (B, 3, H, W), uint8 or float in [0, 1] -> normalised float (B, 3, S, S)."""
-        b, _, height, width = images.shape
-        device = images.device
-        boxes = sample_crop_boxes(b, height, width, (0.2, 1.0), (3 / 4, 4 / 3), device)
-        params = self.colour_params(b, device)
-        rows, cols = crop_weights(boxes, height, width, self.size, "bilinear")
-        cols = _mirror_output(cols, _coin(b, 0.5, device))
-        rows = _scaled(rows, _pixel_scale(images))
-        out = torch.empty(b, 3, self.size, self.size, device=device)
-        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
-            _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            self.colour_(x, params, s)
-        return out
+        return _random_crop(images, (0.2, 1.0), self.colour_draws,
+                            lambda *args: self._pixels(self._crop, *args))
 
-    def colour_params(self, b, device):
+    def _crop(self, images, boxes, colour_draws, flip):
+        _, _, height, width = images.shape
+        rows, cols = crop_weights(crop_boxes(boxes, height, width, (3 / 4, 4 / 3)), height, width, self.size,
+                                  "bilinear")
+        return self._resampled(images, rows, _mirror_output(cols, flip), (self.size, self.size), colour_draws)
+
+    def colour_draws(self, b, device):
         """v1: grayscale p 0.2, then ColorJitter(0.4, 0.4, 0.4, 0.4) always; v2: ColorJitter(0.4, 0.4, 0.4, 0.1)
         p 0.8, grayscale p 0.2, Gaussian blur (sigma 0.1-2) p 0.5. Each a tuple in the order they run."""
         if self.version == 1:
-            return _coin(b, 0.2, device), jitter_params(b, 0.4, 0.4, 0.4, 0.4, 1.0, device)
-        return (jitter_params(b, 0.4, 0.4, 0.4, 0.1, 0.8, device), _coin(b, 0.2, device),
-                blur_kernels(b, (0.1, 2.0), 0.5, device))
+            return _coin(b, 0.2, device), jitter_draws(b, 0.4, 0.4, 0.4, 0.4, 1.0, device)
+        return (jitter_draws(b, 0.4, 0.4, 0.4, 0.1, 0.8, device), _coin(b, 0.2, device),
+                blur_draws(b, _BLUR_SIGMA, 0.5, device))
+
+    def colour_params(self, draws):
+        if self.version == 1:
+            gray, jitter = draws
+            return gray, jitter_from(jitter)
+        return _jitter_gray_blur_params(draws)
 
     def colour_takes(self, params):
         if self.version == 1:
@@ -422,16 +483,25 @@ class BatchMoCoViews(_BatchViews):
         self.normalize_(x)
 
 
+_BLUR_SIGMA = (0.1, 2.0)        # MoCo v2's and SwAV's Gaussian blur: sigma uniform in 0.1-2 px
+
+
+def _jitter_gray_blur_params(draws):
+    """MoCo v2's and SwAV's colour draws (jitter_draws', _coin's, blur_draws') -> their parameters."""
+    jitter, gray, blur = draws
+    return jitter_from(jitter), gray, blur_from(blur, _BLUR_SIGMA)
+
+
 def _jitter_gray_blur_(x, params, s):
     """MoCo v2's and SwAV's colour passes on x (float (n, 3, S, S) in [0, 1], samples s), in place: jitter,
-    grayscale, blur, with params = (jitter_params', _coin's, blur_kernels') draws of the whole batch."""
+    grayscale, blur, with params = _jitter_gray_blur_params' of the whole batch."""
     jitter, gray, blur = params
     _color_jitter_(x, *_take(jitter, s))
     _grayscale_(x, _at(gray, s))
     _blur_(x, _at(blur, s))
 
 
-class BatchCMCViews:
+class BatchCMCViews(_CompilableViews):
     """CMC's views of a batch of uint8 images (B, 3, H, W) of any size: CMCViews vectorised (the crop resampled
     as PIL does, bilinear, antialiased when it shrinks, in float without rounding to 8 bits), Lab on the device.
     Returns (L (B, 1, S, S), ab (B, 2, S, S)), normalised; n_views=1 (the classifier phase) gives (L,) alone."""
@@ -440,26 +510,36 @@ class BatchCMCViews:
         self.recipe, self.size, self.crop_low = recipe, RECIPE_SIZE[recipe], crop_low
 
     def __call__(self, images, n_views=2):
+        b, device = images.shape[0], images.device
+        boxes = crop_box_draws(b, (self.crop_low, 1.0), (3 / 4, 4 / 3), device)
+        lab = self._pixels(self._lab, images, boxes, _coin(b, 0.5, device))
+        return (lab[:, :1], lab[:, 1:])[:n_views]
+
+    def _lab(self, images, boxes, flip):
         b, _, height, width = images.shape
-        boxes = sample_crop_boxes(b, height, width, (self.crop_low, 1.0), (3 / 4, 4 / 3), images.device)
-        rows, cols = crop_weights(boxes, height, width, self.size, "bilinear")
-        cols = _mirror_output(cols, _coin(b, 0.5, images.device))
+        rows, cols = crop_weights(crop_boxes(boxes, height, width, (3 / 4, 4 / 3)), height, width, self.size,
+                                  "bilinear")
+        cols = _mirror_output(cols, flip)
         rows = _scaled(rows, _pixel_scale(images))
         lab = torch.empty(b, 3, self.size, self.size, device=images.device)
         for s in _chunks(lab):
             x = _resample(images[s], _take(rows, s), _take(cols, s), out=lab[s]).clamp_(0, 1)
             _lab_(x, _LAB_SCALE, _LAB_SHIFT)
-        return (lab[:, :1], lab[:, 1:])[:n_views]
+        return lab
 
     def colour(self, crops, n_views=2):
         """The device half of the crop path: crops, a one-element sequence of the uint8 crops (B, 3, S, S) that
         loader workers cut and flipped (CropViews) -> their normalised Lab, (L (B, 1, S, S), ab (B, 2, S, S))
         (n_views=1: (L,)). No random draw."""
-        crop = crops[0]
+        lab = self._pixels(self._crop_lab, crops[0])
+        return (lab[:, :1], lab[:, 1:])[:n_views]
+
+    @staticmethod
+    def _crop_lab(crop):
         lab = torch.empty(crop.shape, device=crop.device)
         for s in _chunks(lab):
             _lab_(lab[s].copy_(crop[s]).mul_(1 / 255), _LAB_SCALE, _LAB_SHIFT)
-        return (lab[:, :1], lab[:, 1:])[:n_views]
+        return lab
 
 
 class BatchMultiCropViews(_BatchViews):
@@ -478,23 +558,22 @@ class BatchMultiCropViews(_BatchViews):
 
     def crop(self, images, size, scale):
         """One crop of images (B, 3, H, W), uint8 or float in [0, 1] -> normalised float (B, 3, size, size)."""
-        b, _, height, width = images.shape
-        device = images.device
-        boxes = sample_crop_boxes(b, height, width, scale, (3 / 4, 4 / 3), device)
-        params = self.colour_params(b, device)
-        rows, cols = crop_weights(boxes, height, width, size, "bilinear")
-        cols = _mirror_output(cols, _coin(b, 0.5, device))
-        rows = _scaled(rows, _pixel_scale(images))
-        out = torch.empty(b, 3, size, size, device=device)
-        for s, x in _sorted_chunks(out, *self.colour_takes(params)):
-            _resample(_at(images, s), _take(rows, s), _take(cols, s), out=x).clamp_(0, 1)
-            self.colour_(x, params, s)
-        return out
+        return _random_crop(images, scale, self.colour_draws,
+                            lambda *args: self._pixels(self._crop, *args, size))
 
-    def colour_params(self, b, device):
+    def _crop(self, images, boxes, colour_draws, flip, size):
+        _, _, height, width = images.shape
+        rows, cols = crop_weights(crop_boxes(boxes, height, width, (3 / 4, 4 / 3)), height, width, size,
+                                  "bilinear")
+        return self._resampled(images, rows, _mirror_output(cols, flip), (size, size), colour_draws)
+
+    def colour_draws(self, b, device):
         """ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, Gaussian blur (sigma 0.1-2) p 0.5."""
-        return (jitter_params(b, 0.8, 0.8, 0.8, 0.2, 0.8, device), _coin(b, 0.2, device),
-                blur_kernels(b, (0.1, 2.0), 0.5, device))
+        return (jitter_draws(b, 0.8, 0.8, 0.8, 0.2, 0.8, device), _coin(b, 0.2, device),
+                blur_draws(b, _BLUR_SIGMA, 0.5, device))
+
+    def colour_params(self, draws):
+        return _jitter_gray_blur_params(draws)
 
     def colour_takes(self, params):
         jitter, gray, blur = params

@@ -52,22 +52,17 @@ def cache_dir():
     return os.environ.setdefault(CACHE_ENV, default)
 
 
-class EagerFallback(torch.nn.Module):
-    """Calls the compiled module; if its compilation fails (a missing or broken toolchain, an operator the
-    compiler refuses), warns once in one line and runs the eager module from then on, so that a compiler
-    problem costs speed, not the run. An error that eager execution raises as well is the model's own, and is
-    raised as it is."""
+class Fallback:
+    """Calls compiled(*args, **kwargs); if its compilation fails (a missing or broken toolchain, an operator the
+    compiler refuses), warns once in one line and calls eager from then on, so that a compiler problem costs
+    speed, not the run. An error that eager execution raises as well is the caller's own, and is raised as it
+    is."""
 
-    def __init__(self, module, warn, backend="inductor"):
-        super().__init__()
-        self.module = module
-        # Not a registered submodule: the compiled wrapper holds `module` again, and state_dict/train()/
-        # parameters() must see it once.
-        self.__dict__["compiled"] = torch.compile(module, backend=backend)
-        self.__dict__["warn"] = warn
+    def __init__(self, compiled, eager, warn):
+        self.compiled, self.eager, self.warn = compiled, eager, warn
         self.failed = False
 
-    def forward(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         if not self.failed:
             try:
                 return self.compiled(*args, **kwargs)
@@ -75,7 +70,30 @@ class EagerFallback(torch.nn.Module):
                 self.failed = True
                 self.warn(f"warning: torch.compile failed ({root_cause(e)}); training continues uncompiled "
                           f"(--compile off skips the attempt)")
-        return self.module(*args, **kwargs)
+        return self.eager(*args, **kwargs)
+
+
+class EagerFallback(torch.nn.Module):
+    """A module compiled, with Fallback's eager execution where compilation fails."""
+
+    def __init__(self, module, warn, backend="inductor"):
+        super().__init__()
+        self.module = module
+        # Not a registered submodule: the compiled wrapper holds `module` again, and state_dict/train()/
+        # parameters() must see it once.
+        self.__dict__["call"] = Fallback(torch.compile(module, backend=backend), module, warn)
+
+    @property
+    def failed(self):
+        return self.call.failed
+
+    def forward(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
+
+
+def function(fn, warn, backend="inductor"):
+    """A function compiled, with Fallback's eager execution where compilation fails."""
+    return Fallback(torch.compile(fn, backend=backend), fn, warn)
 
 
 def root_cause(error):

@@ -204,9 +204,19 @@ def translate_weights(b, height, width, pad, p, device):
     """RandomCrop(padding=pad, "reflect") applied with probability p per sample, as resampling matrices: a
     shift by up to +-pad px in y and x (uniform), filling with reflection. Returns compact weights (rows, cols)
     of one tap each, weight 1."""
-    apply = _coin(b, p, device)
-    dy = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=device), pad)
-    dx = torch.where(apply, torch.randint(0, 2 * pad + 1, (b,), device=device), pad)
+    return translate_from(translate_draws(b, pad, p, device), height, width, pad)
+
+
+def translate_draws(b, pad, p, device):
+    """translate_weights' random numbers for b samples: (apply bool (B,), dy, dx int (B,) in 0..2 pad)."""
+    return (_coin(b, p, device), torch.randint(0, 2 * pad + 1, (b,), device=device),
+            torch.randint(0, 2 * pad + 1, (b,), device=device))
+
+
+def translate_from(draws, height, width, pad):
+    """translate_draws' numbers -> translate_weights' compact weights (rows, cols) for images height x width."""
+    apply, dy, dx = draws
+    dy, dx = torch.where(apply, dy, pad), torch.where(apply, dx, pad)
     return _shift_weights(dy - pad, height), _shift_weights(dx - pad, width)
 
 
@@ -236,15 +246,28 @@ def sample_crop_boxes(n, height, width, scale, ratio, device=None, attempts=10):
     As torchvision: up to `attempts` tries of an area fraction ~ U(scale) and a log-uniform aspect ratio; the
     first box that fits wins; if none fits, a centre crop with the ratio clamped into range.
     """
-    area = height * width
-    target = area * torch.empty(n, attempts, device=device).uniform_(*scale)
+    return crop_boxes(crop_box_draws(n, scale, ratio, device, attempts), height, width, ratio)
+
+
+def crop_box_draws(n, scale, ratio, device=None, attempts=10):
+    """sample_crop_boxes' random numbers for n images: (area fraction (n, attempts) ~ U(scale), log aspect
+    ratio (n, attempts) ~ U(log ratio), top and left (n,) ~ U(0, 1), scaled to the room the box leaves)."""
+    fraction = torch.empty(n, attempts, device=device).uniform_(*scale)
     log_r = torch.empty(n, attempts, device=device).uniform_(np.log(ratio[0]), np.log(ratio[1]))
+    return fraction, log_r, torch.rand(n, device=device), torch.rand(n, device=device)
+
+
+def crop_boxes(draws, height, width, ratio):
+    """crop_box_draws' numbers -> sample_crop_boxes' boxes (top, left, h, w) in images height x width."""
+    fraction, log_r, u_top, u_left = draws
+    n = fraction.shape[0]
+    target = height * width * fraction
     aspect = torch.exp(log_r)
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = torch.where(fits.any(1), fits.float().argmax(1), 0)
-    rows = torch.arange(n, device=device)
+    rows = torch.arange(n, device=fraction.device)
     h, w, ok = h[rows, first], w[rows, first], fits.any(1)
     # Fallback: the whole image, cropped to the nearest allowed ratio.
     in_ratio = width / height
@@ -256,8 +279,8 @@ def sample_crop_boxes(n, height, width, scale, ratio, device=None, attempts=10):
         fw, fh = width, height
     h = torch.where(ok, h, float(fh)).long()
     w = torch.where(ok, w, float(fw)).long()
-    top = torch.where(ok, (torch.rand(n, device=device) * (height - h + 1)).floor().long(), (height - h) // 2)
-    left = torch.where(ok, (torch.rand(n, device=device) * (width - w + 1)).floor().long(), (width - w) // 2)
+    top = torch.where(ok, (u_top * (height - h + 1)).floor().long(), (height - h) // 2)
+    left = torch.where(ok, (u_left * (width - w + 1)).floor().long(), (width - w) // 2)
     return top, left, h, w
 
 
@@ -291,12 +314,25 @@ def jitter_params(b, brightness, contrast, saturation, hue, p, device):
     the last three. Pass k maps x -> a x + c mean(luma) + d luma with (a, c, d) = coeffs[:, k]: brightness is
     (f, 0, 0), contrast (f, 1 - f, 0), saturation (f, 0, 1 - f), and the identity, exactly, (1, 0, 0). shift is
     the hue shift in sixths of the circle; samples that do not take the jitter keep their hue (apply False)."""
+    return jitter_from(jitter_draws(b, brightness, contrast, saturation, hue, p, device))
+
+
+def jitter_draws(b, brightness, contrast, saturation, hue, p, device):
+    """jitter_params' random numbers for b samples: (apply bool (B,), the four factors (a tuple of (B,):
+    brightness, contrast and saturation around 1, the hue shift in turns), (B, 4) uniforms whose ranks order
+    the four operations)."""
     apply = _coin(b, p, device)
     factors = [torch.empty(b, device=device).uniform_(1 - brightness, 1 + brightness),
                torch.empty(b, device=device).uniform_(1 - contrast, 1 + contrast),
                torch.empty(b, device=device).uniform_(1 - saturation, 1 + saturation),
                torch.empty(b, device=device).uniform_(-hue, hue)]
-    order = torch.argsort(torch.rand(b, 4, device=device), dim=1)
+    return apply, tuple(factors), torch.rand(b, 4, device=device)
+
+
+def jitter_from(draws):
+    """jitter_draws' numbers -> jitter_params' (coeffs, shift, apply)."""
+    apply, factors, noise = draws
+    order = torch.argsort(noise, dim=1)
     place = torch.argsort(order, dim=1)              # place[:, k]: where operation k comes in the sample's order
     before_hue = place[:, :3] < place[:, 3:]         # (B, 3): brightness, contrast, saturation before the hue
     passes = []
@@ -412,10 +448,19 @@ def blur_kernels(b, sigma, p, device):
     """Gaussian blurs drawn for b samples, each applied with probability p, its standard deviation uniform in
     sigma = (low, high) px: kernels (B, 2 radius + 1) truncated at radius = ceil(3 high) px; a sample not
     blurred gets the identity kernel (a single 1, exactly the input back)."""
-    apply = _coin(b, p, device)
-    sigmas = torch.empty(b, device=device).uniform_(*sigma)
+    return blur_from(blur_draws(b, sigma, p, device), sigma)
+
+
+def blur_draws(b, sigma, p, device):
+    """blur_kernels' random numbers for b samples: (apply bool (B,), standard deviations (B,) ~ U(sigma))."""
+    return _coin(b, p, device), torch.empty(b, device=device).uniform_(*sigma)
+
+
+def blur_from(draws, sigma):
+    """blur_draws' numbers, drawn in the range sigma = (low, high) -> blur_kernels' kernels."""
+    apply, sigmas = draws
     radius = math.ceil(3 * sigma[1])
-    return torch.where(apply[:, None], gaussian_kernels(sigmas, radius), _identity_kernel(radius, device))
+    return torch.where(apply[:, None], gaussian_kernels(sigmas, radius), _identity_kernel(radius, apply.device))
 
 
 def _blur_(x, kernels):
@@ -588,11 +633,17 @@ def normalize_lab(lab):
 
 
 
-@functools.lru_cache(maxsize=None)
 def _constant(values, device):
     """float32 tensor of the constants `values` (nested tuples) on `device`, made once per device: built from
     Python data or copied from the CPU at every call, it would be a blocking host-to-GPU copy. Callers must not
-    modify it."""
+    modify it. (Where torch.compile traces, a constant of the graph.)"""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=torch.float32, device=device)
+    return _cached_constant(values, device)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_constant(values, device):
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+import augment
 import checkpoint
 import compiling
 import config
@@ -113,7 +114,7 @@ def parse_args(argv=None):
                    help="layout of images and convolution weights; channels_last is faster on CPU "
                         "(bench/step.py)")
     p.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile the training step's model; auto: for self-supervised runs with at least "
+                   help="torch.compile the training step's model and, on a GPU, its batched views; auto: for self-supervised runs with at least "
                         f"{compiling.AUTO_MIN_UPDATES} updates to go, where a compiler toolchain is found "
                         "(compiling takes a minute or more at start-up); --compile alone means on")
     p.add_argument("--skip_bad_images", action="store_true",
@@ -324,6 +325,8 @@ def setup(dist, args):
     updates_left = max(0, epochs - cursor[phase.epoch_key]) * updates_per_epoch
     compile_step, compiled = compiling.decide(args.compile, phase.compiles, updates_left, dist.device)
     step_model = wrap_step(phase, dist, compile_step, warn=log.print)
+    if compile_step:
+        augment.compile_views(splits.batch_augment, warn=log.print)
     # The data order follows the seed the run started with, also if a resumed run is given another --seed.
     data_seed = int(ckpt.get("data_seed", args.seed)) if how == "resume" else args.seed
     run = Run(args=args, dist=dist, cpt_path=cpt_path, log=log, stop=distributed.StopRequest(), splits=splits,

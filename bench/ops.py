@@ -1,15 +1,22 @@
-"""How many aten operations one training update dispatches, by part of the update: the batched views (uint8
-images -> the method's views, as engine.training_views makes them), forward + loss (train.loss_terms on ready
-views), backward, the optimizer step, and the method's hooks (start_update, before_optimizer_step, after_step).
-On a GPU each is (at least) one kernel launch, so the count bounds how far a small model's update can go
-before the launches, not the arithmetic, set its time.
+"""How many operations one training update dispatches, by part of the update: the batched views (uint8 images
+-> the method's views, as engine.training_views makes them), forward + loss (train.loss_terms on ready views),
+backward, the optimizer step, and the method's hooks (start_update, before_optimizer_step, after_step). On a GPU
+each is (at least) one kernel launch, so the count bounds how far a small model's update can go before the
+launches, not the arithmetic, set its time.
 
 Counted on the CPU with imageops.SKIPS_ON = () so that the views take the masked, sync-free path a GPU takes
-(on the CPU they otherwise skip work sample by sample), in eager mode (no compile), channels_last, the fused
-optimizer step as train.py builds it, the second update (the first one creates the optimizer state). The count
-does not depend on the model's widths or the batch, so the configs are small.
+(on the CPU they otherwise skip work sample by sample), channels_last, the fused optimizer step as train.py
+builds it, after the first updates (the first one creates the optimizer state; a compiled step compiles then).
+Two counters:
+- ops: every aten op dispatched (a TorchDispatchMode), eager only;
+- launches: from torch.profiler's record, eager and compiled as --compile on compiles a run (the model's
+  forward and backward, the views' pixel passes; the random draws and the losses stay eager): each kernel
+  inductor generated (C++ here, Triton on a GPU) and each aten op called outside another aten op that is not a
+  view or an allocation (views, detach, slice, select, empty: metadata only).
+The counts do not depend on the model's widths or the batch, so the configs are small. Compiling takes minutes
+on a CPU (inductor's cache, ~/.cache/amdim/inductor, keeps the kernels for the next run).
 
-    .venv/bin/python bench/ops.py [--configs amdim-c10 swav-resnet18-c10] [--top 8]
+    .venv/bin/python bench/ops.py [--configs amdim-c10 swav-resnet18-c10] [--modes eager compiled] [--top 8]
 
 count_update(spec) is what a test or another script calls: {part: collections.Counter of aten op names};
 compute_ops(counter) leaves out the views (metadata only, no kernel).
@@ -17,6 +24,7 @@ compute_ops(counter) leaves out the views (metadata only, no kernel).
 import argparse
 import collections
 import contextlib
+import functools
 import os
 import sys
 
@@ -57,6 +65,39 @@ class OpCounter:
             yield
 
 
+# Allocations and no-op aliases: dispatched, but no kernel on any device.
+NO_KERNEL = {"empty", "empty_like", "empty_strided", "resolve_conj", "resolve_neg", "lift_fresh"}
+
+
+class LaunchCounter:
+    """Counts what launches work while `part(name)` is entered, per part name, from torch.profiler's record:
+    inductor's generated kernels (named as inductor names them) and the aten ops called outside any other aten
+    op (what eager code and a compiled graph's extern calls dispatch), less views and NO_KERNEL."""
+
+    def __init__(self):
+        self.counts = collections.defaultdict(collections.Counter)
+
+    @contextlib.contextmanager
+    def part(self, name):
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            yield
+        self.counts[name].update(launches(prof.events()))
+
+
+def launches(events):
+    """A Counter of the launching events among torch.profiler events (LaunchCounter's rule)."""
+    counts = collections.Counter()
+    for e in events:
+        if "cpp_fused" in e.name or e.name.startswith("triton_"):
+            counts["inductor kernel"] += 1
+        elif e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")):
+            op = e.name[len("aten::"):]
+            if op not in NO_KERNEL and not is_view(op):
+                counts[op] += 1
+    return counts
+
+
 @contextlib.contextmanager
 def gpu_view_path():
     """imageops.SKIPS_ON emptied (the CPU takes the GPU's masked passes), restored on exit."""
@@ -69,15 +110,18 @@ def gpu_view_path():
         imageops.SKIPS_ON = before
 
 
-def count_update(spec, update=1):
+def count_update(spec, update=1, counter=None, compiled=False):
     """{part: Counter of aten op names} of one training update of spec = (method, image size, batch, model
-    flags) on the CPU, taking the GPU's view path; updates 0..update-1 run uncounted first."""
+    flags) on the CPU, taking the GPU's view path; updates 0..update-1 run uncounted first. counter: OpCounter
+    (the default) or LaunchCounter; compiled: the step and the views compiled as --compile on compiles them
+    (LaunchCounter only: a dispatch mode does not see into compiled code)."""
     import torch
 
     import engine
     import train
-    built = step.build(None, "channels_last", torch.device("cpu"), views="device", spec=spec)
-    run, counter = built.run, OpCounter()
+    built = step.build(None, "default" if compiled else "channels_last", torch.device("cpu"), views="device",
+                       spec=spec)
+    run, counter = built.run, counter or OpCounter()
     model, dist, optimizer = run.model, run.dist, built.optimizer
     augment, run.splits.batch_augment = run.splits.batch_augment, None
     images, labels, index = built.batch_data
@@ -105,10 +149,14 @@ def count_update(spec, update=1):
     return {part: counter.counts[part] for part in PARTS}
 
 
+@functools.lru_cache(maxsize=None)
 def is_view(name):
     """Whether the aten op `name` returns a view of its input (metadata only: no kernel on any device)."""
     import torch
-    packet = getattr(torch.ops.aten, name)
+    try:
+        packet = getattr(torch.ops.aten, name)
+    except AttributeError:                  # a profiler name that is no op of the registry
+        return False
     return any(getattr(packet, overload).is_view for overload in packet.overloads())
 
 
@@ -121,25 +169,48 @@ def compute_ops(counts):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    p.add_argument("--top", type=int, default=6, help="the most frequent ops to list per config")
+    p.add_argument("--modes", nargs="+", choices=("eager", "compiled"), default=["eager", "compiled"],
+                   help="eager: both counters; compiled: launches of the step and views compiled (minutes)")
+    p.add_argument("--top", type=int, default=6, help="the most frequent ops to list per config and mode")
     args = p.parse_args()
     import torch
-    print(f"aten ops dispatched per training update (CPU, the GPU's view path, eager, update 2); torch "
+    import torch._inductor.config
+    torch._inductor.config.cpp.enable_kernel_profile = True     # each generated C++ kernel in the profiler
+    print(f"per training update (CPU, the GPU's view path, counted after the first updates); torch "
           f"{torch.__version__}")
-    print(f"{'config (method, px, batch, flags)':<58} " + " ".join(f"{part:>14}" for part in PARTS) +
-          f" {'total':>11}")
+    print(f"{'config (method, px, batch, flags)':<58} {'count':<17} " + " ".join(f"{part:>14}" for part in PARTS)
+          + f" {'total':>7}")
     tops = []
     for name in args.configs:
         method, size, batch, flags = CONFIGS[name]
-        counts = count_update(CONFIGS[name])
-        every = sum(counts.values(), collections.Counter())
-        cells = [f"{sum(c.values())} / {compute_ops(c)}" for c in [counts[part] for part in PARTS] + [every]]
+        rows = []
+        if "eager" in args.modes:
+            counts = count_update(CONFIGS[name])
+            rows.append(("ops, eager", [sum(counts[part].values()) for part in PARTS], counts))
+            rows.append(("  not views", [compute_ops(counts[part]) for part in PARTS], None))
+            rows.append(("launches, eager", *_launches(CONFIGS[name], compiled=False)))
+        if "compiled" in args.modes:
+            rows.append(("launches, compiled", *_launches(CONFIGS[name], compiled=True)))
         label = f"{name} ({size}px b{batch} {' '.join(flags)})"
-        print(f"{label:<58} " + " ".join(f"{cell:>14}" for cell in cells[:-1]) + f" {cells[-1]:>11}", flush=True)
-        tops.append(f"  {name}: " + ", ".join(f"{op} {n}" for op, n in every.most_common(args.top)))
-    print("each cell: all aten ops / those that are not views (view, detach, slice, select, ...: metadata only)")
-    print("most frequent ops:")
+        for kind, cells, counts in rows:
+            print(f"{label:<58} {kind:<17} " + " ".join(f"{c:>14}" for c in cells) + f" {sum(cells):>7}",
+                  flush=True)
+            label = ""
+            if counts is not None:
+                every = sum(counts.values(), collections.Counter())
+                tops.append(f"  {name}, {kind}: " + ", ".join(f"{op} {n}" for op, n in every.most_common(args.top)))
+    print("ops: every aten op a TorchDispatchMode sees; not views: less views, detach, slice, select, ...; "
+          "launches: inductor's kernels and the outermost aten ops that are not views or allocations "
+          "(torch.profiler)")
+    print("most frequent:")
     print("\n".join(tops))
+
+
+def _launches(spec, compiled):
+    """([launches per part], {part: Counter}) of one update of spec, eager or compiled (the third update: the
+    first two compile)."""
+    counts = count_update(spec, update=2, counter=LaunchCounter(), compiled=compiled)
+    return [sum(counts[part].values()) for part in PARTS], counts
 
 
 if __name__ == "__main__":

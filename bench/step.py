@@ -226,6 +226,8 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False,
     if views == "device":
         run.splits.batch_augment = augment.make_views(view_spec.kind, augment.RECIPE_OF_SIZE[size], batched=True,
                                                       **view_spec.options)
+        if compile_step:                                        # as train.py: the views compile with the step
+            augment.compile_views(run.splits.batch_augment, print)
         crop_sizes = [s for s, _ in augment.MultiCrop.from_hyperparams(hp).each()] if method == "swav" else [size]
         side = source_size(size, crop_sizes)
         images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=g)

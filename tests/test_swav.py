@@ -78,19 +78,25 @@ def test_multi_crop_views_come_in_crop_order_with_their_sizes_per_image_and_batc
 
 def _record_batched_boxes(monkeypatch):
     """Every crop box the batched path draws, with the scale range and output size asked for."""
-    calls, real_boxes, real_weights = [], imageops.sample_crop_boxes, imageops.crop_weights
+    calls = []
+    real_draws, real_boxes, real_weights = imageops.crop_box_draws, imageops.crop_boxes, imageops.crop_weights
 
-    def boxes(n, height, width, scale, ratio, device=None, attempts=10):
-        top, left, h, w = real_boxes(n, height, width, scale, ratio, device, attempts)
-        calls.append({"area": (h * w).double() / (height * width), "scale": scale})
+    def draws(n, scale, ratio, device=None, attempts=10):
+        calls.append({"scale": scale})
+        return real_draws(n, scale, ratio, device, attempts)
+
+    def boxes(draws, height, width, ratio):
+        top, left, h, w = real_boxes(draws, height, width, ratio)
+        calls[-1]["area"] = (h * w).double() / (height * width)         # the box drawn last
         return top, left, h, w
 
     def weights(boxes, height, width, size, mode):
-        calls[-1]["size"] = size                    # the resampling of the box drawn last
+        calls[-1]["size"] = size
         return real_weights(boxes, height, width, size, mode)
 
-    monkeypatch.setattr(augment, "sample_crop_boxes", boxes)         # where the batched views read them
-    monkeypatch.setattr(augment, "crop_weights", weights)
+    # Where the batched views read them.
+    for name, fn in (("crop_box_draws", draws), ("crop_boxes", boxes), ("crop_weights", weights)):
+        monkeypatch.setattr(augment, name, fn)
     return calls
 
 
