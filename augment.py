@@ -7,6 +7,7 @@ Three recipes, by encoder input size: "cifar" (32 px), "stl" (64 px) and "imagen
 normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched ones take uint8 images
 (B, 3, H, W) on any device. Every random parameter is drawn from torch's global generator.
 """
+import math
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -275,15 +276,21 @@ class _CompilableViews:
         return fn(*args)
 
 
-def compile_views(augment, warn):
+def compile_views(augment, warn, backend="inductor"):
     """Have the batched views `augment` (Splits.batch_augment: a Batch*Views, or the bound colour() of the crop
-    path; None: none) compile their pixel work (torch.compile, inductor), each function once, with eager
-    execution and one warning where compilation fails (compiling.function)."""
+    path; None: none) compile their pixel work, each function once: whole (fullgraph: a graph break would hide a
+    host read), specialised to each shape (a run's crop sizes and batches are fixed), with eager execution and
+    one warning where compilation fails (compiling.function)."""
     import compiling
     owner = getattr(augment, "__self__", augment)
     if isinstance(owner, _CompilableViews):
         cache = {}
-        owner.compiled = lambda fn: cache.get(fn) or cache.setdefault(fn, compiling.function(fn, warn))
+
+        def compiled(fn):
+            if fn not in cache:
+                cache[fn] = compiling.function(fn, warn, backend=backend, fullgraph=True, dynamic=False)
+            return cache[fn]
+        owner.compiled = compiled
 
 
 class _BatchViews(_CompilableViews):
@@ -634,9 +641,10 @@ class Crop:
 
 class CropViews:
     """The geometric part of a recipe, per image: image -> a tuple of uint8 (3, s, s), one per Crop of `crops`:
-    a RandomResizedCrop (torchvision's draws, from torch's global generator) mirrored with p 0.5, once for every
-    view (shared_flip: AMDIM's pair) or per view. image: a PIL RGB image, or a file opened but not decoded
-    (datasets.ImageFile: size, decode(scale)).
+    a RandomResizedCrop (torchvision's get_params, box_of) mirrored with p 0.5, once for every view
+    (shared_flip: AMDIM's pair) or per view. image: a PIL RGB image, or a file opened but not decoded
+    (datasets.ImageFile: size, decode(scale)). An image's random numbers are drawn in one call from torch's
+    global generator (each torch call costs a loader worker microseconds; get_params makes a dozen a box).
 
     Every box is drawn on the full-size image. A JPEG file is then decoded at the smallest scale (1/2, 1/4, 1/8;
     draft False: always 1) at which every box still spans more than its output size both ways, so that each crop
@@ -650,12 +658,9 @@ class CropViews:
 
     def __call__(self, image):
         width, height = image.size
-        shape = _shape_only(height, width)
-        flip = torch.rand(1).item() < 0.5 if self.shared_flip else None
-        boxes, flips = [], []
-        for crop in self.crops:
-            boxes.append(T.RandomResizedCrop.get_params(shape, crop.scale, crop.ratio))     # (top, left, h, w)
-            flips.append(flip if self.shared_flip else torch.rand(1).item() < 0.5)
+        draws = torch.rand(len(self.crops), BOX_DRAWS + 1).tolist()     # per crop: its box's, then its flip's
+        boxes = [box_of(height, width, crop.scale, crop.ratio, u) for crop, u in zip(self.crops, draws)]
+        flips = [u[-1] < 0.5 for u in ([draws[0]] * len(draws) if self.shared_flip else draws)]
         room = min(min(h, w) / (crop.size + 1) for (_, _, h, w), crop in zip(boxes, self.crops))
         img, scale = _decoded(image, _draft_scale(room) if self.draft else 1)
         pixels = _pixels(img)
@@ -665,6 +670,32 @@ class CropViews:
             view = _resized(pixels[:, rows, cols], (crop.size, crop.size), crop.mode)
             out.append(view.flip(-1) if mirror else view)
         return tuple(out)
+
+
+BOX_ATTEMPTS = 10                   # RandomResizedCrop's tries before its centre-crop fallback
+BOX_DRAWS = 2 * BOX_ATTEMPTS + 2    # box_of's uniforms: area and log aspect ratio per try, then top and left
+
+
+def box_of(height, width, scale, ratio, u):
+    """torchvision's RandomResizedCrop.get_params(image of height x width, scale, ratio), its random numbers
+    taken from u (BOX_DRAWS uniforms in [0, 1)): (top, left, h, w). Up to BOX_ATTEMPTS tries of an area
+    fraction ~ U(scale) and a log-uniform aspect ratio; the first box that fits wins, placed uniformly; if none
+    fits, a centre crop with the ratio clamped into range."""
+    area, (log_low, log_high) = height * width, (math.log(ratio[0]), math.log(ratio[1]))
+    for k in range(BOX_ATTEMPTS):
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[2 * k])
+        aspect = math.exp(log_low + (log_high - log_low) * u[2 * k + 1])
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = u[2 * BOX_ATTEMPTS], u[2 * BOX_ATTEMPTS + 1]
+            return int(top * (height - h + 1)), int(left * (width - w + 1)), h, w
+    if width / height < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif width / height > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 class TranslatedViews:
@@ -710,12 +741,6 @@ def _reduced(start, length, scale):
     """The slice of pixels start..start+length-1 of the full-size image in the image decoded at 1/scale, its
     ends rounded to that image's pixels."""
     return slice(round(start / scale), round((start + length) / scale))
-
-
-def _shape_only(height, width):
-    """A tensor of shape (1, height, width) without memory, to draw RandomResizedCrop's boxes for an image not yet
-    decoded (get_params reads only its size)."""
-    return torch.empty(1, 1, 1).expand(1, height, width)
 
 
 def _pixels(image):

@@ -91,9 +91,10 @@ class EagerFallback(torch.nn.Module):
         return self.call(*args, **kwargs)
 
 
-def function(fn, warn, backend="inductor"):
-    """A function compiled, with Fallback's eager execution where compilation fails."""
-    return Fallback(torch.compile(fn, backend=backend), fn, warn)
+def function(fn, warn, **options):
+    """A function compiled (torch.compile's options), with Fallback's eager execution where compilation
+    fails."""
+    return Fallback(torch.compile(fn, **options), fn, warn)
 
 
 def root_cause(error):

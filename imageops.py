@@ -9,8 +9,11 @@ import math
 import numpy as np
 import torch
 
-# How a view is made: first every random parameter of the whole batch is drawn, as tensors on the device, in a
-# fixed order (deterministic per seed); no tensor's shape depends on a draw, so the host never waits for a GPU.
+# How a view is made: first every random number of the whole batch is drawn, as tensors on the device, in a
+# fixed order (deterministic per seed): the *_draws functions, each paired with a *_from that derives the
+# operation's parameters from them (sample_crop_boxes = crop_boxes(crop_box_draws(...)), and so on), so that
+# everything after the draws is a pure function of the images and the draws, which torch.compile can fuse
+# (augment.compile_views). No tensor's shape depends on a draw, so the host never waits for a GPU.
 # Then the images go through the view's passes chunk by chunk (_chunks), each pass in place: on the CPU a chunk
 # is small enough to stay in the cache for the thirty-odd passes of a view, which would otherwise each stream
 # the whole batch from memory (and allocate it anew); on a GPU the chunk is the whole batch. The geometry (crop

@@ -7,11 +7,13 @@ Each phase class gives, before the model exists: name (what checkpoints record),
 (its epochs and milestones), compiles (whether --compile auto may compile its step) and classifiers_restart(how)
 (whether a start trains new classifiers, counted from epoch 0), schedule(hp, args, epochs, milestones,
 updates_per_epoch) (the learning-rate multiplier at (epoch, update)). An instance, built on the model, gives what
-the step needs: step_module (what DistributedDataParallel wraps and the step calls), forward, loss_terms, the
-method hooks, optimizer, eval_encoder (BatchNorm of the frozen encoder in eval mode) and scratch_note.
+the step needs: step_module (what DistributedDataParallel wraps and the step calls), forward, loss_terms
+(compile_losses: compiled with the step), the method hooks, optimizer, eval_encoder (BatchNorm of the frozen
+encoder in eval mode) and scratch_note.
 """
 import torch
 
+import compiling
 import recipes
 from methods import METHODS, ViewSpec
 
@@ -39,6 +41,13 @@ class SelfSupervised:
 
     def __init__(self, model, args):
         self.model = model
+        self._loss_terms = model.loss_terms
+
+    def compile_losses(self, warn):
+        """Compute loss_terms compiled from now on (with the step: train.wrap_step), its random draws (AMDIM's
+        locations) by the eager kernels, from the same generator (fallback_random); where it cannot be traced
+        (a collective, a torch.Generator) dynamo runs that part eagerly."""
+        self._loss_terms = compiling.function(self.model.loss_terms, warn, options={"fallback_random": True})
 
     def step_module(self):
         return self.model
@@ -53,7 +62,7 @@ class SelfSupervised:
         return step_model(views, dist)
 
     def loss_terms(self, out, dist):
-        return self.model.loss_terms(out, dist)
+        return self._loss_terms(out, dist)
 
     def start_update(self, epoch, update, dist):
         self.model.start_update(epoch, update, dist)
@@ -114,6 +123,9 @@ class Classifiers:
         with torch.no_grad():
             features = self.model.features(views[0])
         return {"logits": step_model(features)}
+
+    def compile_losses(self, warn):
+        pass           # no loss of its own
 
     def loss_terms(self, out, dist):
         return {}      # the loop adds the classifiers' own terms, as in every phase

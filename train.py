@@ -114,9 +114,10 @@ def parse_args(argv=None):
                    help="layout of images and convolution weights; channels_last is faster on CPU "
                         "(bench/step.py)")
     p.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile the training step's model and, on a GPU, its batched views; auto: for self-supervised runs with at least "
-                        f"{compiling.AUTO_MIN_UPDATES} updates to go, where a compiler toolchain is found "
-                        "(compiling takes a minute or more at start-up); --compile alone means on")
+                   help="torch.compile the training step (the model, its losses and, on a GPU, the batched "
+                        f"views); auto: for self-supervised runs with at least {compiling.AUTO_MIN_UPDATES} updates "
+                        "to go, where a compiler toolchain is found (compiling takes a minute or more at "
+                        "start-up); --compile alone means on")
     p.add_argument("--skip_bad_images", action="store_true",
                    help="skip unreadable image files (counted) instead of stopping with an error")
     p.add_argument("--nan_policy", choices=("stop", "skip"), default="stop",
@@ -259,6 +260,7 @@ def wrap_step(phase, dist, compile_step=False, warn=print):
     if compile_step:
         compiling.cache_dir()
         step_model = compiling.EagerFallback(step_model, warn)
+        phase.compile_losses(warn)
     return step_model
 
 

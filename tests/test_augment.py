@@ -425,3 +425,27 @@ def test_crop_path_gives_uint8_crops_and_what_the_batched_recipe_gives(kind):
     expected = augment.make_views(kind, "stl", batched=True)(_images(5, 80))
     assert [(v.shape, v.dtype) for v in colour(batch)] == [(v.shape, v.dtype) for v in expected]
     assert len(colour(batch, n_views=1)) == 1
+
+
+def test_the_crop_paths_boxes_follow_torchvisions_random_resized_crop():
+    """augment.box_of (the crop path's boxes, from uniforms drawn in one call) against torchvision's
+    RandomResizedCrop.get_params: area, aspect ratio and position spread alike, boxes lie in the image, and
+    where no try fits (an area over the image's) both take the same centre crop, ratio clamped into range."""
+    torch.manual_seed(4)
+    n, h, w, scale, ratio = 4000, 96, 120, (0.2, 1.0), (3 / 4, 4 / 3)
+    ours = torch.tensor([augment.box_of(h, w, scale, ratio, u) for u in torch.rand(n, augment.BOX_DRAWS).tolist()],
+                        dtype=torch.float32)
+    shape = torch.zeros(1, h, w)
+    ref = torch.tensor([T.RandomResizedCrop.get_params(shape, scale, ratio) for _ in range(n)], dtype=torch.float32)
+    assert ((ours[:, :2] >= 0) & (ours[:, :2] + ours[:, 2:] <= torch.tensor([h, w]))).all()
+    qs = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
+
+    def spread(boxes):
+        top, left, bh, bw = boxes.unbind(1)
+        return [bh * bw / (h * w), torch.log(bw / bh), (left + bw / 2) / w, (top + bh / 2) / h]
+    for got, want, atol in zip(spread(ours), spread(ref), (0.03, 0.04, 0.03, 0.03)):
+        assert torch.allclose(torch.quantile(got, qs), torch.quantile(want, qs), atol=atol)
+    for height, width in ((96, 120), (200, 50), (50, 200)):
+        u = torch.rand(augment.BOX_DRAWS).tolist()
+        fallback = T.RandomResizedCrop.get_params(torch.zeros(1, height, width), (2.0, 3.0), ratio)
+        assert augment.box_of(height, width, (2.0, 3.0), ratio, u) == tuple(fallback)

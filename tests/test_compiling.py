@@ -9,8 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+import augment
 import compiling
-from helpers import TINY_ENCODER
+import distributed
+import engine
+import imageops
+import train
+from helpers import BASE, TINY_ENCODER, TINY_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -98,3 +103,96 @@ def test_train_py_compiles_with_inductor_and_learns_like_eager(tmp_path):
     assert compiled_epoch["class_lin"] == pytest.approx(eager_epoch["class_lin"], rel=1e-3)
     # The MLP's dropout draws from inductor's own generator in the compiled step: the same loss, other masks.
     assert compiled_epoch["class_mlp"] == pytest.approx(eager_epoch["class_mlp"], rel=0.05)
+
+
+def test_a_compiled_function_that_fails_to_compile_warns_once_and_runs_eager():
+    warnings = []
+    double = compiling.function(lambda x: 2 * x, warnings.append, backend=_failing_backend)
+    for _ in range(3):
+        assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
+    assert len(warnings) == 1 and "compiler exploded" in warnings[0]
+
+
+RANDOM_OPS = ("rand", "uniform", "normal", "bernoulli", "multinomial", "exponential", "geometric", "cauchy")
+
+
+def _views_of(kind, path):
+    crops = augment.MultiCrop((1, 1), (32, 16), (0.3, 0.05), (1.0, 0.3))
+    options = {"crops": crops} if kind == "swav" else {}
+    if path == "memory":
+        return augment.make_views(kind, "cifar", batched=True, **options)
+    return augment.make_crop_views(kind, "cifar", **options).colour
+
+
+@pytest.mark.parametrize("kind, path", [("amdim", "memory"), ("moco_v2", "memory"), ("cmc", "memory"),
+                                        ("amdim", "crops"), ("swav", "crops")])
+def test_compiled_views_trace_whole_draw_eagerly_and_equal_eager_views(kind, path, monkeypatch):
+    """Where a view's passes run masked (a GPU; here the CPU with imageops.SKIPS_ON emptied), compile_views
+    compiles each of its pixel functions as one graph (fullgraph: no break, so no host read inside), the random
+    numbers drawn outside it (no random op in any graph), once (a second batch reuses the graphs); the views
+    equal eager views of the same seed, since dynamo's eager backend runs the traced ops as they are."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    monkeypatch.setattr(imageops, "SKIPS_ON", ())
+    views = _views_of(kind, path)
+    gen = torch.Generator().manual_seed(0)
+    if path == "memory":
+        images = torch.randint(0, 256, (4, 3, 40, 36), dtype=torch.uint8, generator=gen)
+    else:
+        images = [torch.randint(0, 256, (4, 3, s, s), dtype=torch.uint8, generator=gen) for s in (32, 16)]
+    torch.manual_seed(5)
+    eager = views(images)
+    augment.compile_views(views, pytest.fail, backend=backend)
+    torch.manual_seed(5)
+    compiled = views(images)
+    assert len(compiled) == len(eager) and all(torch.equal(c, e) for c, e in zip(compiled, eager))
+    assert graphs
+    for gm in graphs:
+        targets = [str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes
+                   if n.op in ("call_function", "call_method")]
+        assert not [t for t in targets if any(r in t for r in RANDOM_OPS)], targets
+    n_graphs = len(graphs)
+    views(images)
+    assert len(graphs) == n_graphs
+
+
+def test_views_stay_uncompiled_where_they_skip_samples(monkeypatch):
+    """On the CPU (imageops.SKIPS_ON) a view reads its draws to skip samples: compile_views leaves it eager."""
+    views = _views_of("moco_v2", "memory")
+    augment.compile_views(views, pytest.fail, backend=lambda gm, inputs: pytest.fail("compiled on the skip path"))
+    torch.manual_seed(2)
+    out = views(torch.randint(0, 256, (4, 3, 40, 36), dtype=torch.uint8))
+    assert [v.shape for v in out] == [(4, 3, 32, 32)] * 2
+
+
+@pytest.mark.parametrize("method", list(TINY_FLAGS))
+def test_a_compiled_step_computes_each_methods_losses_as_eager_does(method, tmp_path, monkeypatch):
+    """wrap_step with compilation also compiles the phase's loss_terms (the losses and their backward fuse
+    too), random draws kept on the eager generator (fallback_random); traced by dynamo (its eager backend: no
+    code generation), every term equals the eager one for the same seed, AMDIM's random locations included."""
+    asked = []
+
+    def function(fn, warn, **options):
+        asked.append(options)
+        return torch.compile(fn, backend="eager")
+    monkeypatch.setattr(compiling, "function", function)
+    args = train.parse_args([*BASE, *TINY_FLAGS[method], "--output_dir", str(tmp_path), "--run_name", "r",
+                             "--compile", "off"])
+    train.seed_everything(0)
+    run, _ = train.setup(distributed.Dist(), args)
+    loader = train.make_loaders(run)
+    loader.sampler.set_epoch(0)
+    views, _, index = engine.training_views(next(iter(loader)), run.splits.batch_augment, CPU, run.n_views)
+    out = run.phase.forward(run.model, views, run.dist)
+    out.update(index=index, shared_seed=3)
+    torch.manual_seed(1)
+    eager = run.phase.loss_terms(out, run.dist)
+    train.wrap_step(run.phase, run.dist, compile_step=True)
+    assert asked == [{"options": {"fallback_random": True}}]
+    torch.manual_seed(1)
+    compiled = run.phase.loss_terms(out, run.dist)
+    assert compiled.keys() == eager.keys()
+    assert all(torch.equal(compiled[k], eager[k]) for k in eager), {k: (compiled[k], eager[k]) for k in eager}
