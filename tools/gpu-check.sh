@@ -111,6 +111,41 @@ PY
   done
 done
 
+# Compiled views on CUDA (augment.compile_views: inductor + Triton): every recipe, in memory and on the crop path,
+# compiles without falling back, draws what eager draws (same seed, within rounding) and, once compiled, syncs never.
+CUDA_VISIBLE_DEVICES=0 run $py - <<'PY'
+import sys, torch
+sys.path.insert(0, ".")
+import augment
+crops = augment.MultiCrop((2, 2), (32, 16), (0.3, 0.05), (1.0, 0.3))
+images = torch.randint(0, 256, (64, 3, 40, 36), dtype=torch.uint8, device="cuda")
+for kind in augment.VIEW_KINDS:
+    options = {"crops": crops} if kind == "swav" else {}
+    for path in ("memory", "crops"):
+        views = (augment.make_views(kind, "cifar", batched=True, **options) if path == "memory"
+                 else augment.make_crop_views(kind, "cifar", **options).colour)
+        if path == "memory":
+            x = images
+        else:
+            sizes = [s for s, _ in crops.each()] if kind == "swav" else [32] * (1 if kind == "cmc" else 2)
+            x = [images[:, :, :s, :s].contiguous() for s in sizes]
+        torch.manual_seed(3)
+        eager = views(x)
+        failed = []
+        augment.compile_views(views, failed.append)
+        torch.manual_seed(3)
+        compiled = views(x)
+        assert not failed, failed
+        worst = max((c - e).abs().max().item() for c, e in zip(compiled, eager))
+        assert worst < 1e-3, (kind, path, worst)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        views(x)
+        torch.cuda.set_sync_debug_mode(0)
+        print(f"{kind} {path}: compiled views match eager (max diff {worst:.1e}), no sync")
+PY
+check "compiled views on CUDA: eager's values, no fallback, no sync" $?
+
 # torch.compile on CUDA (inductor + Triton), fp16 + GradScaler: it must compile, not fall back to eager.
 CUDA_VISIBLE_DEVICES=0 run $py train.py $one_gpu --epochs 2 --amp --amp_dtype float16 --compile on \
   --output_dir $d --run_name compiled; check "--compile on trains on CUDA" $?
