@@ -392,13 +392,12 @@ def test_two_ranks_train_like_one_process_with_the_ddp_settings(every_method, na
             if key == "queue" and name.startswith("moco"):       # the ranks' keys go in in rank order
                 got, want = _rows_sorted(got), _rows_sorted(want)
             assert torch.allclose(got.double(), want.double(), rtol=1e-4, atol=1e-5), key
+    moved = [k for k, v in single["state"].items() if v.is_floating_point() and not torch.equal(v, single["start"][k])]
+    assert moved, "the updates changed nothing"
 
 
 def _rows_sorted(t):
     return t[t.sum(1).argsort()]
-    moved = [k for k, v in single["state"].items() if v.is_floating_point() and not torch.equal(v, single["start"][k])]
-    assert moved, "the updates changed nothing"
-
 
 
 # ----------------------------------------------------------------------------------------------------------
