@@ -171,9 +171,19 @@ def _rank_knn(dist):
     return engine.knn_accuracy(model.eval(), data, data, dist, amp=False, batch_size=4, num_workers=0, k=3)
 
 
-def test_sharded_knn_equals_one_process(tmp_path):
+def _rank_evaluate_and_knn(dist):
+    return {"evaluate": _rank_evaluate(dist), "knn": _rank_knn(dist)}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """One 2-process job for the two tests below: [rank 0's, rank 1's] {"evaluate": ..., "knn": ...}."""
+    return run_ranks(_rank_evaluate_and_knn, WORLD, tmp_path_factory.mktemp("sharded"))
+
+
+def test_sharded_knn_equals_one_process(sharded):
     """Each rank extracts its shard of memory and queries; the memory is gathered (shards of 6 and 5 items)."""
-    top1 = run_ranks(_rank_knn, WORLD, tmp_path)
+    top1 = [r["knn"] for r in sharded]
     model, data = _eval_setup()
     single = engine.knn_accuracy(model.eval(), data, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0,
                                  k=3)
@@ -181,8 +191,8 @@ def test_sharded_knn_equals_one_process(tmp_path):
         assert top1[r] == pytest.approx(single)
 
 
-def test_sharded_test_accuracy_equals_one_process(tmp_path):
-    acc = run_ranks(_rank_evaluate, WORLD, tmp_path)
+def test_sharded_test_accuracy_equals_one_process(sharded):
+    acc = [r["evaluate"] for r in sharded]
     model, data = _eval_setup()
     single = engine.evaluate(model, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0)
     for r in range(WORLD):
