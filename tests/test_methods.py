@@ -14,7 +14,7 @@ import recipes
 import test as test_py
 import train
 import utils
-from helpers import AMDIM_ENCODER, BASE, TINY_FLAGS, update_now
+from helpers import AMDIM_ENCODER, BASE, TINY_FLAGS, small_digits, update_now
 from hparams import AT_LEAST_1, Param
 from model import Evaluator
 
@@ -102,13 +102,14 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch, 
         train.parse_args(["--method", "amdim", "--toy_dim", "4"])
     assert "--toy_dim does not apply to --method amdim" in capsys.readouterr().err
 
+    small_digits(monkeypatch)                     # 300 training images: 3 updates an epoch; 100 test images
     flags = BASE + AMDIM_ENCODER + ["--method", "toy", "--toy_dim", "4", "--epochs", "3", "--compile", "off",
                                     "--output_dir", str(tmp_path), "--run_name", "toy"]
     train.main(flags)
     cpt = str(tmp_path / "toy" / "amdim_cpt.pth")
     saved = torch.load(cpt, weights_only=True)
     assert saved["hyperparams"]["method"] == "toy" and saved["hyperparams"]["toy_dim"] == 4
-    assert saved["cursor"]["info_epoch"] == 3 and saved["cursor"]["info_step"] == 45
+    assert saved["cursor"]["info_epoch"] == 3 and saved["cursor"]["info_step"] == 9
     with open(tmp_path / "toy" / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     config = records[0]["config"]
@@ -117,7 +118,7 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch, 
     assert lrs == pytest.approx([0.05, 0.05, 0.025])
     assert checkpoint.load_model(cpt).head.out_features == 4
     result = test_py.main([cpt, "--dataset", "DIGITS", "--json", "--num_workers", "0", "--device", "cpu"])
-    assert result["n_images"] == 297 and 0 <= result["top1_linear"] <= 100
+    assert result["n_images"] == 100 and 0 <= result["top1_linear"] <= 100
 
 
 def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
