@@ -77,6 +77,24 @@ def run_ranks(fn, world, tmp_path, *args, timeout_s=60):
     return [torch.load(_result_path(tmp_path, rank), weights_only=True) for rank in range(world)]
 
 
+def report_threads(dist, out_dir):
+    """A rank's OMP_NUM_THREADS and torch's thread count, written to <out_dir>/rank<r>.json (test_multigpu.py's
+    spawned ranks run it)."""
+    import json
+    with open(os.path.join(out_dir, f"rank{dist.rank}.json"), "w") as f:
+        json.dump({"env": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()}, f)
+
+
+def worker_that_fails(dist):
+    """Rank 1 raises; rank 0 waits in a collective for it (until the group's timeout, unless the launcher ends the
+    job first: test_distributed.py's dying-rank test)."""
+    import torch.distributed as tdist
+    if dist.rank == 1:
+        raise RuntimeError("injected failure on rank 1")
+    tdist.all_reduce(torch.ones(1))
+    tdist.all_reduce(torch.ones(1))
+
+
 def _result_path(result_dir, rank):
     return os.path.join(result_dir, f"rank{rank}.result.pt")
 

@@ -11,7 +11,7 @@ from PIL import Image
 import datasets
 import distributed
 import imagecache
-from helpers import CHILD_PATH, ON_CPU, TINY_FLAGS, one_line_error, this_process_threads_env
+from helpers import CHILD_PATH, ON_CPU, TINY_FLAGS, run_entry_point, this_process_threads_env
 from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,12 +284,15 @@ def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch, caps
         datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="on",
                               aug="autoaugment")
     import train
-    monkeypatch.undo()                        # train.py as its script runs it, with the real memory
-    one_line_error(capsys, train.main, ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", data,
-                                        "--cache_images", "on", "--per_image_aug", "--device", "cpu",
-                                        "--output_dir", str(tmp_path / "runs")],
-                   "--cache_images on needs the batched augmentation")
-    assert not (tmp_path / "runs").exists()
+    monkeypatch.undo()                        # train.py as its script runs it (run_main), with the real memory
+    capsys.readouterr()
+    status = run_entry_point(train.main, ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", data,
+                                          "--cache_images", "on", "--per_image_aug", "--device", "cpu",
+                                          "--output_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]     # argparse's usage error
+    assert "--cache_images on needs the batched augmentation" in line and not (tmp_path / "runs").exists()
 
 
 def test_off_reads_file_by_file_and_writes_nothing(tmp_path):

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-import torch.distributed as tdist
 
 import costs
 import distributed
@@ -200,18 +199,12 @@ def test_sharded_test_accuracy_equals_one_process(sharded):
     assert single["n_images"] == 11          # 11 images over 2 ranks: no padded duplicates
 
 
-def _worker_that_fails(dist):
-    if dist.rank == 1:
-        raise RuntimeError("injected failure on rank 1")
-    tdist.all_reduce(torch.ones(1))          # rank 0 would wait here for rank 1 until the group timeout
-    tdist.all_reduce(torch.ones(1))
-
-
 def test_a_dying_rank_ends_the_job_quickly_with_nonzero_exit():
-    """distributed.spawn, the launcher train.py uses for several GPUs, here with 2 gloo processes."""
-    code = (CHILD_PATH + "import os, distributed, test_distributed as t\n"
+    """distributed.spawn, the launcher train.py uses for several GPUs, here with 2 gloo processes running
+    helpers.worker_that_fails (they import helpers alone, not this module's heavier imports)."""
+    code = (CHILD_PATH + "import os, distributed, helpers\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
-            "distributed.spawn(t._worker_that_fails, 2, 'cpu')\n")
+            "distributed.spawn(helpers.worker_that_fails, 2, 'cpu')\n")
     start = time.monotonic()
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
