@@ -41,6 +41,21 @@ TINY_FLAGS = {
                              "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "6"],
 }
 
+
+def small_digits(monkeypatch, n_train=300, n_test=100):
+    """DIGITS cut to its first n_train training and n_test test images (in this process), for runs that need only
+    a few updates; returns the cut arrays."""
+    import datasets
+    arrays = datasets.digits_arrays
+
+    def small():
+        (x_tr, y_tr), (x_te, y_te) = arrays()
+        return (x_tr[:n_train], y_tr[:n_train]), (x_te[:n_test], y_te[:n_test])
+
+    monkeypatch.setattr(datasets, "digits_arrays", small)
+    return small()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # A few gloo processes.
 
@@ -60,6 +75,24 @@ def run_ranks(fn, world, tmp_path, *args, timeout_s=60):
     name: it must be a module-level function of a test module (or any module the processes can import)."""
     mp.spawn(_rank, args=(fn, world, distributed.free_port(), str(tmp_path), timeout_s, args), nprocs=world, join=True)
     return [torch.load(_result_path(tmp_path, rank), weights_only=True) for rank in range(world)]
+
+
+def report_threads(dist, out_dir):
+    """A rank's OMP_NUM_THREADS and torch's thread count, written to <out_dir>/rank<r>.json (test_multigpu.py's
+    spawned ranks run it)."""
+    import json
+    with open(os.path.join(out_dir, f"rank{dist.rank}.json"), "w") as f:
+        json.dump({"env": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()}, f)
+
+
+def worker_that_fails(dist):
+    """Rank 1 raises; rank 0 waits in a collective for it (until the group's timeout, unless the launcher ends the
+    job first: test_distributed.py's dying-rank test)."""
+    import torch.distributed as tdist
+    if dist.rank == 1:
+        raise RuntimeError("injected failure on rank 1")
+    tdist.all_reduce(torch.ones(1))
+    tdist.all_reduce(torch.ones(1))
 
 
 def _result_path(result_dir, rank):
@@ -82,3 +115,57 @@ def update_now(run, batch, epoch=0):
     window.rows.append(train.update(run, batch, epoch))
     ((row, values, skipped),), stop = window.read(run.dist, run.stop.requested)
     return (None if skipped else dict(values, lr=row.lr)), stop
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train.py and test.py in this process.
+
+
+def load_test_py():
+    """test.py as a module (its file name would import as the standard library's `test` package)."""
+    import importlib.util
+    import sys
+    if "amdim_test_py" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("amdim_test_py", os.path.join(ROOT, "test.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["amdim_test_py"] = module
+    return sys.modules["amdim_test_py"]
+
+
+def run_entry_point(main, argv):
+    """main(argv) run as its script's `__main__` runs it (utils.run_main: a UserError becomes one `error:` line on
+    stderr and SystemExit(2)); returns the exit status (0 when main returned). The Ctrl-C and SIGTERM handlers,
+    which run_main leaves ignoring Ctrl-C for the process's shutdown, are restored."""
+    import signal
+    import utils
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        utils.run_main(lambda: main(argv))
+        return 0
+    except SystemExit as e:
+        return e.code
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def one_line_error(capsys, main, argv, *needles):
+    """main(argv) in this process as its script runs it must exit with status 2 and write exactly one line to
+    stderr, `error: ...` naming every needle, and no traceback; returns that line. (The same through a real
+    process: test_faults.py's non-finite-loss and full-disk tests, test_cli.py's and test_train.py's CLI tests.)"""
+    capsys.readouterr()
+    status = run_entry_point(main, argv)
+    err = capsys.readouterr().err.strip()
+    assert status == 2, (status, err[-3000:])
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("error: "), err[-3000:]
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+def this_process_threads_env(**extra):
+    """This process's environment, OMP_NUM_THREADS set to the threads torch computes on here (and `extra`): a
+    train.py process started with it sums in the order a run in this process does, so the two can be compared bit
+    for bit."""
+    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), **extra)

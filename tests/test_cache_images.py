@@ -11,8 +11,7 @@ from PIL import Image
 import datasets
 import distributed
 import imagecache
-from helpers import CHILD_PATH, ON_CPU, TINY_FLAGS
-from test_resume import kill_mid_epoch, tensors
+from helpers import CHILD_PATH, ON_CPU, TINY_FLAGS, run_entry_point, this_process_threads_env
 from utils import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,8 +274,7 @@ def test_the_processes_of_one_machine_share_its_memory(tmp_path, monkeypatch, ca
     assert distributed.processes_on_this_machine() == 4
 
 
-@pytest.mark.slow
-def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch):
+def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch, capsys):
     data = _folder(tmp_path)
     monkeypatch.setattr(imagecache, "available_memory", lambda: 1000)
     with pytest.raises(UserError, match=r"--cache_images on: the 30 images of .* take 0.1 MiB decoded, more "
@@ -285,11 +283,15 @@ def test_on_refuses_what_it_cannot_cache_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="needs the batched augmentation"):
         datasets.build_splits("FOLDER", data, "self_supervised", image_size=32, cache_images="on",
                               aug="autoaugment")
-    r = subprocess.run([sys.executable, "train.py", "--dataset", "FOLDER", "--image_size", "32", "--input_dir", data,
-                        "--cache_images", "on", "--per_image_aug", "--device", "cpu", "--output_dir",
-                        str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    (line,) = [line for line in r.stderr.splitlines() if "error:" in line]
+    import train
+    monkeypatch.undo()                        # train.py as its script runs it (run_main), with the real memory
+    capsys.readouterr()
+    status = run_entry_point(train.main, ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", data,
+                                          "--cache_images", "on", "--per_image_aug", "--device", "cpu",
+                                          "--output_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]     # argparse's usage error
     assert "--cache_images on needs the batched augmentation" in line and not (tmp_path / "runs").exists()
 
 
@@ -327,25 +329,32 @@ def test_unreadable_files_are_named_or_skipped_and_counted_once(tmp_path, capsys
 # ----------------------------------------------------------------------------------------------------------
 # Training through train.py.
 
+def _train_argv(tmp_path, run_name, *extra):
+    return ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "data"), "--batch_size",
+            "10", *ON_CPU, "--log_every", "1000", "--view_grid", "0", *TINY_FLAGS["amdim"], "--epochs", "1",
+            "--checkpoint_every", "2", "--cache_images", "on", "--output_dir", str(tmp_path), "--run_name", run_name,
+            *extra]
+
+
 def _train_cmd(tmp_path, run_name, *extra):
-    return [sys.executable, "train.py", "--dataset", "FOLDER", "--image_size", "32", "--input_dir",
-            str(tmp_path / "data"), "--batch_size", "10", *ON_CPU, "--log_every", "1000", "--view_grid", "0",
-            *TINY_FLAGS["amdim"], "--epochs", "1", "--checkpoint_every", "2",
-            "--cache_images", "on", "--output_dir", str(tmp_path), "--run_name", run_name, *extra]
+    return [sys.executable, "train.py", *_train_argv(tmp_path, run_name, *extra)]
 
 
 @pytest.mark.slow
-def test_training_on_a_cached_folder_resumes_bit_for_bit_after_a_kill(tmp_path):
+def test_training_on_a_cached_folder_resumes_bit_for_bit_after_a_kill(tmp_path, capsys):
+    """The uninterrupted run trains in this process; the killed and the resumed one are train.py processes on as
+    many threads (the same sums)."""
     for split, n in (("train", 50), ("val", 5)):
         for c, seed in (("a", 0), ("b", 1)):
             _write_uniform(tmp_path / "data" / split / c, n, size=(32, 32), seed=seed)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    straight = subprocess.run(_train_cmd(tmp_path, "straight"), cwd=ROOT, capture_output=True, text=True,
-                              timeout=600, env=env)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    assert "decoding 100" in straight.stdout and cache_files(tmp_path / "data" / "train")
+    # Imported here: the processes of test_processes_sharing_a_folder_decode_it_once import this module.
+    import train
+    from test_resume import kill_mid_epoch, tensors
+    train.main(_train_argv(tmp_path, "straight"))
+    assert "decoding 100" in capsys.readouterr().out and cache_files(tmp_path / "data" / "train")
+    env = this_process_threads_env()
     cpt = tmp_path / "killed" / "amdim_cpt.pth"
-    at_kill = kill_mid_epoch(_train_cmd(tmp_path, "killed"), cpt, env)     # one thread too: the same sums
+    at_kill = kill_mid_epoch(_train_cmd(tmp_path, "killed"), cpt, env)
     assert at_kill["cursor"]["info_epoch"] == 0 and at_kill["samples_done"] > 0
     resumed = subprocess.run(_train_cmd(tmp_path, "killed"), cwd=ROOT, capture_output=True, text=True,
                              timeout=600, env=env)

@@ -181,8 +181,8 @@ def _rank(dist):
 
 
 @pytest.mark.slow
-def test_two_processes_keep_identical_banks_equal_to_one_process(tmp_path):
-    results = run_ranks(_rank, WORLD, tmp_path)
+def test_two_processes_keep_identical_banks_equal_to_one_process(two_ranks):
+    results = [r["banks"] for r in two_ranks]
     for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
         assert torch.equal(results[0][key], results[1][key]), key
     assert results[0]["z_l"].item() > 0
@@ -224,9 +224,21 @@ def _rank_training(dist, result_dir):
             "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab}
 
 
+def _both_ranks(dist, result_dir):
+    """_rank's results, then _rank_training's, from one job (each seeds what it uses)."""
+    return {"banks": _rank(dist), "training": _rank_training(dist, result_dir)}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One 2-process job for both two-process tests: [rank 0's, rank 1's] {"banks": ..., "training": ...}."""
+    result_dir = tmp_path_factory.mktemp("cmc_ranks")
+    return run_ranks(_both_ranks, WORLD, result_dir, str(result_dir), timeout_s=120)
+
+
 @pytest.mark.slow
-def test_two_process_training_keeps_both_banks_identical(tmp_path):
-    a, b = run_ranks(_rank_training, WORLD, tmp_path, str(tmp_path), timeout_s=120)
+def test_two_process_training_keeps_both_banks_identical(two_ranks):
+    a, b = (r["training"] for r in two_ranks)
     for key in ("memory_l", "memory_ab", "z_l", "z_ab"):
         assert torch.equal(a[key], b[key]), key
     assert a["z_l"].item() > 0 and a["z_ab"].item() > 0

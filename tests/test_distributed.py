@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-import torch.distributed as tdist
 
 import costs
 import distributed
@@ -171,9 +170,19 @@ def _rank_knn(dist):
     return engine.knn_accuracy(model.eval(), data, data, dist, amp=False, batch_size=4, num_workers=0, k=3)
 
 
-def test_sharded_knn_equals_one_process(tmp_path):
+def _rank_evaluate_and_knn(dist):
+    return {"evaluate": _rank_evaluate(dist), "knn": _rank_knn(dist)}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """One 2-process job for the two tests below: [rank 0's, rank 1's] {"evaluate": ..., "knn": ...}."""
+    return run_ranks(_rank_evaluate_and_knn, WORLD, tmp_path_factory.mktemp("sharded"))
+
+
+def test_sharded_knn_equals_one_process(sharded):
     """Each rank extracts its shard of memory and queries; the memory is gathered (shards of 6 and 5 items)."""
-    top1 = run_ranks(_rank_knn, WORLD, tmp_path)
+    top1 = [r["knn"] for r in sharded]
     model, data = _eval_setup()
     single = engine.knn_accuracy(model.eval(), data, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0,
                                  k=3)
@@ -181,8 +190,8 @@ def test_sharded_knn_equals_one_process(tmp_path):
         assert top1[r] == pytest.approx(single)
 
 
-def test_sharded_test_accuracy_equals_one_process(tmp_path):
-    acc = run_ranks(_rank_evaluate, WORLD, tmp_path)
+def test_sharded_test_accuracy_equals_one_process(sharded):
+    acc = [r["evaluate"] for r in sharded]
     model, data = _eval_setup()
     single = engine.evaluate(model, data, distributed.Dist(), amp=False, batch_size=4, num_workers=0)
     for r in range(WORLD):
@@ -190,18 +199,12 @@ def test_sharded_test_accuracy_equals_one_process(tmp_path):
     assert single["n_images"] == 11          # 11 images over 2 ranks: no padded duplicates
 
 
-def _worker_that_fails(dist):
-    if dist.rank == 1:
-        raise RuntimeError("injected failure on rank 1")
-    tdist.all_reduce(torch.ones(1))          # rank 0 would wait here for rank 1 until the group timeout
-    tdist.all_reduce(torch.ones(1))
-
-
 def test_a_dying_rank_ends_the_job_quickly_with_nonzero_exit():
-    """distributed.spawn, the launcher train.py uses for several GPUs, here with 2 gloo processes."""
-    code = (CHILD_PATH + "import os, distributed, test_distributed as t\n"
+    """distributed.spawn, the launcher train.py uses for several GPUs, here with 2 gloo processes running
+    helpers.worker_that_fails (they import helpers alone, not this module's heavier imports)."""
+    code = (CHILD_PATH + "import os, distributed, helpers\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
-            "distributed.spawn(t._worker_that_fails, 2, 'cpu')\n")
+            "distributed.spawn(helpers.worker_that_fails, 2, 'cpu')\n")
     start = time.monotonic()
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr

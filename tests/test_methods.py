@@ -14,7 +14,7 @@ import recipes
 import test as test_py
 import train
 import utils
-from helpers import AMDIM_ENCODER, BASE, TINY_FLAGS, update_now
+from helpers import AMDIM_ENCODER, BASE, TINY_FLAGS, small_digits, update_now
 from hparams import AT_LEAST_1, Param
 from model import Evaluator
 
@@ -102,13 +102,14 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch, 
         train.parse_args(["--method", "amdim", "--toy_dim", "4"])
     assert "--toy_dim does not apply to --method amdim" in capsys.readouterr().err
 
+    small_digits(monkeypatch)                     # 300 training images: 3 updates an epoch; 100 test images
     flags = BASE + AMDIM_ENCODER + ["--method", "toy", "--toy_dim", "4", "--epochs", "3", "--compile", "off",
                                     "--output_dir", str(tmp_path), "--run_name", "toy"]
     train.main(flags)
     cpt = str(tmp_path / "toy" / "amdim_cpt.pth")
     saved = torch.load(cpt, weights_only=True)
     assert saved["hyperparams"]["method"] == "toy" and saved["hyperparams"]["toy_dim"] == 4
-    assert saved["cursor"]["info_epoch"] == 3 and saved["cursor"]["info_step"] == 45
+    assert saved["cursor"]["info_epoch"] == 3 and saved["cursor"]["info_step"] == 9
     with open(tmp_path / "toy" / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
     config = records[0]["config"]
@@ -117,7 +118,7 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch, 
     assert lrs == pytest.approx([0.05, 0.05, 0.025])
     assert checkpoint.load_model(cpt).head.out_features == 4
     result = test_py.main([cpt, "--dataset", "DIGITS", "--json", "--num_workers", "0", "--device", "cpu"])
-    assert result["n_images"] == 297 and 0 <= result["top1_linear"] <= 100
+    assert result["n_images"] == 100 and 0 <= result["top1_linear"] <= 100
 
 
 def test_moco_on_a_resnet_takes_a_real_update(tmp_path):
@@ -153,12 +154,14 @@ def test_hub_loads_the_frozen_encoder_of_every_kind_of_checkpoint(tmp_path):
         assert torch.allclose(feats, expected), name
 
 
-def test_knn_accuracy_matches_features_scored_by_hand_and_test_py_reports_it():
+def test_knn_accuracy_matches_features_scored_by_hand_and_test_py_reports_it(monkeypatch):
     """engine.knn_accuracy (batched extraction, chunked voting) against features extracted one image at a time
-    and voted by knn.py, on the original AMDIM code's checkpoint; then test.py --knn on the same file."""
+    and voted by knn.py, on the original AMDIM code's checkpoint; then test.py --knn on the same file. DIGITS cut
+    to 600 memory and 150 test images."""
     import datasets
     import engine
     import knn
+    small_digits(monkeypatch, n_train=600, n_test=150)
     splits = datasets.build_splits("DIGITS", "./data", "classifiers")
     model = checkpoint.load_model(ORIGINAL).eval()
     got = engine.knn_accuracy(model, splits.memory, splits.test, distributed.Dist(), amp=False, batch_size=64,
@@ -168,12 +171,12 @@ def test_knn_accuracy_matches_features_scored_by_hand_and_test_py_reports_it():
         queries = torch.cat([model.features(x[None]) for x, _ in splits.test])
     memory_labels = torch.tensor([y for _, y in splits.memory])
     query_labels = torch.tensor([y for _, y in splits.test])
-    assert len(memory) == 1500 and len(queries) == 297
+    assert len(memory) == 600 and len(queries) == 150
     by_hand = knn.knn_top1(memory, memory_labels, queries, query_labels, 10, k=50)
-    assert abs(got - by_hand) <= 100 / 297 + 1e-9        # at most one near-tie flipped by batched rounding
+    assert abs(got - by_hand) <= 100 / 150 + 1e-9        # at most one near-tie flipped by batched rounding
     result = test_py.main([ORIGINAL, "--dataset", "DIGITS", "--knn", "50", "--json", "--num_workers", "0",
                            "--device", "cpu"])
-    assert result["knn_k"] == 50 and 0 <= result["top1_knn"] <= 100 and result["n_images"] == 297
+    assert result["knn_k"] == 50 and 0 <= result["top1_knn"] <= 100 and result["n_images"] == 150
 
 
 def test_each_method_fits_a_fresh_model_to_its_training_data():

@@ -392,24 +392,16 @@ def test_two_ranks_train_like_one_process_with_the_ddp_settings(every_method, na
             if key == "queue" and name.startswith("moco"):       # the ranks' keys go in in rank order
                 got, want = _rows_sorted(got), _rows_sorted(want)
             assert torch.allclose(got.double(), want.double(), rtol=1e-4, atol=1e-5), key
-
-
-def _rows_sorted(t):
-    return t[t.sum(1).argsort()]
     moved = [k for k, v in single["state"].items() if v.is_floating_point() and not torch.equal(v, single["start"][k])]
     assert moved, "the updates changed nothing"
 
 
+def _rows_sorted(t):
+    return t[t.sum(1).argsort()]
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Threads of the processes distributed.spawn starts.
-
-def _report_threads(dist, out_dir):
-    import json
-    import os
-    with open(os.path.join(out_dir, f"rank{dist.rank}.json"), "w") as f:
-        json.dump({"env": os.environ.get("OMP_NUM_THREADS"), "torch": torch.get_num_threads()}, f)
-
 
 def _spawn_two_cpu_ranks(out_dir, omp_num_threads):
     """distributed.spawn of 2 CPU (gloo) ranks in a fresh interpreter, with OMP_NUM_THREADS as given (None:
@@ -419,9 +411,10 @@ def _spawn_two_cpu_ranks(out_dir, omp_num_threads):
     import subprocess
     import sys
     from helpers import CHILD_PATH, ROOT
-    code = (CHILD_PATH + "import os, distributed, test_multigpu as t\n"
+    # The ranks run helpers.report_threads: they import helpers alone, not this module's heavier imports.
+    code = (CHILD_PATH + "import os, distributed, helpers\n"
             "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(distributed.free_port()))\n"
-            f"distributed.spawn(t._report_threads, 2, 'cpu', {str(out_dir)!r})\n")
+            f"distributed.spawn(helpers.report_threads, 2, 'cpu', {str(out_dir)!r})\n")
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if omp_num_threads is not None:
         env["OMP_NUM_THREADS"] = omp_num_threads

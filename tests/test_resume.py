@@ -1,6 +1,9 @@
 """Exact resume: a run of every method killed with SIGKILL in the middle of an epoch and re-run ends bit for bit
 where the uninterrupted run ends, with the same logged epoch means; a resume with another batch size trains the
-rest of the epoch's images."""
+rest of the epoch's images.
+
+The killed and the resumed runs are train.py processes; the uninterrupted run they are compared with trains in
+this process, on as many threads as they do (helpers.this_process_threads_env)."""
 import json
 import os
 import shutil
@@ -14,14 +17,18 @@ import torch
 
 import methods
 import train
-from helpers import BASE, TINY_FLAGS
+from helpers import BASE, TINY_FLAGS, this_process_threads_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def train_argv(out, method, run_name, *extra):
+    return [*BASE, *TINY_FLAGS[method], "--epochs", "1", "--checkpoint_every", "2", "--output_dir", str(out),
+            "--run_name", run_name, *extra]
+
+
 def train_cmd(out, method, run_name, *extra):
-    return [sys.executable, "train.py", *BASE, *TINY_FLAGS[method], "--epochs", "1", "--checkpoint_every", "2",
-            "--output_dir", str(out), "--run_name", run_name, *extra]
+    return [sys.executable, "train.py", *train_argv(out, method, run_name, *extra)]
 
 
 def read_checkpoint(path):
@@ -64,14 +71,13 @@ def tensors(tree, prefix=""):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_run_killed_mid_epoch_and_rerun_matches_the_uninterrupted_run_bit_for_bit(method, tmp_path):
-    straight = subprocess.run(train_cmd(tmp_path, method, "straight"), cwd=ROOT, capture_output=True, text=True,
-                              timeout=600)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    train.main(train_argv(tmp_path, method, "straight"))
+    env = this_process_threads_env()
     cpt = tmp_path / "killed" / "amdim_cpt.pth"
-    at_kill = kill_mid_epoch(train_cmd(tmp_path, method, "killed"), cpt)
+    at_kill = kill_mid_epoch(train_cmd(tmp_path, method, "killed"), cpt, env)
     assert at_kill["cursor"]["info_epoch"] == 0 and at_kill["samples_done"] > 0        # really mid-epoch
     resumed = subprocess.run(train_cmd(tmp_path, method, "killed"), cwd=ROOT, capture_output=True, text=True,
-                             timeout=600)
+                             timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     a, b = (torch.load(p, weights_only=True) for p in (tmp_path / "straight" / "amdim_cpt.pth", cpt))
@@ -119,9 +125,8 @@ def test_a_folder_read_file_by_file_resumes_bit_for_bit_after_a_kill(tmp_path):
     flags = ["--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "data"), "--cache_images",
              "off", "--num_workers", "1", "--epochs", "2"]
     cmd = lambda name: train_cmd(tmp_path, "amdim", name, *flags, "--batch_size", "10")     # later flags win
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    straight = subprocess.run(cmd("straight"), cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    train.main(train_argv(tmp_path, "amdim", "straight", *flags, "--batch_size", "10"))
+    env = this_process_threads_env()
     cpt = tmp_path / "killed" / "amdim_cpt.pth"
     at_kill = kill_mid_epoch(cmd("killed"), cpt, env)
     assert at_kill["cursor"]["info_epoch"] == 0 and at_kill["samples_done"] > 0

@@ -454,9 +454,21 @@ def _codes_rank(dist):
     return results
 
 
+def _both_ranks(dist, result_dir):
+    """_codes_rank's results, then _training_rank's, from one job (each seeds what it uses)."""
+    return {"codes": _codes_rank(dist), "training": _training_rank(dist, result_dir)}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One 2-process job for both tests below: [rank 0's, rank 1's] {"codes": ..., "training": ...}."""
+    result_dir = tmp_path_factory.mktemp("swav_ranks")
+    return run_ranks(_both_ranks, WORLD, result_dir, str(result_dir), timeout_s=120)
+
+
 @pytest.mark.slow
-def test_two_processes_give_the_codes_of_one_process_on_everyones_rows_with_and_without_a_queue(tmp_path):
-    ranks = run_ranks(_codes_rank, WORLD, tmp_path)
+def test_two_processes_give_the_codes_of_one_process_on_everyones_rows_with_and_without_a_queue(two_ranks):
+    ranks = [r["codes"] for r in two_ranks]
     w = ranks[0]["prototypes"]
     for step in range(3):
         everyone = _unit(2 * WORLD * B_LOCAL, 8, step).view(2, WORLD * B_LOCAL, 8)
@@ -499,8 +511,8 @@ def _training_rank(dist, result_dir):
 
 
 @pytest.mark.slow
-def test_two_process_training_keeps_prototypes_and_queues_identical(tmp_path):
-    a, b = run_ranks(_training_rank, WORLD, tmp_path, str(tmp_path), timeout_s=120)
+def test_two_process_training_keeps_prototypes_and_queues_identical(two_ranks):
+    a, b = (r["training"] for r in two_ranks)
     for key in ("prototypes.weight", "queue", "head.0.weight", "backbone.net.conv1.weight"):
         assert torch.equal(a["state"][key], b["state"][key]), key
     assert torch.equal(a["start"], b["start"])

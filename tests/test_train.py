@@ -12,7 +12,6 @@ from PIL import Image
 
 import augment
 import checkpoint
-import datasets
 import distributed
 import engine
 import methods
@@ -20,7 +19,7 @@ import phases
 import train
 import utils
 from helpers import DIGITS_TINY as TINY
-from helpers import ON_CPU, TINY_ENCODER
+from helpers import ON_CPU, TINY_ENCODER, load_test_py, run_entry_point, small_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +108,8 @@ def test_eval_encoder_keeps_encoder_statistics(ss_run, tmp_path):
             assert torch.equal(before["model"][k], after["model"][k]), k
 
 
-def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path, capsys):
+def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path, capsys, monkeypatch):
+    small_digits(monkeypatch)           # 300 training images: 3 updates an epoch, the warm-up's 5 cross epochs
     run_train(tmp_path, "--epochs", "2", "--run_name", "straight")
     capsys.readouterr()
     assert run_train(tmp_path, "--epochs", "1", "--run_name", "straight") is None       # asked for fewer epochs
@@ -118,7 +118,7 @@ def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path, capsys):
     run_train(tmp_path, "--epochs", "2", "--run_name", "split")       # same command, longer: resumes
     a = load(os.path.join(tmp_path, "straight", "amdim_cpt.pth"))
     b = load(os.path.join(tmp_path, "split", "amdim_cpt.pth"))
-    assert a["cursor"] == b["cursor"] == {"info_epoch": 2, "info_step": 30, "classifier_epoch": 0,
+    assert a["cursor"] == b["cursor"] == {"info_epoch": 2, "info_step": 6, "classifier_epoch": 0,
                                           "classifier_step": 0}
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -193,11 +193,17 @@ def test_bn_refresh_uses_at_most_50_batches():
     assert m.encoder.layer_list[8].num_batches_tracked.item() == 50
 
 
-def test_amp_bfloat16_on_cpu_trains_with_finite_falling_loss(tmp_path):
-    run_train(tmp_path, "--epochs", "3", "--amp", "--run_name", "amp", "--learning_rate", "1e-3")
+def test_amp_bfloat16_on_cpu_trains_with_finite_falling_loss(tmp_path, monkeypatch):
+    """bfloat16 on the CPU is slow: 200 training images, 4 updates of 50 an epoch, 3 epochs."""
+    small_digits(monkeypatch, n_train=200, n_test=50)
+    argv = TINY + ["--output_dir", str(tmp_path), "--epochs", "3", "--amp", "--run_name", "amp", "--learning_rate",
+                   "1e-3"]
+    argv[argv.index("--batch_size") + 1] = "50"
+    train.main(argv)
+    assert load(os.path.join(tmp_path, "amp", "amdim_cpt.pth"))["cursor"]["info_step"] == 12
     records = [json.loads(l) for l in open(os.path.join(tmp_path, "amp", "metrics.jsonl"))]
     losses = [r["loss"] for r in records if r["event"] == "epoch"]
-    assert all(torch.isfinite(torch.tensor(losses)))
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
 
 
@@ -215,23 +221,33 @@ def test_cli_test_py_reports_json(ss_run):
 
 
 @pytest.mark.slow
-def test_cli_errors_are_one_line_without_traceback(ss_run, tmp_path):
+def test_cli_errors_are_one_line_without_traceback(ss_run, tmp_path, capsys):
+    """Each error through the entry point's main as its script runs it (utils.run_main), in this process; test.py's
+    also through a real process: exit status 2, the message on stderr's last line, no traceback."""
     _, cpt, _ = ss_run
+    test_py = load_test_py()
     cases = [
-        (["train.py", *TINY, "--checkpoint_path", cpt, "--ndf", "16", "--output_dir", str(tmp_path)], "--ndf 16"),
-        (["train.py", "--dataset", "DIGITS", "--ndf", "64", "--n_rkhs", "128"], "n_rkhs"),
-        (["train.py", "--dataset", "MNIST"], "invalid choice"),
-        (["test.py", cpt, "--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "nope")],
+        (train.main, [*TINY, "--checkpoint_path", cpt, "--ndf", "16", "--output_dir", str(tmp_path)], "--ndf 16"),
+        (train.main, ["--dataset", "DIGITS", "--ndf", "64", "--n_rkhs", "128"], "n_rkhs"),
+        (train.main, ["--dataset", "MNIST"], "invalid choice"),
+        (test_py.main, [cpt, "--dataset", "FOLDER", "--image_size", "32", "--input_dir", str(tmp_path / "nope")],
          "input_dir"),
-        (["train.py", *TINY, "--classifiers", "--output_dir", os.path.dirname(os.path.dirname(cpt)),
-          "--run_name", "ss"], "--run_name"),
+        (train.main, [*TINY, "--classifiers", "--output_dir", os.path.dirname(os.path.dirname(cpt)),
+                      "--run_name", "ss"], "--run_name"),
     ]
-    for argv, needle in cases:
-        r = cli(*argv)
-        assert r.returncode == 2, (argv, r.stderr)
-        assert "Traceback" not in r.stderr, r.stderr
-        last = r.stderr.strip().splitlines()[-1]
-        assert "error" in last and needle in last, (argv, r.stderr)
+    for main, argv, needle in cases:
+        capsys.readouterr()
+        status = run_entry_point(main, argv)
+        err = capsys.readouterr().err
+        assert status == 2, (argv, err)
+        assert "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]
+        assert "error" in last and needle in last, (argv, err)
+    r = cli("test.py", *cases[3][1])
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "input_dir" in last, r.stderr
 
 
 def test_resumable_sampler_deals_like_distributed_sampler_and_skips_the_trained_images():
@@ -302,24 +318,12 @@ def test_default_run_trains_on_channels_last_images_and_weights(ss_run):
         assert step["views"] == step["weights"] == {"channels_last": True, "contiguous": False}
 
 
-def _small_digits(monkeypatch, n_train=300, n_test=100):
-    """DIGITS cut to its first n_train training and n_test test images, for runs that need only a few updates."""
-    arrays = datasets.digits_arrays
-
-    def small():
-        (x_tr, y_tr), (x_te, y_te) = arrays()
-        return (x_tr[:n_train], y_tr[:n_train]), (x_te[:n_test], y_te[:n_test])
-
-    monkeypatch.setattr(datasets, "digits_arrays", small)
-    return small()
-
-
 def test_per_image_aug_contiguous_layout_and_test_split_bn_warmup(tmp_path, monkeypatch):
     """One short run with three non-default flags, each checked by what ran: --per_image_aug (every training
     image went through the per-image views, none through the batched ones), --memory_format contiguous (the
     training steps' images and convolution weights), --bn_warmup test (the BatchNorm refresh saw exactly the
     test images, in order, through the test-time transform)."""
-    (x_tr, _), (x_te, _) = _small_digits(monkeypatch)
+    (x_tr, _), (x_te, _) = small_digits(monkeypatch)
     calls = {"per_image": 0, "batched": 0}
     for cls, key in ((augment.TwoViews, "per_image"), (augment.BatchTwoViews, "batched")):
         def counted(self, *args, _call=cls.__call__, _key=key, **kwargs):
