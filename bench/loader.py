@@ -99,7 +99,6 @@ def training_split(root, recipe, crops):
 def rate_and_bytes(items, n, clock, seed=0):
     """(images per second of the clock, bytes per image shipped) reading items 0..n-1 one after another, each
     re-seeded as engine.SeededItems does."""
-    import torch
     import utils
     shipped = 0
     t0 = clock()

@@ -95,6 +95,17 @@ def worker_that_fails(dist):
     tdist.all_reduce(torch.ones(1))
 
 
+def shared_job(tmp_path_factory, name, world, **parts):
+    """One `world`-process gloo job for several tests (a module-scoped fixture's): each rank runs every part,
+    fn(dist, result_dir), in turn (each seeds what it uses); returns [rank 0's, rank 1's, ...] {part: its result}."""
+    result_dir = tmp_path_factory.mktemp(name)
+    return run_ranks(_each_part, world, result_dir, str(result_dir), list(parts.items()), timeout_s=120)
+
+
+def _each_part(dist, result_dir, parts):
+    return {key: fn(dist, result_dir) for key, fn in parts}
+
+
 def _result_path(result_dir, rank):
     return os.path.join(result_dir, f"rank{rank}.result.pt")
 

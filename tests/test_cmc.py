@@ -12,7 +12,7 @@ import distributed
 import imageops
 import methods
 import utils
-from helpers import BASE, run_ranks, update_now
+from helpers import BASE, shared_job, update_now
 
 N_DATA, FEAT, K = 20, 8, 6
 
@@ -163,7 +163,7 @@ def _batch(step):
     return _unit(WORLD * N_LOCAL, FEAT, 100 + step), _unit(WORLD * N_LOCAL, FEAT, 200 + step), index
 
 
-def _rank(dist):
+def _rank(dist, result_dir=None):
     rank = dist.rank
     torch.manual_seed(0)
     cmc = methods.CMC(_hp())
@@ -224,16 +224,10 @@ def _rank_training(dist, result_dir):
             "memory_ab": run.model.memory_ab, "z_l": run.model.z_l, "z_ab": run.model.z_ab}
 
 
-def _both_ranks(dist, result_dir):
-    """_rank's results, then _rank_training's, from one job (each seeds what it uses)."""
-    return {"banks": _rank(dist), "training": _rank_training(dist, result_dir)}
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """One 2-process job for both two-process tests: [rank 0's, rank 1's] {"banks": ..., "training": ...}."""
-    result_dir = tmp_path_factory.mktemp("cmc_ranks")
-    return run_ranks(_both_ranks, WORLD, result_dir, str(result_dir), timeout_s=120)
+    return shared_job(tmp_path_factory, "cmc_ranks", WORLD, banks=_rank, training=_rank_training)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import checkpoint
 import runlog
 import train
 import utils
-from helpers import BASE, TINY_ENCODER
+from helpers import BASE, TINY_ENCODER, run_entry_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [*BASE, *TINY_ENCODER]
@@ -60,20 +60,6 @@ def lock_is_free(run_dir):
         os.close(fd)
 
 
-def run_cli(argv):
-    """train.py's command line in this process: its exit status (run_main's) and the signal handlers restored,
-    which run_main leaves ignoring Ctrl-C for the shutdown that would follow."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        utils.run_main(lambda: train.main(argv))
-        return 0
-    except SystemExit as e:
-        return e.code
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-
-
 @pytest.mark.slow
 def test_a_second_run_on_a_run_directory_is_refused_until_the_first_dies(tmp_path, stop_after_setup, capsys):
     flags = TINY + ["--output_dir", str(tmp_path), "--run_name", "r"]
@@ -90,7 +76,7 @@ def test_a_second_run_on_a_run_directory_is_refused_until_the_first_dies(tmp_pat
             assert first.poll() is None and time.monotonic() < deadline, "the first run never started"
             time.sleep(0.05)
         capsys.readouterr()
-        status = run_cli(flags + ["--epochs", "1"])
+        status = run_entry_point(train.main, flags + ["--epochs", "1"])
         assert first.poll() is None, "the first run ended before the second was refused"
     finally:
         first.kill()                    # SIGKILL: none of its code runs, only the kernel drops its lock

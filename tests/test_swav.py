@@ -20,7 +20,7 @@ import imageops
 import methods
 import train
 import utils
-from helpers import AMDIM_ENCODER, BASE, run_ranks, update_now
+from helpers import AMDIM_ENCODER, BASE, shared_job, update_now
 from utils import UserError
 
 # ----------------------------------------------------------------------------------------------------------
@@ -435,7 +435,7 @@ def test_other_methods_schedule_flags_are_refused(tmp_path):
 WORLD, B_LOCAL = 2, 3
 
 
-def _codes_rank(dist):
+def _codes_rank(dist, result_dir=None):
     """Each rank computes its codes with its own queue rows; the single-process reference runs in the test."""
     rank = dist.rank
     torch.manual_seed(0)
@@ -454,16 +454,10 @@ def _codes_rank(dist):
     return results
 
 
-def _both_ranks(dist, result_dir):
-    """_codes_rank's results, then _training_rank's, from one job (each seeds what it uses)."""
-    return {"codes": _codes_rank(dist), "training": _training_rank(dist, result_dir)}
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """One 2-process job for both tests below: [rank 0's, rank 1's] {"codes": ..., "training": ...}."""
-    result_dir = tmp_path_factory.mktemp("swav_ranks")
-    return run_ranks(_both_ranks, WORLD, result_dir, str(result_dir), timeout_s=120)
+    return shared_job(tmp_path_factory, "swav_ranks", WORLD, codes=_codes_rank, training=_training_rank)
 
 
 @pytest.mark.slow
