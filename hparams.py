@@ -48,6 +48,19 @@ def number(kind, allowed):
     return parse
 
 
+def epoch_list(text):
+    """An argparse type= function: increasing epochs >= 1 separated by commas (the seed CMC's --lr_decay_epochs
+    120,160,200) -> a tuple of ints, else a one-line error naming the value."""
+    try:
+        epochs = tuple(int(e) for e in text.split(","))
+    except ValueError:
+        epochs = ()
+    if not epochs or epochs[0] < 1 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise argparse.ArgumentTypeError(f"got {text}, expected increasing epochs >= 1 separated by commas, "
+                                         f"e.g. 120,160,200")
+    return epochs
+
+
 AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(minimum=1), Range(minimum=0), Range(above=0)
 positive_int = number(int, AT_LEAST_1)
 non_negative_int = number(int, AT_LEAST_0)

@@ -108,6 +108,8 @@ class Method(nn.Module):
     def schedule(cls, hp, args, epochs, milestones, updates_per_epoch):
         """The learning-rate schedule of its self-supervised phase (recipes.StepSchedule from RECIPE: step decay at
         the milestones, or --cos, after a linear warm-up); a UserError for run flags it cannot take."""
+        if args.cos and args.lr_decay_epochs is not None:
+            raise UserError("--lr_decay_epochs and --cos: a cosine schedule has no decay epochs; drop one of them")
         r = cls.RECIPE
         return recipes.StepSchedule(epochs, milestones, r.decay, r.warmup(args), cosine=args.cos)
 
@@ -616,7 +618,8 @@ class SwAV(Method):
         """The seed's per-update warm-up and cosine (recipes.WarmupCosine), from the hyperparameters; the run's
         own schedule flags do not apply."""
         given = [flag for flag, value in (("--learning_rate", args.learning_rate), ("--warmup_updates",
-                 args.warmup_updates), ("--cos", args.cos or None)) if value is not None]
+                 args.warmup_updates), ("--cos", args.cos or None), ("--lr_decay_epochs", args.lr_decay_epochs))
+                 if value is not None]
         if given:
             raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --method swav, "
                             f"whose learning rate follows --base_lr, --final_lr, --start_warmup and --warmup_epochs "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import larc
+from utils import UserError
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ class Recipe:
                 return epochs, milestones
         return self.epochs, self.milestones
 
-    def epochs_and_milestones(self, dataset, epochs=None):
-        """(epochs, milestones) for a run: `epochs` (--epochs) or the default, with the default milestones scaled
+    def epochs_and_milestones(self, dataset, epochs=None, decay_epochs=None):
+        """(epochs, milestones) for a run: `epochs` (--epochs) or the default, with `decay_epochs`
+        (--lr_decay_epochs: increasing, each inside the run, else a UserError) or the default milestones scaled
         to it.
 
         A scaled milestone is rounded to a whole epoch and kept only where it can act inside the run: epoch 0
@@ -46,6 +48,13 @@ class Recipe:
         step the seed never takes. A 1-epoch run therefore has no milestones."""
         default_epochs, default_milestones = self.default_schedule(dataset)
         epochs = epochs or default_epochs
+        if decay_epochs is not None:
+            late = [e for e in decay_epochs if e >= epochs]
+            if late:
+                raise UserError(f"--lr_decay_epochs {','.join(map(str, decay_epochs))}: {late[0]} is not inside the "
+                                f"run's {epochs} epochs (a decay must come at epoch 1..{epochs - 1}): lower it or "
+                                f"raise --epochs")
+            return epochs, tuple(decay_epochs)
         scaled = {max(1, round(m * epochs / default_epochs)) for m in default_milestones}
         return epochs, tuple(sorted(m for m in scaled if m < epochs))
 

@@ -91,7 +91,11 @@ def parse_args(argv=None):
     p.add_argument("--cpt_name", default="amdim_cpt.pth", help="checkpoint file name in the run's folder")
     p.add_argument("--epochs", type=positive,
                    help="default: the seed's (amdim 300, ImageNet/Places205 50; moco 200; classifiers 120, "
-                        "ImageNet 30, Places205 15); LR milestones scale with it")
+                        "ImageNet 30, Places205 15); LR milestones scale with it (--lr_decay_epochs sets them)")
+    p.add_argument("--lr_decay_epochs", type=hparams.epoch_list,
+                   help="the epochs at which the learning rate decays, comma-separated (the seed CMC's flag: "
+                        "120,160,200 with --epochs 240); step-decay schedules only (not --cos, not --method swav); "
+                        "default: the recipe's milestones scaled to --epochs")
     p.add_argument("--warmup_updates", type=count,
                    help="linear LR warm-up, self-supervised only (default: amdim 500, moco 0)")
     p.add_argument("--num_workers", type=count,
@@ -319,7 +323,8 @@ def setup(dist, args):
     cursor = checkpoint.cursor(ckpt if ckpt is not None else {})
     if phase.classifiers_restart(how):
         cursor.update({phase.epoch_key: 0, phase.step_key: 0})
-    epochs, milestones = phase.recipe(model.hyperparams).epochs_and_milestones(args.dataset, args.epochs)
+    epochs, milestones = phase.recipe(model.hyperparams).epochs_and_milestones(args.dataset, args.epochs,
+                                                                              args.lr_decay_epochs)
     # Each rank's share, len // world_size images, makes (len // world_size) // (batch_size // world_size) full
     # batches: the same number (nested floor divisions).
     updates_per_epoch = len(splits.train) // args.batch_size

@@ -141,7 +141,7 @@ def _schedule(args, method="amdim"):
     phase = phases.PHASES[args.phase]
     hp = {"method": method}
     recipe = phase.recipe(hp)
-    epochs, milestones = recipe.epochs_and_milestones(args.dataset, args.epochs)
+    epochs, milestones = recipe.epochs_and_milestones(args.dataset, args.epochs, args.lr_decay_epochs)
     return epochs, milestones, recipe.base_lr(args), phase.schedule(hp, args, epochs, milestones, 10)
 
 
@@ -172,6 +172,40 @@ def test_moco_schedule_follows_its_seed():
     for e in (0, 5, 10, 19):
         want = 0.03 * 200 / 128 * 0.5 * (1 + math.cos(math.pi * e / 20))
         assert lr * schedule(e, 10 ** 6) == pytest.approx(want)
+
+
+def test_lr_decay_epochs_replace_the_scaled_milestones_as_the_seed_cmcs_later_command_asks(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """--lr_decay_epochs: CMC's later command (240 epochs, x0.1 at 120, 160, 200) where the scaled default gives
+    150, 180, 210; any step-decay phase takes it (the classifiers' too); bad values are refused in one line; a
+    real run decays at the given epochs and records them."""
+    cmc = ["--dataset", "C10", "--method", "cmc", "--epochs", "240"]
+    assert _schedule(train.parse_args(cmc), "cmc")[1] == (150, 180, 210)
+    epochs, milestones, lr, schedule = _schedule(train.parse_args(cmc + ["--lr_decay_epochs", "120,160,200"]), "cmc")
+    assert (epochs, milestones) == (240, (120, 160, 200))
+    assert [lr * schedule(e, 0) for e in (0, 119, 120, 160, 200, 239)] == pytest.approx(
+        [0.03, 0.03, 0.003, 3e-4, 3e-5, 3e-5])
+    assert _schedule(train.parse_args(["--dataset", "IN128", "--classifiers", "--epochs", "10", "--lr_decay_epochs",
+                                       "3"]))[1] == (3,)
+    for bad in ("160,120", "0,5", "120,120", "a", ""):
+        with pytest.raises(SystemExit):
+            train.parse_args(cmc + ["--lr_decay_epochs", bad])
+        assert "expected increasing epochs >= 1" in capsys.readouterr().err
+    with pytest.raises(utils.UserError, match="240 is not inside the run's 240 epochs"):
+        _schedule(train.parse_args(cmc + ["--lr_decay_epochs", "120,240"]), "cmc")
+    with pytest.raises(utils.UserError, match="--lr_decay_epochs and --cos"):
+        _schedule(train.parse_args(cmc + ["--lr_decay_epochs", "120", "--cos"]), "cmc")
+    swav = train.parse_args(["--dataset", "C10", "--method", "swav", "--lr_decay_epochs", "120"])
+    with pytest.raises(utils.UserError, match="--lr_decay_epochs does not apply to --method swav"):
+        _schedule(swav, "swav")
+
+    small_digits(monkeypatch)                     # 300 training images: 3 updates an epoch
+    train.main(TINY + ["--epochs", "3", "--lr_decay_epochs", "1,2", "--learning_rate", "0.1", "--warmup_updates",
+                       "0", "--output_dir", str(tmp_path), "--run_name", "decay"])
+    with open(tmp_path / "decay" / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert records[0]["config"]["milestones"] == [1, 2]
+    assert [r["lr"] for r in records if r.get("event") == "epoch"] == pytest.approx([0.1, 0.02, 0.004])
 
 
 def test_bn_refresh_uses_at_most_50_batches():
