@@ -15,7 +15,7 @@ import distributed
 import engine
 import imageops
 import train
-from helpers import BASE, TINY_ENCODER, TINY_FLAGS
+from helpers import BASE, TINY_ENCODER, TINY_FLAGS, run_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -196,3 +196,43 @@ def test_a_compiled_step_computes_each_methods_losses_as_eager_does(method, tmp_
     compiled = run.phase.loss_terms(out, run.dist)
     assert compiled.keys() == eager.keys()
     assert all(torch.equal(compiled[k], eager[k]) for k in eager), {k: (compiled[k], eager[k]) for k in eager}
+
+
+def _compiled_losses_rank(dist, method, out_dir):
+    """A rank of test_two_ranks_compute_compiled_losses_as_eager: (eager terms and gradients, compiled ones)."""
+    os.environ.pop("TORCHDYNAMO_DISABLE", None)             # conftest's, inherited by this process
+    compiling.function = lambda fn, warn, **options: torch.compile(fn, backend="aot_eager")
+    args = train.parse_args([*BASE, *TINY_FLAGS[method], "--output_dir", out_dir, "--run_name", "r",
+                             "--compile", "off"])
+    train.seed_everything(0)
+    run, _ = train.setup(dist, args)
+    loader = train.make_loaders(run)
+    loader.sampler.set_epoch(0)
+    views, _, index = engine.training_views(next(iter(loader)), run.splits.batch_augment, CPU, run.n_views)
+    results = []
+    for compiled in (False, True):
+        if compiled:
+            run.phase.compile_losses(print)
+        run.model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)                                # MoCo's forward shuffles the batch over the ranks
+        out = run.phase.forward(run.model, views, dist)
+        out.update(index=index, shared_seed=3)
+        terms = run.phase.loss_terms(out, dist)
+        sum(terms.values()).backward()
+        results.append({"terms": {k: v.detach() for k, v in terms.items()},
+                        "grads": [p.grad.clone() for p in run.model.parameters() if p.grad is not None]})
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["amdim", "moco"])
+def test_two_ranks_compute_compiled_losses_as_eager(method, tmp_path):
+    """Under two gloo processes the losses gather every rank's rows (AMDIM's negatives, MoCo's keys: functional
+    collectives): traced with them (AOTAutograd, no code generation), every term and gradient equals eager on
+    each rank."""
+    for eager, compiled in run_ranks(_compiled_losses_rank, 2, tmp_path, method, str(tmp_path), timeout_s=120):
+        assert compiled["terms"].keys() == eager["terms"].keys()
+        for k in eager["terms"]:
+            assert torch.allclose(compiled["terms"][k], eager["terms"][k], rtol=1e-5, atol=1e-6), k
+        assert len(compiled["grads"]) == len(eager["grads"]) > 0
+        assert all(torch.allclose(c, e, rtol=1e-4, atol=1e-6) for c, e in zip(compiled["grads"], eager["grads"]))
