@@ -344,6 +344,15 @@ class _BatchViews(_CompilableViews):
             self.colour_(x, params, s)
         return out
 
+    def _random_crop(self, images, scale, *extra):
+        """The random-resized-crop recipes (MoCo, SwAV's crops): a box of area fraction in scale per sample, the
+        colour's draws, then a mirroring coin, in that order (the recipe's); self._crop(images, box draws, colour
+        draws, flip, *extra) does the rest."""
+        b, device = images.shape[0], images.device
+        boxes = crop_box_draws(b, scale, (3 / 4, 4 / 3), device)
+        colour = self.colour_draws(b, device)
+        return self._pixels(self._crop, images, boxes, colour, _coin(b, 0.5, device), *extra)
+
     def _resampled(self, images, rows, cols, size, colour_draws):
         """images (B, 3, H, W), uint8 or float in [0, 1], resampled by the compact weights (rows, cols) to
         size = (S, T) and coloured -> normalised float (B, 3, S, T)."""
@@ -417,16 +426,6 @@ class BatchTwoViews(_BatchViews):
         self.normalize_(x)
 
 
-def _random_crop(images, scale, colour_draws, pixels):
-    """The random-resized-crop recipes (MoCo, SwAV's crops): a box of area fraction in scale per sample, the
-    colour's draws, then a mirroring coin, in that order (the recipe's); pixels(images, box draws, colour
-    draws, flip) does the rest."""
-    b, device = images.shape[0], images.device
-    boxes = crop_box_draws(b, scale, (3 / 4, 4 / 3), device)
-    colour = colour_draws(b, device)
-    return pixels(images, boxes, colour, _coin(b, 0.5, device))
-
-
 class BatchMoCoViews(_BatchViews):
     """MoCo v1 or v2 views of a batch of uint8 images (B, 3, H, W) of any size H x W: the per-image recipe of
     moco_view_transform, vectorised, every view independent. Returns a tuple of n_views float (B, 3, S, S),
@@ -450,8 +449,7 @@ class BatchMoCoViews(_BatchViews):
 
     def view(self, images):
         """One view of images (B, 3, H, W), uint8 or float in [0, 1] -> normalised float (B, 3, S, S)."""
-        return _random_crop(images, (0.2, 1.0), self.colour_draws,
-                            lambda *args: self._pixels(self._crop, *args))
+        return self._random_crop(images, (0.2, 1.0))
 
     def _crop(self, images, boxes, colour_draws, flip):
         _, _, height, width = images.shape
@@ -565,8 +563,7 @@ class BatchMultiCropViews(_BatchViews):
 
     def crop(self, images, size, scale):
         """One crop of images (B, 3, H, W), uint8 or float in [0, 1] -> normalised float (B, 3, size, size)."""
-        return _random_crop(images, scale, self.colour_draws,
-                            lambda *args: self._pixels(self._crop, *args, size))
+        return self._random_crop(images, scale, size)
 
     def _crop(self, images, boxes, colour_draws, flip, size):
         _, _, height, width = images.shape

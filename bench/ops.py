@@ -10,7 +10,7 @@ builds it, after the first updates (the first one creates the optimizer state; a
 Two counters:
 - ops: every aten op dispatched (a TorchDispatchMode), eager only;
 - launches: from torch.profiler's record, eager and compiled as --compile on compiles a run (the model's
-  forward and backward, the views' pixel passes; the random draws and the losses stay eager): each kernel
+  forward and backward, its losses, the views' pixel passes; the random draws stay eager): each kernel
   inductor generated (C++ here, Triton on a GPU) and each aten op called outside another aten op that is not a
   view or an allocation (views, detach, slice, select, empty: metadata only).
 The counts do not depend on the model's widths or the batch, so the configs are small. Compiling takes minutes

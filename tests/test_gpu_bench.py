@@ -61,6 +61,15 @@ def test_the_op_counter_counts_each_dispatched_op_and_tells_views_apart():
     assert ops.compute_ops(counter.counts["more"]) == 1
 
 
+def test_the_launch_counter_counts_outermost_ops_and_leaves_out_views_and_allocations():
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    counter = ops.LaunchCounter()
+    with counter.part("work"):
+        c = (a + b).mean(0)                     # mean dispatches sum and div_ inside it: one launch counted
+        torch.empty(3).copy_(c.view(3))
+    assert counter.counts["work"] == {"add": 1, "mean": 1, "copy_": 1}
+
+
 def test_tiny_flags_shrink_every_size_flag_and_swav_crops():
     flags = ["--arch", "resnet50", "--nmb_crops", "2", "6", "--size_crops", "224", "96", "--queue_length", "3840"]
     assert step.tiny(flags) == ["--arch", "resnet18", "--nmb_crops", "2", "6", "--size_crops", "56", "24",
