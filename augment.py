@@ -26,7 +26,7 @@ from imageops import (
     normalize_lab, rgb_to_lab, translate_draws, translate_from)
 from utils import UserError
 
-VIEW_KINDS = ("amdim", "moco_v1", "moco_v2", "cmc", "swav")
+VIEW_KINDS = ("amdim", "moco_v1", "moco_v2", "cmc", "swav", "probe")
 
 AUGMENTATIONS = ("default", "autoaugment", "fast_autoaugment")
 RECIPE_SIZE = {"cifar": 32, "stl": 64, "imagenet": 128}          # recipe -> encoder input size (px)
@@ -37,6 +37,7 @@ NORMALIZATION = {
     "stl": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+PROBE_SCALE = (0.08, 1.0)   # the seeds' linear-evaluation crop: torchvision's RandomResizedCrop default area range
 CMC_CROP_LOW = 0.2      # RandomResizedCrop's smallest area fraction at 32-64 px (the seed's 0.08 is for 224 px)
 
 
@@ -126,6 +127,14 @@ def moco_view_transform(recipe, version, mean_std=None):
     return T.Compose(ops + [T.RandomHorizontalFlip()] + _to_normalized_tensor(recipe, mean_std))
 
 
+def probe_view_transform(recipe, scale, mean_std=None):
+    """The seeds' linear-evaluation training view (main_lincls.py, eval_linear.py, LinearProbing.py) for a PIL
+    image of any size: RandomResizedCrop(S, scale; ratio 3/4-4/3, bilinear), flip p 0.5, ToTensor and Normalize
+    (mean_std, default the recipe's), S the recipe's encoder input size; no colour augmentation."""
+    return T.Compose([T.RandomResizedCrop(RECIPE_SIZE[recipe], scale=scale), T.RandomHorizontalFlip()]
+                     + _to_normalized_tensor(recipe, mean_std))
+
+
 class GaussianBlur:
     """PIL image -> PIL image blurred by PIL's ImageFilter.GaussianBlur with a standard deviation drawn uniform
     in sigma = (low, high) px per call: MoCo v2's (and SimCLR's) blur, as the seed's moco.loader.GaussianBlur.
@@ -142,7 +151,7 @@ class GaussianBlur:
 
 
 def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False, crop_low=None,
-               crops=None):
+               crops=None, scale=None):
     """The training views' augmentation for one kind of method.
 
     kind: "amdim" (both views share one random horizontal flip, everything else is drawn per view; aug picks
@@ -150,11 +159,12 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
     independent; aug must be "default") or "cmc" (one RandomResizedCrop, scale crop_low..1, default CMC_CROP_LOW,
     and flip, split into Lab's L and ab channels; aug must be "default", mean_std is ignored: Lab has its own
     normalisation) or "swav" (SwAV's multi-crop: the crops a MultiCrop describes, default two at S px, each
-    independent; aug must be "default"). recipe: "cifar", "stl" or "imagenet", which sets the output size S
-    (32, 64 or 128 px; the source images may be larger) and the normalisation. mean_std: ((3 means), (3 stds))
-    to normalise by instead of the recipe's (DIGITS uses its own). resize_first: "amdim" per image only, resize
-    and centre-crop sources of another size to 32 px before the cifar recipe (FOLDER data); MoCo's
-    RandomResizedCrop samples from the whole source at any size and ignores it.
+    independent; aug must be "default") or "probe" (a linear protocol's single view, probe_view_transform, of
+    area fraction `scale`, default PROBE_SCALE; aug must be "default"). recipe: "cifar", "stl" or "imagenet",
+    which sets the output size S (32, 64 or 128 px; the source images may be larger) and the normalisation.
+    mean_std: ((3 means), (3 stds)) to normalise by instead of the recipe's (DIGITS uses its own). resize_first:
+    "amdim" per image only, resize and centre-crop sources of another size to 32 px before the cifar recipe (FOLDER
+    data); MoCo's RandomResizedCrop samples from the whole source at any size and ignores it.
 
     Returns, per image (batched False): a callable PIL RGB image -> tuple of 2 float tensors (3, S, S),
     normalised (TwoViews or IndependentViews). Batched (True; "amdim" only with aug "default"): a callable
@@ -181,6 +191,11 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
     if kind == "swav":
         crops = crops or _default_crops(recipe)
         return BatchMultiCropViews(recipe, crops, mean_std) if batched else MultiCropViews(recipe, crops, mean_std)
+    if kind == "probe":
+        scale = scale or PROBE_SCALE
+        if batched:
+            return BatchProbeViews(recipe, scale, mean_std)
+        return IndependentViews(probe_view_transform(recipe, scale, mean_std), n_views=1)
     version = int(kind[-1])
     if batched:
         return BatchMoCoViews(recipe, version, mean_std)
@@ -588,6 +603,29 @@ class BatchMultiCropViews(_BatchViews):
         self.normalize_(x)
 
 
+class BatchProbeViews(BatchMultiCropViews):
+    """A linear protocol's training view of a batch of uint8 images (B, 3, H, W) of any size: probe_view_transform
+    vectorised, as one crop of SwAV's (PIL-like antialiased bilinear resampling in float) without its colour:
+    only the normalisation. Returns a 1-tuple of float (B, 3, S, S)."""
+
+    def __init__(self, recipe, scale, mean_std=None):
+        low, high = scale
+        super().__init__(recipe, MultiCrop((1,), (RECIPE_SIZE[recipe],), (low,), (high,)), mean_std)
+
+    def colour_draws(self, b, device):
+        """No colour operation: the draws are only which samples take one (none)."""
+        return (torch.zeros(b, dtype=torch.bool, device=device),)
+
+    def colour_params(self, draws):
+        return draws
+
+    def colour_takes(self, params):
+        return params
+
+    def colour_(self, x, params, s):
+        self.normalize_(x)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The crop path, for image folders read file by file: loader workers decode each image and do the geometric part
 # of its recipe (crop and resize, flip, AMDIM's 32 px translation) in 8 bits, and ship uint8 crops (a quarter of
@@ -603,7 +641,7 @@ class CropPath(NamedTuple):
     colour: object
 
 
-def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low=None, crops=None):
+def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low=None, crops=None, scale=None):
     """The training views of make_views(kind, recipe, ...) with the default augmentation, split into a CropPath:
     the per-image geometry (CropViews, or TranslatedViews for AMDIM's 32 px recipe) and the batched colour
     (the Batch*Views' colour()). Views have the per-image recipe's distribution; resize_first as make_views'
@@ -621,8 +659,11 @@ def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low
         return CropPath(CropViews([Crop(size, (crop_low, 1.0))]), BatchCMCViews(recipe, crop_low).colour)
     if kind == "swav":
         crops = crops or _default_crops(recipe)
-        return CropPath(CropViews([Crop(s, scale) for s, scale in crops.each()]),
+        return CropPath(CropViews([Crop(s, area) for s, area in crops.each()]),
                         BatchMultiCropViews(recipe, crops, mean_std).colour)
+    if kind == "probe":
+        scale = scale or PROBE_SCALE
+        return CropPath(CropViews([Crop(size, tuple(scale))]), BatchProbeViews(recipe, scale, mean_std).colour)
     return CropPath(CropViews([Crop(size, (0.2, 1.0))] * 2), BatchMoCoViews(recipe, int(kind[-1]), mean_std).colour)
 
 

@@ -393,7 +393,7 @@ def save_run(run, progress=None):
              "epoch_seconds": progress.seconds if progress is not None else 0.0,
              "epoch_meters": meters if progress is not None else [],
              "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-             "world_size": run.dist.world_size, "eval_encoder": args.eval_encoder,
+             "world_size": run.dist.world_size, "eval_encoder": run.phase.eval_encoder,
              "run_info": run.log.run_info,
              "args": {k: v for k, v in vars(args).items() if v is None or isinstance(v, (bool, int, float, str))}}
     try:

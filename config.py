@@ -2,14 +2,16 @@
 validation, and a checkpoint's stored values read back.
 
 A run's hyperparameters (a flat dict, stored in every checkpoint as "hyperparams") are: method, arch,
-encoder_size, n_classes, the AMDIM encoder's (ndf, n_rkhs, n_depth, use_bn) when arch is "amdim", and the
-method's own (Method.PARAMS, methods.py). Flags default to None so that a flag the user did not give never
+encoder_size, n_classes, the AMDIM encoder's (ndf, n_rkhs, n_depth, use_bn) when arch is "amdim", the
+method's own (Method.PARAMS, methods.py) and, for classifiers trained with --classifiers, their evaluation
+protocol (protocols.py; absent: AMDIM's). Flags default to None so that a flag the user did not give never
 contradicts a checkpoint; the defaults apply only to a model built from scratch.
 """
 import argparse
 
 from hparams import AT_LEAST_1, Param, number
 from methods import METHODS
+from protocols import PROTOCOLS
 from model import RESNETS, last_width
 from utils import UserError
 
@@ -116,8 +118,14 @@ def normalise(stored):
         [k for k in ("encoder_size", "n_classes", *derived) if k not in hp]
     if missing:
         raise UserError(f"checkpoint hyperparams lack {', '.join(missing)}; it was not written by AMDIM code")
+    protocol = hp.get("protocol", "amdim")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"the checkpoint's evaluation protocol {protocol!r} is unknown to this code; update the code "
+                        f"or retrain its classifiers with --classifiers --protocol {'|'.join(PROTOCOLS)}")
     out = dict(method=hp["method"], arch=hp["arch"], encoder_size=int(hp["encoder_size"]),
                n_classes=int(hp["n_classes"]))
+    if "protocol" in hp:
+        out["protocol"] = protocol
     out.update({p.name: p.convert(hp[p.name]) for p in wanted})
     out.update({k: kind(hp[k]) for k, kind in derived.items()})
     return out

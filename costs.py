@@ -130,6 +130,14 @@ def classifier_loss(logits, labels):
     return xent / labelled.sum().clamp(min=1) + 1e-3 * logits.pow(2).mean()
 
 
+def probe_loss(logits, labels):
+    """The seeds' linear-evaluation loss: plain cross-entropy, the mean over labelled rows (0 when none is).
+
+    logits: (B, C); labels: (B,) int64, -1 for unlabelled rows."""
+    xent = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
+    return xent / (labels >= 0).sum().clamp(min=1)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # MoCo with alignment and uniformity (Wang & Isola 2020). q, k: (N, D) L2-normalised query and key embeddings of
 # two views of the same N images; queue: (K, D) L2-normalised keys of earlier batches (the negatives).

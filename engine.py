@@ -206,26 +206,44 @@ def set_train_mode(model, eval_encoder=False):
     model.evaluator.train()
 
 
+SCORE_NAMES = {"mlp": "mlp", "lin": "linear"}     # an evaluator head -> the name its test scores carry
+
+
 @torch.no_grad()
 def evaluate(model, dataset, dist, amp, batch_size, num_workers):
-    """Top-1 accuracy (percent) of both classifiers over every item of `dataset` (items (x, y)), in eval mode.
-    In a multi-process job pass each rank its shard(); the counts are summed over ranks, the loop's only
-    collective (eval-mode forwards, SyncBatchNorm's too, issue none, so shards of different lengths are fine).
+    """Top-1 and top-5 accuracy (percent) of every evaluation classifier (model.evaluator.heads) over every item
+    of `dataset` (items (x, y)), in eval mode. In a multi-process job pass each rank its shard(); the counts are
+    summed over ranks, the loop's only collective (eval-mode forwards, SyncBatchNorm's too, issue none, so shards
+    of different lengths are fine).
 
-    Returns {"n_images", "top1_mlp", "top1_linear"}."""
+    Returns {"n_images", "top1_<name>", "top5_<name>" for each head's name: "linear", and "mlp" for AMDIM's
+    pair}."""
     model.eval()
+    heads = model.evaluator.heads
     loader = make_loader(dataset, batch_size, num_workers, dist.device)
-    correct = torch.zeros(3, dtype=torch.float64, device=dist.device)
+    correct = torch.zeros(2 * len(heads) + 1, dtype=torch.float64, device=dist.device)
     for x, y in filter(None, loader):      # None: a batch of unreadable images only
         y = y.to(dist.device)
         with mp.autocast(dist.device, amp):
-            mlp, lin = model.classify(x.to(dist.device, non_blocking=True))
-        correct += torch.stack([(mlp.argmax(1) == y).sum(), (lin.argmax(1) == y).sum(),
-                                torch.tensor(y.shape[0], device=y.device)]).double()
-    correct_mlp, correct_lin, total = distributed.all_reduce_sum(correct.tolist(), dist.device)
+            logits = model.classify(x.to(dist.device, non_blocking=True))
+        counts = [n for scores in logits for n in top_k_correct(scores, y)]
+        correct += torch.stack(counts + [torch.tensor(y.shape[0], device=y.device)]).double()
+    *counts, total = distributed.all_reduce_sum(correct.tolist(), dist.device)
     total = int(total)
-    return {"n_images": total, "top1_mlp": 100.0 * correct_mlp / max(total, 1),
-            "top1_linear": 100.0 * correct_lin / max(total, 1)}
+    out = {"n_images": total}
+    for i, head in enumerate(heads):
+        name = SCORE_NAMES[head]
+        out[f"top1_{name}"] = 100.0 * counts[2 * i] / max(total, 1)
+        out[f"top5_{name}"] = 100.0 * counts[2 * i + 1] / max(total, 1)
+    return out
+
+
+def top_k_correct(scores, labels, ks=(1, 5)):
+    """How many rows of scores (B, C) have their label (B,) among their k highest, for each k (k above C: all
+    classes count), as tensors (no sync)."""
+    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices        # (B, k) best first
+    hits = ranked == labels[:, None]
+    return [hits[:, :k].sum() for k in ks]
 
 
 @torch.no_grad()

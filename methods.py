@@ -19,8 +19,8 @@ The interface the training loop uses (train.py never asks which method it runs):
                               nothing by default
     optimizer(args), schedule(hp, args, epochs, milestones, updates_per_epoch)   the recipe, built once per run
     features(x)               (B, n_features) frozen features for the classifiers and kNN
-    classify(x)               (mlp, linear) logits of the evaluation classifiers
-    evaluator                 the evaluation classifiers (model.Evaluator)
+    classify(x)               the evaluation classifiers' logits, one per evaluator.heads entry
+    evaluator                 the evaluation classifiers (model.Evaluator, or a seed protocol's LinearProbe)
     hyperparams               the config dict that rebuilds the model (config.py)
 
 `dist` (distributed.Dist) gives the collectives a method needs; in a single process they are identities.
@@ -37,7 +37,7 @@ import recipes
 from augment import MultiCrop
 from hparams import AT_LEAST_0, AT_LEAST_1, POSITIVE, Param, Range
 from imageops import normalize_lab, rgb_to_lab
-from model import Encoder, Evaluator, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
+from model import Encoder, Evaluator, GlobalEncoder, LinearProbe, ResNetTrunk, bn_projection_head, projection_head
 from utils import UserError
 
 
@@ -113,13 +113,26 @@ class Method(nn.Module):
         r = cls.RECIPE
         return recipes.StepSchedule(epochs, milestones, r.decay, r.warmup(args), cosine=args.cos)
 
-    def reset_evaluator(self, n_classes):
-        """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205."""
-        self.evaluator = Evaluator(self.n_features, n_classes)
+    def make_evaluator(self, n_classes):
+        """The evaluation classifiers its hyperparams ask for: AMDIM's online pair (Evaluator), or with a seed's
+        linear protocol (hyperparams "protocol", set by --classifiers --protocol: protocols.py) that seed's
+        classifier (LinearProbe), on its n_features features."""
+        if self.hyperparams.get("protocol", "amdim") == "amdim":
+            return Evaluator(self.n_features, n_classes)
+        return LinearProbe(self.n_features, n_classes)
+
+    def reset_evaluator(self, n_classes, protocol=None):
+        """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205, of an
+        evaluation protocol (protocols.py; None: AMDIM's)."""
+        self.hyperparams.pop("protocol", None)
+        if protocol not in (None, "amdim"):
+            self.hyperparams["protocol"] = protocol
+        self.evaluator = self.make_evaluator(n_classes)
         self.hyperparams["n_classes"] = n_classes
 
     def classify(self, x):
-        """x: (B, 3, S, S) -> (mlp logits, linear logits), each (B, n_classes)."""
+        """x: (B, 3, S, S) -> the evaluation classifiers' logits, each (B, n_classes), one per evaluator.heads
+        entry (AMDIM's (mlp, linear); a seed protocol's (linear,))."""
         return self.evaluator(self.features(x))
 
     def after_step(self, out, dist):
@@ -177,7 +190,7 @@ class AMDIM(Method):
         self.encoder = Encoder(hp["ndf"], hp["n_rkhs"], hp["n_depth"], hp["encoder_size"], hp["use_bn"])
         self.encoder.init_weights()
         self.n_features = hp["n_rkhs"]
-        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+        self.evaluator = self.make_evaluator(hp["n_classes"])
 
     def forward(self, views, dist=None):
         """views: (x1, x2), each (B, 3, S, S) -> {"x1": (r1, r5, r7) of view 1, "x2": the same of view 2,
@@ -266,7 +279,7 @@ class MoCo(Method):
         self.head_k = copy.deepcopy(self.head).requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(hp["moco_k"], hp["moco_dim"]), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+        self.evaluator = self.make_evaluator(hp["n_classes"])
 
     @staticmethod
     def fit_to_data(hp, data, note):
@@ -401,7 +414,7 @@ class CMC(Method):
                              persistent=False)
         self.register_buffer("rgb_std", torch.tensor(hp["rgb_std"], dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
-        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+        self.evaluator = self.make_evaluator(hp["n_classes"])
         self._z_known = None        # whether z_l / z_ab are set, read from the buffers once per process
 
     @staticmethod
@@ -646,7 +659,7 @@ class SwAV(Method):
         self.prototypes = nn.Linear(hp["feat_dim"], hp["nmb_prototypes"], bias=False)
         # No rows until the queue starts; a checkpoint's queue brings its own shape (_load_from_state_dict).
         self.register_buffer("queue", torch.zeros(len(hp["crops_for_assign"]), 0, hp["feat_dim"]))
-        self.evaluator = Evaluator(self.n_features, hp["n_classes"])
+        self.evaluator = self.make_evaluator(hp["n_classes"])
         self._queue_on = False        # whether this update's epoch keeps the queue (start_update)
         self._queue_full = False      # whether the queue's last rows are filled (read from the buffer until so)
 

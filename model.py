@@ -217,7 +217,9 @@ class MLPClassifier(nn.Module):
 
 class Evaluator(nn.Module):
     """Online evaluation classifiers on detached features (AMDIM's global embedding r1, or a backbone's pooled
-    features): an MLP and a linear model."""
+    features): an MLP and a linear model, trained with costs.classifier_loss. heads: what each of forward's logits
+    is, in order (an evaluator's contract: LinearProbe has one)."""
+    heads = ("mlp", "lin")
 
     def __init__(self, n_features, n_classes):
         super().__init__()
@@ -233,6 +235,25 @@ class Evaluator(nn.Module):
         """
         h = r1.detach().flatten(1)
         return self.block_glb_mlp(h), self.block_glb_lin(h)
+
+
+class LinearProbe(nn.Module):
+    """The seeds' linear evaluation classifier (MoCo's fc in main_lincls.py, SwAV's RegLog with global pooling,
+    CMC's LinearClassifierResNet at its pooled layer): one linear layer on the frozen, pooled features, its
+    weights drawn from N(0, 0.01^2) and its bias zero, trained with plain cross-entropy."""
+    heads = ("lin",)
+
+    def __init__(self, n_features, n_classes):
+        super().__init__()
+        self.n_classes = n_classes
+        self.linear = nn.Linear(n_features, n_classes)
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features):
+        """features: (B, n_features) or (B, n_features, 1, 1) -> (logits (B, n_classes),); detached as
+        Evaluator's."""
+        return (self.linear(features.detach().flatten(1)),)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,14 +8,15 @@ Each phase class gives, before the model exists: name (what checkpoints record),
 (whether a start trains new classifiers, counted from epoch 0), schedule(hp, args, epochs, milestones,
 updates_per_epoch) (the learning-rate multiplier at (epoch, update)). An instance, built on the model, gives what
 the step needs: step_module (what DistributedDataParallel wraps and the step calls), forward, loss_terms
-(compile_losses: compiled with the step), the method hooks, optimizer, eval_encoder (BatchNorm of the frozen
-encoder in eval mode) and scratch_note.
+(compile_losses: compiled with the step), the method hooks, optimizer, classifier_loss (the evaluation
+classifiers' loss, per head), eval_encoder (BatchNorm of the frozen encoder in eval mode) and scratch_note.
 """
 import torch
 
 import compiling
-import recipes
-from methods import METHODS, ViewSpec
+import costs
+import protocols
+from methods import METHODS
 
 SELF_SUPERVISED, CLASSIFIERS = "self_supervised", "classifiers"
 
@@ -26,6 +27,7 @@ class SelfSupervised:
     compiles = True
     eval_encoder = False
     scratch_note = None
+    classifier_loss = staticmethod(costs.classifier_loss)      # the online classifiers': AMDIM's
 
     @staticmethod
     def views(hp):
@@ -82,20 +84,21 @@ class SelfSupervised:
 
 
 class Classifiers:
-    """--classifiers: the evaluation classifiers alone, on the frozen encoder's features of one view of AMDIM's
-    recipe whichever method made the encoder, with the recipe every method shares (recipes.CLASSIFIER_RECIPE), so
-    that their evaluations compare."""
+    """--classifiers: the evaluation classifiers alone, on the frozen encoder's features, with an evaluation
+    protocol (protocols.py; the model's hyperparams name it): by default AMDIM's, whichever method made the
+    encoder, so that every method's evaluations compare; or a seed's (--protocol moco|swav|cmc), so that they
+    compare with that paper's table."""
     name, epoch_key, step_key, seed_key = CLASSIFIERS, "classifier_epoch", "classifier_step", 1
-    compiles = False         # two small heads on frozen features: compiling would not repay itself
+    compiles = False         # small heads on frozen features: compiling would not repay itself
     scratch_note = "no --checkpoint_path: training classifiers on a randomly initialised encoder (baseline)"
 
     @staticmethod
     def views(hp):
-        return ViewSpec("amdim", count=1)
+        return protocols.of(hp).views()
 
     @staticmethod
     def recipe(hp):
-        return recipes.CLASSIFIER_RECIPE
+        return protocols.of(hp).recipe
 
     @staticmethod
     def classifiers_restart(how):
@@ -104,7 +107,9 @@ class Classifiers:
 
     def __init__(self, model, args):
         self.model = model
-        self.eval_encoder = args.eval_encoder
+        self.protocol = protocols.of(model.hyperparams)
+        self.eval_encoder = args.eval_encoder or self.protocol.eval_encoder
+        self.classifier_loss = self.protocol.loss
         model.requires_grad_(False)
         model.evaluator.requires_grad_(True)
 
@@ -118,8 +123,8 @@ class Classifiers:
         return False
 
     def forward(self, step_model, views, dist):
-        """views: (images (B, 3, S, S),) -> {"logits": the classifiers' (mlp, linear) logits, each (B, n_classes)};
-        the frozen encoder runs outside the step module, without a graph."""
+        """views: (images (B, 3, S, S),) -> {"logits": the classifiers' logits, each (B, n_classes)}; the frozen
+        encoder runs outside the step module, without a graph."""
         with torch.no_grad():
             features = self.model.features(views[0])
         return {"logits": step_model(features)}
@@ -140,11 +145,11 @@ class Classifiers:
         pass
 
     def optimizer(self, args):
-        return recipes.make_optimizer(self.model, recipes.CLASSIFIER_RECIPE, recipes.CLASSIFIER_RECIPE.base_lr(args))
+        return self.protocol.optimizer(self.model, args)
 
     @staticmethod
     def schedule(hp, args, epochs, milestones, updates_per_epoch):
-        return recipes.StepSchedule(epochs, milestones, recipes.CLASSIFIER_RECIPE.decay)
+        return protocols.of(hp).schedule(args, epochs, milestones)
 
 
 PHASES = {cls.name: cls for cls in (SelfSupervised, Classifiers)}

@@ -159,16 +159,22 @@ def make_optimizer(model, recipe, lr):
     trains the online classifiers in a group of their own (recipe.classifier_lr, no weight decay). Each group's
     "base_lr" is what the schedule's factor multiplies."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    fused = _fused(trainable)
     if recipe.optimizer == "adam":
         groups = [dict(params=trainable, base_lr=lr)]
         return torch.optim.Adam(groups, lr=lr, betas=(0.8, 0.999), weight_decay=recipe.weight_decay, eps=1e-8,
-                                fused=fused)
+                                fused=_fused(trainable))
     rest, classifiers = _split_classifiers(model, trainable)
     groups = [dict(params=rest, base_lr=lr),
               dict(params=classifiers, base_lr=recipe.classifier_lr, weight_decay=0.0)]
-    return zero_momentum(torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=0.9,
-                                           weight_decay=recipe.weight_decay, fused=fused))
+    return make_sgd([g for g in groups if g["params"]], lr, recipe.weight_decay)
+
+
+def make_sgd(groups, lr, weight_decay, nesterov=False):
+    """SGD with momentum 0.9 over parameter groups (each with its "base_lr"), fused where it can be, its momentum
+    buffers at zero (zero_momentum)."""
+    params = [p for g in groups for p in g["params"]]
+    return zero_momentum(torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov,
+                                         fused=_fused(params)))
 
 
 def make_larc(model, lr, weight_decay, classifier_lr):

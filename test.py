@@ -1,5 +1,6 @@
 """Score a checkpoint (of any method, or of the original AMDIM code) on a dataset's test split: its evaluation
-classifiers' top-1 and, with --knn, weighted kNN top-1 on its frozen features.
+classifiers' top-1 and top-5 (AMDIM's linear and MLP pair, or the linear classifier of the seed protocol that
+trained them: --classifiers --protocol) and, with --knn, weighted kNN top-1 on its frozen features.
 
     python test.py runs/default_run/amdim_cpt.pth --dataset C10 --input_dir ./data [--knn [K]] [--json]
 
@@ -21,6 +22,7 @@ import datasets
 import engine
 import imagecache
 import mixed_precision as mp
+import protocols
 from distributed import Dist, pick_device
 from phases import CLASSIFIERS, SELF_SUPERVISED
 from utils import UserError, reap_children_at_exit, run_main, seed_everything
@@ -92,8 +94,7 @@ def main(argv=None):
     refresh_bn(args, model, splits, dist, bool(ckpt.get("eval_encoder", False)))
     acc = engine.evaluate(model, splits.test, dist, args.amp, args.batch_size, args.num_workers)
 
-    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "n_images": acc["n_images"],
-              "top1_linear": acc["top1_linear"], "top1_mlp": acc["top1_mlp"],
+    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "protocol": protocols.of(hp).name, **acc,
               "n_skipped": splits.skipped_images("test"), **position(ckpt)}
     if args.knn is not None:
         result["top1_knn"] = engine.knn_accuracy(model, splits.memory, splits.test, dist, args.amp, args.batch_size,
@@ -123,10 +124,10 @@ def check_fit(args, hp, splits, image_size):
                         f"{args.dataset} gives {splits.image_size} px; pick a dataset of that size")
     if splits.n_classes != hp["n_classes"]:
         raise UserError(f"the checkpoint's classifiers predict {hp['n_classes']} classes but {args.dataset} "
-                        f"has {splits.n_classes}: retrain them with {retrain_command(args, splits, image_size)}")
+                        f"has {splits.n_classes}: retrain them with {retrain_command(args, hp, splits, image_size)}")
 
 
-def retrain_command(args, splits, image_size):
+def retrain_command(args, hp, splits, image_size):
     """A train.py command line, ready to paste in the current directory, that trains fresh classifiers for this
     dataset on the checkpoint's frozen encoder, in a run of its own."""
     train_py = os.path.relpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"))
@@ -134,6 +135,8 @@ def retrain_command(args, splits, image_size):
     argv = [sys.executable, train_py, "--classifiers", "--checkpoint_path", args.checkpoint,
             "--dataset", args.dataset, "--input_dir", args.input_dir,
             "--run_name", f"{source_run}_{args.dataset.lower()}_classifiers"]
+    if "protocol" in hp:
+        argv += ["--protocol", hp["protocol"]]
     if args.dataset == "FOLDER":
         argv += ["--image_size", str(image_size)]
     if len(splits.train) < TRAIN_BATCH_SIZE:       # train.py refuses a batch larger than the training split
@@ -178,8 +181,11 @@ def describe(result):
     skipped = result["n_skipped"]
     skipped_text = f", {skipped} unreadable image{'s' if skipped != 1 else ''} skipped" if skipped else ""
     knn_text = f", kNN (k={result['knn_k']}) {result['top1_knn']:.2f}%" if "top1_knn" in result else ""
+    mlp_text = f", mlp {result['top1_mlp']:.2f}%" if "top1_mlp" in result else ""
+    top5_text = f"; top-5 linear {result['top5_linear']:.2f}%" if "top5_linear" in result else ""
+    protocol = f", {result['protocol']} protocol" if "protocol" in result else ""
     return (f"{result['checkpoint']}{where} on {result['dataset']} test ({result['n_images']} images"
-            f"{skipped_text}): top-1 linear {result['top1_linear']:.2f}%, mlp {result['top1_mlp']:.2f}%{knn_text}")
+            f"{skipped_text}){protocol}: top-1 linear {result['top1_linear']:.2f}%{mlp_text}{knn_text}{top5_text}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import augment
 import checkpoint
 import compiling
 import config
-import costs
 import datasets
 import distributed
 import engine
@@ -32,6 +31,7 @@ import imagecache
 import methods
 import mixed_precision as mp
 import phases
+import protocols
 import recipes
 import runlog
 import utils
@@ -83,6 +83,11 @@ def parse_args(argv=None):
                         "10-bit mantissa); off keeps full float32. Not used under --amp or on the CPU")
     p.add_argument("--classifiers", "--finetune", action="store_true",
                    help="train only the evaluation classifiers on a frozen encoder")
+    p.add_argument("--protocol", choices=tuple(protocols.PROTOCOLS),
+                   help="--classifiers: whose linear evaluation (protocols.py): amdim (an MLP and a linear "
+                        "classifier, Adam; the default), or the seed's own linear classifier, optimiser, schedule "
+                        "and training crops: moco (main_lincls.py), swav (eval_linear.py), cmc (LinearProbing.py); "
+                        "default: a resumed run's, else amdim")
     p.add_argument("--checkpoint_path", "--cpt_load_path",
                    help="checkpoint to start from (default: none, a model built from scratch)")
     config.add_flags(p)
@@ -144,6 +149,9 @@ def parse_args(argv=None):
     if args.cache_images == "on" and (args.per_image_aug or args.aug != "default"):
         p.error("--cache_images on needs the batched augmentation: drop --per_image_aug and any --aug other than "
                 "default, or pass --cache_images off")
+    if args.protocol is not None and not args.classifiers:
+        p.error(f"--protocol {args.protocol} is an evaluation protocol: add --classifiers (self-supervised runs "
+                f"train AMDIM's online classifiers)")
     if args.subset and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
         p.error("--subset applies to image folders (IN128, PLACES205, FOLDER)")
     try:
@@ -210,17 +218,33 @@ def resolve_hyperparams(args, ckpt, encoder_size):
     return hp
 
 
+def with_protocol(args, hp, how):
+    """hp naming the evaluation protocol the run trains its classifiers with (protocols.py): --protocol, else a
+    resumed classifier run's own (which --protocol may not contradict), else AMDIM's, which no entry names (the
+    self-supervised phase's online classifiers are AMDIM's too)."""
+    own = hp.get("protocol", "amdim") if how == "resume" else None
+    hp = {k: v for k, v in hp.items() if k != "protocol"}
+    if args.phase == SELF_SUPERVISED:
+        return hp
+    if own is not None and args.protocol not in (None, own):
+        raise UserError(f"--protocol {args.protocol} contradicts this run's checkpoint, whose classifiers follow "
+                        f"--protocol {own}: drop --protocol to resume it, or pass another --run_name")
+    protocol = args.protocol or own or "amdim"
+    return hp if protocol == "amdim" else dict(hp, protocol=protocol)
+
+
 def build_model(args, ckpt, how, hp, splits, phase_cls, log):
-    """The model, its weights restored from `ckpt`, with new classifiers where the phase starts them afresh or the
-    data has another number of classes."""
+    """The model, its weights restored from `ckpt`, with new classifiers where the phase starts them afresh, the
+    data has another number of classes or the run another evaluation protocol (hp's)."""
     n_classes = splits.n_classes
     if ckpt is None:
         data = methods.TrainingData(n_images=len(splits.train), mean_std=splits.mean_std, batch_size=args.batch_size)
         hp = methods.METHODS[hp["method"]].fit_to_data(dict(hp, n_classes=n_classes), data, log.print)
         return checkpoint.build_model(hp)
     model = checkpoint.model_from(ckpt)
-    if phase_cls.classifiers_restart(how) or hp["n_classes"] != n_classes:
-        model.reset_evaluator(n_classes)
+    if (phase_cls.classifiers_restart(how) or hp["n_classes"] != n_classes
+            or protocols.of(model.hyperparams) != protocols.of(hp)):
+        model.reset_evaluator(n_classes, hp.get("protocol"))
     return model
 
 
@@ -310,7 +334,7 @@ def setup(dist, args):
     if how != "resume":
         set_aside_old_logs(run_dir, dist)
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
-    hp = resolve_hyperparams(args, ckpt, encoder_size)
+    hp = with_protocol(args, resolve_hyperparams(args, ckpt, encoder_size), how)
     phase_cls = phases.PHASES[args.phase]
     views = phase_cls.views(hp)
     splits = load_data(args, dist, views.kind, views.options)
@@ -400,15 +424,11 @@ def loss_terms(run, batch, shared_seed):
     with mp.float32(dist.device):
         out32 = mp.to_float32(out)
         terms = run.phase.loss_terms(out32, dist)
-        logits = out32["logits"]
-        labels = y.repeat(logits[0].shape[0] // y.shape[0])      # one copy per classified view
-        terms.update(classifier_terms(logits, labels))
+        logits = dict(zip(run.model.evaluator.heads, out32["logits"]))
+        labels = y.repeat(logits[run.model.evaluator.heads[0]].shape[0] // y.shape[0])   # a copy per classified view
+        terms.update({f"class_{head}": run.phase.classifier_loss(scores.float(), labels)
+                      for head, scores in logits.items()})
     return terms, (logits, labels), out
-
-
-def classifier_terms(logits, labels):
-    mlp, lin = (t.float() for t in logits)
-    return {"class_mlp": costs.classifier_loss(mlp, labels), "class_lin": costs.classifier_loss(lin, labels)}
 
 
 def update(run, batch, epoch):
@@ -537,11 +557,11 @@ def record_update(run, meters, values, row, rate, progress):
     """Add one update's numbers (values, floats; row: its Row) to the epoch's meters, TensorBoard and the
     progress line."""
     lr = row.lr
-    n_labelled, correct_mlp, correct_lin = (values.pop(k) for k in ("n_labelled", "correct_mlp", "correct_lin"))
+    n_labelled = values.pop("n_labelled")
+    correct = {k[len("correct_"):]: values.pop(k) for k in list(values) if k.startswith("correct_")}
     meters.update(values)
     if n_labelled:
-        meters.update({"train_acc_mlp": 100 * correct_mlp / n_labelled,
-                       "train_acc_lin": 100 * correct_lin / n_labelled}, n=n_labelled)
+        meters.update({f"train_acc_{head}": 100 * n / n_labelled for head, n in correct.items()}, n=n_labelled)
     run.log.scalars(f"{run.args.phase}/train", dict(values, lr=lr, img_per_s=rate), row.step)
     progress.update(loss=values["loss"], lr=lr, img_per_s=rate)
 
@@ -563,8 +583,8 @@ def handle_non_finite(run, values, epoch, update):
         where = f" on rank {ranks[0]}" if len(ranks) == 1 else \
             f" on ranks {', '.join(map(str, ranks))} (rank {ranks[0]}'s values)"
     shown = failed[0][1]
-    detail = ", ".join(f"{k}={shown[k]:.4g}" for k in shown if k not in ("loss", "n_labelled", "correct_mlp",
-                                                                           "correct_lin"))
+    detail = ", ".join(f"{k}={v:.4g}" for k, v in shown.items()
+                       if k not in ("loss", "n_labelled") and not k.startswith("correct_"))
     if run.args.nan_policy == "skip":
         run.non_finite_skipped += 1
         run.log.print(f"warning: non-finite loss at update {update} (epoch {epoch + 1}){where}: {detail}; update "
@@ -587,11 +607,11 @@ def shared_seed_at(run, *where):
 
 
 def train_accuracy(logits, labels):
-    """Tensors (no sync): labelled rows, and how many of them each classifier gets right."""
+    """Tensors (no sync): labelled rows, and how many of them each classifier (logits: head -> (B, n_classes))
+    gets right."""
     labelled = labels >= 0
-    mlp, lin = logits
-    return {"n_labelled": labelled.sum(), "correct_mlp": ((mlp.argmax(1) == labels) & labelled).sum(),
-            "correct_lin": ((lin.argmax(1) == labels) & labelled).sum()}
+    return {"n_labelled": labelled.sum(),
+            **{f"correct_{head}": ((scores.argmax(1) == labels) & labelled).sum() for head, scores in logits.items()}}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -725,9 +745,10 @@ def report_epoch(run, epoch, means, acc):
     skips = "".join(f", {means[k]} {what} skipped" for k, what in
                     (("skipped_images", "unreadable images"), ("skipped_updates", "non-finite updates")) if means[k])
     knn_text = f" knn {acc['top1_knn']:.2f}%" if "top1_knn" in acc else ""
+    mlp_text = f" mlp {acc['top1_mlp']:.2f}%" if "top1_mlp" in acc else ""
     run.log.print(f"epoch {epoch + 1}/{run.epochs}: loss {means['loss']:.4f}, test top-1 linear "
-                  f"{acc['top1_linear']:.2f}% mlp {acc['top1_mlp']:.2f}%{knn_text} ({acc['n_images']} images), "
-                  f"{means['img_per_s']:.1f} img/s{skips}")
+                  f"{acc['top1_linear']:.2f}%{mlp_text}{knn_text} (top-5 linear {acc['top5_linear']:.2f}%; "
+                  f"{acc['n_images']} images), {means['img_per_s']:.1f} img/s{skips}")
 
 
 def main(argv=None):

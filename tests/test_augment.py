@@ -298,11 +298,11 @@ def test_make_views_returns_the_documented_callables(kind):
     img = Image.fromarray(_images(1, 96)[0].permute(1, 2, 0).numpy())
     mean_std = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     views = augment.make_views(kind, "stl", mean_std=mean_std)(img)
-    assert isinstance(views, tuple) and len(views) == 2
+    assert isinstance(views, tuple) and len(views) == (1 if kind == "probe" else 2)      # a protocol's one view
     assert all(v.shape == (3, 64, 64) and v.dtype == torch.float32 for v in views)
     batched = augment.make_views(kind, "stl", mean_std=mean_std, batched=True)
     assert torch.allclose(batched.mean, torch.tensor(0.5)) and torch.allclose(batched.std, torch.tensor(0.25))
-    n = 1 if kind == "swav" else 3         # SwAV's n_views takes the first of its crops (by default two at S px)
+    n = 1 if kind in ("swav", "probe") else 3   # SwAV's n_views takes its first crops (two at S px); probe has one
     out = batched(_images(5, 96), n_views=n)
     assert len(out) == n and all(v.shape == (5, 3, 64, 64) and v.dtype == torch.float32 for v in out)
 
@@ -420,7 +420,7 @@ def test_crop_path_gives_uint8_crops_and_what_the_batched_recipe_gives(kind):
     geometry, colour = augment.make_crop_views(kind, "stl")
     crops = [geometry(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in _images(5, 80)]
     assert all(c.dtype == torch.uint8 and c.shape == (3, 64, 64) for c in crops[0])
-    assert len(crops[0]) == (1 if kind == "cmc" else 2)
+    assert len(crops[0]) == (1 if kind in ("cmc", "probe") else 2)
     batch = [torch.stack(v) for v in zip(*crops)]
     expected = augment.make_views(kind, "stl", batched=True)(_images(5, 80))
     assert [(v.shape, v.dtype) for v in colour(batch)] == [(v.shape, v.dtype) for v in expected]

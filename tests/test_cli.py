@@ -200,9 +200,9 @@ def test_short_runs_start_at_the_base_learning_rate(dataset, method, classifiers
 
 def test_in128_classifiers_one_epoch_trains_at_2e_4():
     args = args_for("IN128", "amdim", True, 1)
-    recipe = phases.Classifiers.recipe(None)
+    recipe = phases.Classifiers.recipe({})
     epochs, milestones = recipe.epochs_and_milestones("IN128", args.epochs)
     assert milestones == ()
-    schedule = phases.Classifiers.schedule(None, args, epochs, milestones, 10)
+    schedule = phases.Classifiers.schedule({}, args, epochs, milestones, 10)
     assert recipe.base_lr(args) * schedule(0, 0) == 2e-4
     assert recipe.epochs_and_milestones("IN128", 2) == (2, (1,))

@@ -247,8 +247,9 @@ def test_cli_test_py_reports_json(ss_run):
     r = cli("test.py", cpt, "--dataset", "DIGITS", "--json", "--num_workers", "0", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(result) == {"checkpoint", "dataset", "n_images", "top1_linear", "top1_mlp", "n_skipped", "phase",
-                           "epoch", "update", "mid_epoch"}
+    assert set(result) == {"checkpoint", "dataset", "protocol", "n_images", "top1_linear", "top1_mlp", "top5_linear",
+                           "top5_mlp", "n_skipped", "phase", "epoch", "update", "mid_epoch"}
+    assert result["protocol"] == "amdim" and 0 <= result["top1_linear"] <= result["top5_linear"] <= 100
     assert (result["phase"], result["epoch"], result["update"], result["mid_epoch"], result["n_skipped"]) == \
         ("self_supervised", 1, 15, False, 0)
     assert result["n_images"] == 297 and 0 <= result["top1_linear"] <= 100
