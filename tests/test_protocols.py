@@ -246,3 +246,17 @@ def test_every_protocol_is_documented_in_protocols_py():
     for name, p in protocols.PROTOCOLS.items():
         assert f"    {name} " in protocols.__doc__ and p.name == name
     assert math.isclose(protocols.PROTOCOLS["swav"].recipe.weight_decay, 1e-6)
+
+
+def test_a_protocol_run_resumed_after_each_epoch_matches_the_uninterrupted_run(ss_checkpoint, tmp_path, monkeypatch):
+    small_digits(monkeypatch, n_train=300, n_test=100)       # 3 updates an epoch
+    # MoCo's milestones 60, 80 of 100 scale to 1 of 2 epochs (none of 1: the first run's epoch is the same).
+    argv = DIGITS + ["--output_dir", str(tmp_path), "--classifiers", "--protocol", "moco", "--checkpoint_path",
+                     ss_checkpoint]
+    train.main(argv + ["--run_name", "straight", "--epochs", "2"])
+    train.main(argv + ["--run_name", "split", "--epochs", "1"])
+    train.main(argv + ["--run_name", "split", "--epochs", "2"])
+    a, b = (torch.load(os.path.join(tmp_path, run, "amdim_cpt.pth"), weights_only=True) for run in ("straight", "split"))
+    assert a["cursor"] == b["cursor"] and a["cursor"]["classifier_step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3.0)       # x0.1 from epoch 1 on
