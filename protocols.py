@@ -32,22 +32,19 @@ from utils import UserError
 @dataclass(frozen=True)
 class Protocol:
     """One seed's linear evaluation: its recipe (optimiser, rate, weight decay, epochs, step milestones and
-    decay), whether the rate follows a per-epoch cosine instead, nesterov momentum, the training crop's area
-    range, whether the frozen encoder runs in eval mode, and the classifiers' loss."""
+    decay), whether the rate follows a per-epoch cosine instead, nesterov momentum, its training view (a
+    ViewSpec: by default the seeds' crop and flip, augment's "probe"), whether the frozen encoder runs in eval
+    mode, and the classifiers' loss."""
     name: str
-    source: str
     recipe: recipes.Recipe
     cosine: bool = False
     nesterov: bool = False
-    crop_scale: tuple = PROBE_SCALE
+    view: ViewSpec = ViewSpec("probe", {"scale": PROBE_SCALE}, count=1)
     eval_encoder: bool = True
     loss: object = costs.probe_loss
 
     def views(self):
-        """The ViewSpec of its training images: AMDIM's view, or the seeds' crop and flip (augment's "probe")."""
-        if self.name == "amdim":
-            return ViewSpec("amdim", count=1)
-        return ViewSpec("probe", {"scale": self.crop_scale}, count=1)
+        return self.view
 
     def optimizer(self, model, args):
         """Its optimiser over the evaluation classifiers alone, at its rate (or --learning_rate)."""
@@ -66,14 +63,12 @@ class Protocol:
 
 
 PROTOCOLS = {p.name: p for p in (
-    Protocol("amdim", "Philip-Bachman/amdim-public", recipes.CLASSIFIER_RECIPE, eval_encoder=False,
+    Protocol("amdim", recipes.CLASSIFIER_RECIPE, view=ViewSpec("amdim", count=1), eval_encoder=False,
              loss=costs.classifier_loss),
-    Protocol("moco", "SsnL/moco_align_uniform main_lincls.py",
-             recipes.Recipe("sgd", 30.0, decay=0.1, epochs=100, milestones=(60, 80))),
-    Protocol("swav", "facebookresearch/swav eval_linear.py",
-             recipes.Recipe("sgd", 0.3, weight_decay=1e-6, epochs=100), cosine=True),
-    Protocol("cmc", "HobbitLong/CMC LinearProbing.py",
-             recipes.Recipe("sgd", 30.0, decay=0.2, epochs=60, milestones=(30, 40, 50)), crop_scale=(0.2, 1.0)),
+    Protocol("moco", recipes.Recipe("sgd", 30.0, decay=0.1, epochs=100, milestones=(60, 80))),
+    Protocol("swav", recipes.Recipe("sgd", 0.3, weight_decay=1e-6, epochs=100), cosine=True),
+    Protocol("cmc", recipes.Recipe("sgd", 30.0, decay=0.2, epochs=60, milestones=(30, 40, 50)),
+             view=ViewSpec("probe", {"scale": (0.2, 1.0)}, count=1)),      # LinearProbing.py's --crop_low 0.2
 )}
 
 
