@@ -13,6 +13,7 @@ and, in files this code writes, what resuming needs: phase, optimizer, scaler, d
 eval_encoder, args, and for a save mid-epoch: samples_done (images of the epoch trained, all processes),
 batches_done (the same in updates), epoch_seconds and epoch_meters (every rank's running sums).
 """
+import argparse
 import os
 import pickle
 import pickletools
@@ -29,6 +30,7 @@ import config
 import distributed
 import methods
 import recipes
+import seeds
 from model import Conv3x3
 from runlog import Meters
 from utils import UserError
@@ -37,19 +39,38 @@ _BN_KEY = re.compile(r"\.(weight|bias|running_mean|running_var|num_batches_track
 
 
 def read(path, map_location="cpu", arg="--checkpoint_path"):
-    """Load a checkpoint dict safely (weights_only=True); a user-facing error naming what is wrong otherwise.
+    """Load a checkpoint dict safely (weights_only=True): ours, the original AMDIM code's, or a seed repository's
+    translated into ours (seeds.py); a user-facing error naming what is wrong otherwise.
     arg: how the messages name the place the user gave the path (train.py's flag, or test.py's argument)."""
+    ckpt = load(path, map_location, arg)
+    if isinstance(ckpt, dict) and "model" in ckpt and "hyperparams" in ckpt:
+        return ckpt
+    translated = seeds.translate(ckpt, path)
+    if translated is None:
+        raise UserError(f"{path} is not a checkpoint this code reads ({_contents(ckpt)}): point {arg} at a file "
+                        f"written by train.py, the original AMDIM code, or a seed repository (MoCo, SwAV, CMC: "
+                        f"docs/checkpoints.md lists the files)")
+    return translated
+
+
+def load(path, map_location="cpu", arg="--checkpoint_path"):
+    """What torch.load(weights_only=True) reads from path, whatever it holds; a user-facing error for a file it
+    cannot read. The seeds' files may hold an argparse.Namespace (CMC's "opt"): a plain record, allowed."""
     _check_readable(path, arg)
     try:
-        with warnings.catch_warnings():   # torch.load warns about pickle protocols it is not sure of
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")   # torch.load is unsure of some
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # noqa: BLE001 -- torch.load fails in many ways on damaged or foreign files
         raise _unloadable(path, arg) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "hyperparams" not in ckpt:
-        raise UserError(f"{path} is not an AMDIM checkpoint (no 'model' and 'hyperparams' entries); "
-                        f"point {arg} at a file written by train.py or the original AMDIM code")
-    return ckpt
+
+
+def _contents(obj):
+    """What a loaded file holds, in a few words."""
+    if not isinstance(obj, dict):
+        return f"it holds a {type(obj).__name__}"
+    keys = sorted(map(str, obj))
+    return f"a dict of {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" if keys else "an empty dict"
 
 
 def _check_readable(path, arg):
@@ -156,6 +177,7 @@ def _allowed_globals():
         allowed = set(_weights_only_unpickler._get_allowed_globals())
     except (ImportError, AttributeError):       # a PyTorch without this (private) list: trust nothing
         allowed = set()
+    allowed.add("argparse.Namespace")             # load() allows it
     for entry in torch.serialization.get_safe_globals():
         obj, name = entry if isinstance(entry, tuple) else (entry, None)
         allowed.add(name or f"{obj.__module__}.{obj.__name__}")

@@ -1,5 +1,5 @@
-"""torch.hub entry point: the frozen encoder of any checkpoint this repo writes (every method) or the original
-AMDIM code wrote.
+"""torch.hub entry point: the frozen encoder of any checkpoint this repo writes (every method), the original AMDIM
+code wrote, or a seed repository published (MoCo, SwAV, CMC: seeds.py).
 
     enc = torch.hub.load("/path/to/amdim", "encoder", checkpoint="runs/c10/amdim_cpt.pth", source="local")
     feats = enc.features(images)      # images (B, 3, S, S), normalised as in training -> (B, enc.n_features)

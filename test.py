@@ -1,6 +1,8 @@
-"""Score a checkpoint (of any method, or of the original AMDIM code) on a dataset's test split: its evaluation
-classifiers' top-1 and top-5 (AMDIM's linear and MLP pair, or the linear classifier of the seed protocol that
-trained them: --classifiers --protocol) and, with --knn, weighted kNN top-1 on its frozen features.
+"""Score a checkpoint (of any method, the original AMDIM code's, or a seed repository's: seeds.py) on a dataset's
+test split: its evaluation classifiers' top-1 and top-5 (AMDIM's linear and MLP pair, or the linear classifier of
+the seed protocol that trained them: --classifiers --protocol, or a seed's own: --linear_classifier) and, with
+--knn, weighted kNN top-1 on its frozen features. A seed's encoder-only file has no trained classifier: --knn
+scores it, or train.py --classifiers trains one.
 
     python test.py runs/default_run/amdim_cpt.pth --dataset C10 --input_dir ./data [--knn [K]] [--json]
 
@@ -23,6 +25,7 @@ import engine
 import imagecache
 import mixed_precision as mp
 import protocols
+import seeds
 from distributed import Dist, pick_device
 from phases import CLASSIFIERS, SELF_SUPERVISED
 from utils import UserError, reap_children_at_exit, run_main, seed_everything
@@ -34,7 +37,11 @@ TRAIN_BATCH_SIZE = 200                               # train.py's default --batc
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint written by train.py or the original AMDIM code")
+    p.add_argument("checkpoint", help="a checkpoint written by train.py, the original AMDIM code or a seed "
+                                      "repository (MoCo, SwAV, CMC: docs/checkpoints.md)")
+    p.add_argument("--linear_classifier", metavar="FILE",
+                   help="a seed's linear classifier for the checkpoint's encoder (SwAV's eval_linear.py or CMC's "
+                        "LinearProbing.py checkpoint): scored instead of the checkpoint's own classifiers")
     p.add_argument("--dataset", type=str.upper, default="STL10", choices=datasets.DATASETS)
     p.add_argument("--input_dir", default="./data")
     p.add_argument("--image_size", type=int, choices=(32, 64, 128),
@@ -80,27 +87,36 @@ def main(argv=None):
     mp.set_tf32(mp.tf32(device, args.amp, args.tf32))
     reap_children_at_exit()
     ckpt = checkpoint.read(args.checkpoint, arg=CHECKPOINT_ARG)
-    model = checkpoint.model_from(ckpt).to(device)
+    model = checkpoint.model_from(ckpt)
+    trained = not ckpt.get("untrained_classifiers", False)
+    if args.linear_classifier:
+        attach_classifier(model, args.linear_classifier)
+        trained = True
+    model = model.to(device)
     hp = model.hyperparams
     image_size = image_size_of(args, hp)
     splits = datasets.build_splits(args.dataset, args.input_dir, "classifiers", image_size=image_size,
                                    skip_bad_images=args.skip_bad_images, cache_images=args.cache_images)
-    check_fit(args, hp, splits, image_size)
+    check_fit(args, hp, splits, image_size, trained)
 
     # Seeded here, after the model is built, so the refresh's data order, augmentation and dropout follow
     # --seed alone.
     seed_everything(args.seed)
     dist = Dist(device=device)         # one process: the collectives of engine's loops are local
-    refresh_bn(args, model, splits, dist, bool(ckpt.get("eval_encoder", False)))
-    acc = engine.evaluate(model, splits.test, dist, args.amp, args.batch_size, args.num_workers)
-
-    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "protocol": protocols.of(hp).name, **acc,
-              "n_skipped": splits.skipped_images("test"), **position(ckpt)}
+    result = {"checkpoint": args.checkpoint, "dataset": args.dataset, "protocol": protocols.of(hp).name}
+    if "seed_format" in ckpt:
+        result["seed_format"] = ckpt["seed_format"]
+    if trained:
+        refresh_bn(args, model, splits, dist, bool(ckpt.get("eval_encoder", False)))
+        result.update(engine.evaluate(model, splits.test, dist, args.amp, args.batch_size, args.num_workers))
+    result.update(n_skipped=splits.skipped_images("test"), **position(ckpt))
     if args.knn is not None:
         result["top1_knn"] = engine.knn_accuracy(model, splits.memory, splits.test, dist, args.amp, args.batch_size,
                                                  args.num_workers, k=args.knn)
         result["knn_k"] = args.knn
         result["knn_memory_skipped"] = splits.skipped_images("train")
+        result["n_skipped"] = splits.skipped_images("test")
+        result.setdefault("n_images", len(splits.test) - result["n_skipped"])
     print(json.dumps(result) if args.json else describe(result))
     return result
 
@@ -117,11 +133,28 @@ def image_size_of(args, hp):
     return stored
 
 
-def check_fit(args, hp, splits, image_size):
-    """The checkpoint's encoder must take the dataset's image size and its classifiers predict its classes."""
+def attach_classifier(model, path):
+    """Put a seed's classifier-only file (seeds.linear_classifier) in as the model's evaluation classifier."""
+    protocol, weight, bias = seeds.linear_classifier(checkpoint.load(path, arg="--linear_classifier"), path)
+    if weight.shape[1] != model.n_features:
+        raise UserError(f"--linear_classifier {path} reads {weight.shape[1]} features but the checkpoint's encoder "
+                        f"gives {model.n_features}: give the classifier trained on this encoder")
+    model.reset_evaluator(weight.shape[0], protocol)
+    model.hyperparams["n_classes"] = weight.shape[0]
+    model.evaluator.linear.load_state_dict({"weight": weight, "bias": bias})
+
+
+def check_fit(args, hp, splits, image_size, trained=True):
+    """The checkpoint's encoder must take the dataset's image size and, unless it has no trained classifier (then
+    only --knn scores it), its classifiers predict the dataset's classes."""
     if splits.image_size != hp["encoder_size"]:
         raise UserError(f"the checkpoint's encoder takes {hp['encoder_size']} px images but --dataset "
                         f"{args.dataset} gives {splits.image_size} px; pick a dataset of that size")
+    if not trained:
+        if args.knn is None:
+            raise UserError(f"{args.checkpoint} holds an encoder without a trained classifier: score its features "
+                            f"with --knn, or train one with {retrain_command(args, hp, splits, image_size)}")
+        return
     if splits.n_classes != hp["n_classes"]:
         raise UserError(f"the checkpoint's classifiers predict {hp['n_classes']} classes but {args.dataset} "
                         f"has {splits.n_classes}: retrain them with {retrain_command(args, hp, splits, image_size)}")
@@ -180,12 +213,14 @@ def describe(result):
         where = f" ({when} {kind}epoch {result['epoch']}, update {result['update']})"
     skipped = result["n_skipped"]
     skipped_text = f", {skipped} unreadable image{'s' if skipped != 1 else ''} skipped" if skipped else ""
-    knn_text = f", kNN (k={result['knn_k']}) {result['top1_knn']:.2f}%" if "top1_knn" in result else ""
-    mlp_text = f", mlp {result['top1_mlp']:.2f}%" if "top1_mlp" in result else ""
+    scores = [f"top-1 linear {result['top1_linear']:.2f}%"] if "top1_linear" in result else []
+    scores += [f"mlp {result['top1_mlp']:.2f}%"] if "top1_mlp" in result else []
+    scores += [f"kNN (k={result['knn_k']}) {result['top1_knn']:.2f}%"] if "top1_knn" in result else []
     top5_text = f"; top-5 linear {result['top5_linear']:.2f}%" if "top5_linear" in result else ""
     protocol = f", {result['protocol']} protocol" if "protocol" in result else ""
-    return (f"{result['checkpoint']}{where} on {result['dataset']} test ({result['n_images']} images"
-            f"{skipped_text}){protocol}: top-1 linear {result['top1_linear']:.2f}%{mlp_text}{knn_text}{top5_text}")
+    seed = f" ({result['seed_format']} file)" if "seed_format" in result else ""
+    return (f"{result['checkpoint']}{seed}{where} on {result['dataset']} test ({result['n_images']} images"
+            f"{skipped_text}){protocol}: {', '.join(scores)}{top5_text}")
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def test_bad_checkpoint_paths(tmp_path, one_epoch, capsys):
     other = tmp_path / "other.pth"
     torch.save({"state": 1}, other)
     one_line_error(capsys, load_test_py().main, [str(other), "--dataset", "DIGITS", "--device", "cpu"],
-                   "not an AMDIM checkpoint")
+                   "not a checkpoint this code reads (a dict of state)")
 
 
 class _Payload:

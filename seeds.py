@@ -1,0 +1,261 @@
+"""The seed repositories' checkpoint files, read as this repo's: each is recognised from its contents and
+translated into the checkpoint dict checkpoint.py reads ("model": a complete state_dict of the method, and
+"hyperparams"), so test.py, train.py --classifiers --checkpoint_path, hubconf.py and --knn take them as they take
+ours.
+
+    format        written by                                             holds
+    moco          SsnL/moco_align_uniform main_moco.py                   {"state_dict": module.encoder_q.* (a
+                                                                         torchvision ResNet whose fc is the head,
+                                                                         fc.0/fc.2 with --mlp), encoder_k.*,
+                                                                         queue (dim, K), queue_ptr}
+    moco_lincls   its main_lincls.py                                     {"state_dict": module.<ResNet> with the
+                                                                         trained fc}: a scored classifier
+    swav          facebookresearch/swav's model zoo (SwAV, DeepCluster-v2, SeLa-v2) and main_swav.py: the
+                  state_dict (bare or under "state_dict") of module.<ResNet>, projection_head, prototypes
+                  (DeepCluster-v2: prototypes.prototypes0, 1, ...)
+    swav_linear   its eval_linear.py                                     {"state_dict": module.linear.*}: the
+                                                                         classifier alone (test.py
+                                                                         --linear_classifier)
+    cmc           HobbitLong/CMC train_CMC.py                            {"opt", "model": encoder.module.l_to_ab.*
+                                                                         and ab_to_l.* (a ResNet per view, fc the
+                                                                         head), "contrast": memory banks, params}
+    cmc_linear    its LinearProbing.py                                   {"opt", "classifier":
+                                                                         classifier.LiniearClassifier.*}: the
+                                                                         classifier alone
+
+The seeds' ResNets have ImageNet stems, so they become this repo's 128 px encoders (model.ResNetTrunk); their
+classifiers become the seed protocol's LinearProbe (protocols.py), and a file without a trained classifier says
+so ("untrained_classifiers"). Translation is deterministic: what the file lacks (the evaluation classifier of an
+encoder-only file) is initialised from a fixed seed, so every process of a job reads the same model.
+"""
+import torch
+
+import config
+import methods
+from augment import NORMALIZATION
+from utils import UserError
+
+ENCODER_SIZE = 128
+_BLOCKS = {(2, 2, 2, 2): "resnet18", (3, 4, 6, 3): "resnet50"}
+
+
+def translate(obj, path):
+    """This repo's checkpoint dict for a seed's file (obj: what torch.load returned), None when obj is none of
+    the seeds' formats; a UserError for a seed's file this code cannot use, naming what it holds."""
+    if not isinstance(obj, dict):
+        return None
+    kind = classifier_format(obj)
+    if kind:
+        raise UserError(f"{path} holds a linear classifier without its encoder (the seed's {kind} file): score "
+                        f"the encoder's checkpoint with test.py ENCODER_FILE --linear_classifier {path}")
+    state = _stripped(obj.get("state_dict", obj)) if _tensors(obj.get("state_dict", obj)) else None
+    if state is not None and any(k.startswith("encoder_q.") for k in state):
+        return _moco(state)
+    if state is not None and any(k.startswith(("projection_head", "prototypes")) for k in state):
+        return _swav(state)
+    if state is not None and "fc.weight" in state and "conv1.weight" in state:
+        return _moco_lincls(state)
+    if isinstance(obj.get("model"), dict) and any("l_to_ab." in k for k in obj["model"]):
+        return _cmc(obj)
+    return None
+
+
+def classifier_format(obj):
+    """"eval_linear.py" or "LinearProbing.py" for a seed's classifier-only file, else None."""
+    if isinstance(obj.get("classifier"), dict) and any("LiniearClassifier" in k for k in obj["classifier"]):
+        return "LinearProbing.py"
+    state = obj.get("state_dict")
+    if isinstance(state, dict) and state and all(k.split(".")[0] in ("linear", "bn") for k in _stripped(state)):
+        return "eval_linear.py"
+    return None
+
+
+def linear_classifier(obj, path):
+    """(protocol, weight (n_classes, n_features), bias (n_classes,)) of a seed's classifier-only file; a
+    UserError for another file or a classifier on features other than the pooled backbone's."""
+    kind = classifier_format(obj) if isinstance(obj, dict) else None
+    if kind is None:
+        raise UserError(f"{path} is not a seed's linear classifier (SwAV's eval_linear.py or CMC's "
+                        f"LinearProbing.py checkpoint): point --linear_classifier at one")
+    if kind == "eval_linear.py":
+        state = _stripped(obj["state_dict"])
+        if "bn.weight" in state or state["linear.weight"].shape[1] == 8192:
+            raise UserError(f"{path} is an eval_linear.py classifier trained with --global_pooling false (on a "
+                            f"2x2-pooled map): this repo's probes read the globally pooled features; use a "
+                            f"classifier trained with global pooling")
+        return "swav", state["linear.weight"].float(), state["linear.bias"].float()
+    state = _stripped(obj["classifier"])
+    layer = getattr(obj.get("opt"), "layer", 6)
+    if layer != 6:
+        raise UserError(f"{path} is a LinearProbing.py classifier on --layer {layer} features: this repo's probes "
+                        f"read the pooled features (--layer 6); use a classifier trained at layer 6")
+    return "cmc", state["classifier.LiniearClassifier.weight"].float(), \
+        state["classifier.LiniearClassifier.bias"].float()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Key names.
+
+def _tensors(d):
+    return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def _stripped(state):
+    """state with every `module.` (DataParallel's, DistributedDataParallel's) taken out of its keys."""
+    return {k.replace("module.", ""): v for k, v in state.items()}
+
+
+def _under(state, prefix):
+    """The entries of state under prefix, with prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _trunk(state):
+    """A torchvision-layout ResNet's own entries (the stem and layer1-4), without any head."""
+    return {k: v for k, v in state.items() if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2", "layer3",
+                                                                   "layer4")}
+
+
+def _resnet_arch(trunk, what):
+    """"resnet18" or "resnet50" for a trunk of that layout at the usual width; a UserError naming what it is
+    otherwise."""
+    blocks = tuple(len({k.split(".")[1] for k in trunk if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    arch = _BLOCKS.get(blocks)
+    if arch is None:
+        raise UserError(f"{what}'s backbone is a ResNet with {blocks} blocks per stage: this repo builds "
+                        f"{' and '.join(_BLOCKS.values())} only")
+    stem, inner = trunk["conv1.weight"].shape[0], trunk["layer1.0.conv1.weight"].shape[0]
+    if (stem, inner) != (64, 64):
+        factor = inner / 64
+        raise UserError(f"{what}'s backbone is a {arch} {factor:g}x as wide as the standard one (its first "
+                        f"block has {inner} channels, not 64): this repo builds the standard width only; use the "
+                        f"seed's standard-width file")
+    return arch
+
+
+def _hyperparams(method, arch, n_classes=1000, **own):
+    """A full hyperparameter dict: the method's defaults at 128 px with `own` values, validated."""
+    hp = dict(method=method, arch=arch, encoder_size=ENCODER_SIZE, n_classes=n_classes)
+    for p in config.params_of(method, arch):
+        hp[p.name] = p.convert(own[p.name] if p.name in own else p.default_for(ENCODER_SIZE, arch))
+    hp.update({k: v for k, v in own.items() if k not in hp})
+    config.validate(hp)
+    return hp
+
+
+def _checkpoint(hp, entries, seed_format, trained):
+    """The checkpoint dict of a method built from hp whose state_dict entries come from the seed's file
+    (`entries`), the rest (what the file lacks) initialised from a fixed seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = methods.build(hp)
+    expected = model.state_dict()
+    wrong = [k for k, v in entries.items() if k not in expected or expected[k].shape != v.shape]
+    if wrong:
+        k = wrong[0]
+        found = tuple(entries[k].shape)
+        wanted = tuple(expected[k].shape) if k in expected else "no such entry"
+        raise UserError(f"the {seed_format} checkpoint's {k} {found} does not fit the model it describes "
+                        f"({wanted}); the file may be damaged")
+    state = dict(expected)
+    state.update({k: v.float() if v.is_floating_point() else v for k, v in entries.items()})
+    return {"model": state, "hyperparams": hp, "seed_format": seed_format, "eval_encoder": True,
+            "untrained_classifiers": not trained}
+
+
+def _with_prefix(prefix, state):
+    return {prefix + k: v for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The formats.
+
+def _moco(state):
+    """main_moco.py: encoder_q / encoder_k (ResNet + fc head), queue (dim, K) and queue_ptr (1,)."""
+    q = _under(state, "encoder_q.")
+    arch = _resnet_arch(_trunk(q), "the MoCo checkpoint")
+    mlp = "fc.0.weight" in q
+    last = "fc.2.weight" if mlp else "fc.weight"
+    if last not in q:
+        raise UserError("the MoCo checkpoint's encoder_q has no fc head (fc.weight, or fc.0/fc.2 with --mlp); the "
+                        "file may be damaged")
+    own = {"moco_dim": q[last].shape[0], "mlp": mlp}
+    if "queue" in state:
+        own["moco_k"] = state["queue"].shape[1]
+    hp = dict(_hyperparams("moco", arch, **own), protocol="moco")
+    k = _under(state, "encoder_k.") or q
+    entries = {**_with_prefix("backbone.net.", _trunk(q)), **_with_prefix("head.", _under(q, "fc.")),
+               **_with_prefix("backbone_k.net.", _trunk(k)), **_with_prefix("head_k.", _under(k, "fc."))}
+    if "queue" in state:
+        entries["queue"] = state["queue"].t().contiguous()
+        entries["queue_ptr"] = state["queue_ptr"].reshape(())
+    return _checkpoint(hp, entries, "moco", trained=False)
+
+
+def _moco_lincls(state):
+    """main_lincls.py: a ResNet with its trained fc, MoCo's linear classifier on the frozen encoder."""
+    trunk = _trunk(state)
+    arch = _resnet_arch(trunk, "the linear-classifier checkpoint")
+    n_classes = state["fc.weight"].shape[0]
+    hp = dict(_hyperparams("moco", arch, n_classes=n_classes), protocol="moco")
+    entries = {**_with_prefix("backbone.net.", trunk), **_with_prefix("backbone_k.net.", trunk),
+               "evaluator.linear.weight": state["fc.weight"], "evaluator.linear.bias": state["fc.bias"]}
+    return _checkpoint(hp, entries, "moco_lincls", trained=True)
+
+
+def _swav(state):
+    """The SwAV repository's pre-trained ResNet: trunk, projection_head (Linear, BN, ReLU, Linear, or one
+    Linear) and prototypes (one set; DeepCluster-v2's files hold several, of which the first is kept)."""
+    trunk = _trunk(state)
+    arch = _resnet_arch(trunk, "the SwAV-repository checkpoint")
+    head = _under(state, "projection_head.")
+    if not head:
+        raise UserError("the SwAV-repository checkpoint has prototypes but no projection_head; this repo's SwAV "
+                        "always has one")
+    hidden = head["0.weight"].shape[0] if "0.weight" in head else 0
+    prototypes = state.get("prototypes.weight", state.get("prototypes.prototypes0.weight"))
+    feat_dim = (head["3.weight"] if hidden else head["weight"]).shape[0]
+    own = {"hidden_mlp": hidden, "feat_dim": feat_dim}
+    entries = {**_with_prefix("backbone.net.", trunk), **_with_prefix("head.", head)}
+    if prototypes is not None:
+        own["nmb_prototypes"] = prototypes.shape[0]
+        entries["prototypes.weight"] = prototypes
+    hp = dict(_hyperparams("swav", arch, **own), protocol="swav")
+    return _checkpoint(hp, entries, "swav", trained=False)
+
+
+def _cmc(obj):
+    """train_CMC.py: a ResNet per view (l_to_ab on L, ab_to_l on ab; fc the head) and the memory banks."""
+    state = {k.replace("encoder.", "", 1) if k.startswith("encoder.") else k: v
+             for k, v in _stripped(obj["model"]).items()}
+    views = _under(state, "l_to_ab."), _under(state, "ab_to_l.")
+    if any(k.startswith("conv_block_1") for k in views[0]):
+        raise UserError("the CMC checkpoint holds CMC's AlexNet (--model alexnet): this repo builds CMC with "
+                        "ResNets only; use a resnet18v2/resnet50v2 checkpoint")
+    trunk_l, trunk_ab = _trunk(views[0]), _trunk(views[1])
+    try:
+        arch = _resnet_arch(trunk_l, "the CMC checkpoint")
+    except UserError:
+        inner = trunk_l.get("layer1.0.conv1.weight")
+        version = {32: "v1 (each view's ResNet at half width)", 128: "v3 (each view's ResNet at twice the width)"}
+        name = getattr(obj.get("opt"), "model", None) or "resnet" + version.get(
+            inner.shape[0] if inner is not None else 0, "?")
+        raise UserError(f"the CMC checkpoint's encoders are {name}: this repo builds CMC's width-1 ResNets "
+                        f"(resnet18v2, resnet50v2) only") from None
+    own = {"feat_dim": views[0]["fc.weight"].shape[0], "n_data": 1,
+           "rgb_mean": list(NORMALIZATION["imagenet"][0]), "rgb_std": list(NORMALIZATION["imagenet"][1])}
+    entries = {**_with_prefix("backbone_l.net.", trunk_l), **_with_prefix("backbone_ab.net.", trunk_ab),
+               **_with_prefix("head_l.", _under(views[0], "fc.")), **_with_prefix("head_ab.", _under(views[1], "fc."))}
+    contrast = obj.get("contrast")
+    if isinstance(contrast, dict) and "memory_l" in contrast:
+        k, t, z_l, z_ab, m = contrast["params"].tolist()
+        # params is float32: its T and momentum print as the flags they were (0.07, not 0.07000000029802322).
+        own.update(n_data=contrast["memory_l"].shape[0], nce_k=int(k), nce_t=float(f"{t:.7g}"),
+                   nce_m=float(f"{m:.7g}"))
+        entries.update(memory_l=contrast["memory_l"], memory_ab=contrast["memory_ab"], z_l=torch.tensor(z_l),
+                       z_ab=torch.tensor(z_ab))
+    softmax = getattr(obj.get("opt"), "softmax", None)
+    if softmax is not None:
+        own["softmax"] = bool(softmax)
+    hp = dict(_hyperparams("cmc", arch, **own), protocol="cmc")
+    return _checkpoint(hp, entries, "cmc", trained=False)

@@ -1,0 +1,368 @@
+"""The seed repositories' checkpoint files (seeds.py) through test.py, hubconf.py and train.py --classifiers.
+
+Fixtures are written in each seed's layout with random values: the ResNets are torchvision's (MoCo builds them
+from torchvision; SwAV's and CMC's own ResNets use torchvision's entry names, CMC with 1- and 2-channel stems),
+and the entries around them are the manifest below, read once from the seeds' code. Features are checked against
+the same weights loaded by hand, the way each seed's hubconf.py or evaluation script loads them.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+
+import checkpoint
+import datasets
+import hubconf
+import train
+from imageops import normalize_lab, rgb_to_lab
+from tests.helpers import load_test_py, one_line_error, run_entry_point
+
+# Entries besides the ResNet's, from the seeds' code: name -> shape (d: embedding, k: queue, h: the ResNet's width).
+MOCO_MLP_HEAD = {"fc.0.weight": ("h", "h"), "fc.0.bias": ("h",), "fc.2.weight": ("d", "h"), "fc.2.bias": ("d",)}
+MOCO_STATE = {"queue": ("d", "k"), "queue_ptr": (1,)}                         # moco/builder.py's buffers
+SWAV_HEAD = {"projection_head.0.weight": ("m", "h"), "projection_head.0.bias": ("m",),
+             "projection_head.1.weight": ("m",), "projection_head.1.bias": ("m",),
+             "projection_head.1.running_mean": ("m",), "projection_head.1.running_var": ("m",),
+             "projection_head.1.num_batches_tracked": (), "projection_head.3.weight": ("d", "m"),
+             "projection_head.3.bias": ("d",)}                                  # src/resnet50.py, hidden_mlp m
+CMC_CONTRAST = {"params": (5,), "memory_l": ("n", "d"), "memory_ab": ("n", "d")}   # NCE/NCEAverage.py
+
+
+def shape(spec, **sizes):
+    return tuple(sizes[s] if isinstance(s, str) else s for s in spec)
+
+
+def random_entries(manifest, generator, **sizes):
+    out = {}
+    for name, spec in manifest.items():
+        if name.endswith("num_batches_tracked") or name == "queue_ptr":
+            out[name] = torch.tensor(7) if not spec else torch.zeros(spec, dtype=torch.long) + 3
+        elif name.endswith("running_var"):
+            out[name] = torch.rand(shape(spec, **sizes), generator=generator) + 0.5
+        else:
+            out[name] = torch.randn(shape(spec, **sizes), generator=generator) * 0.05
+    return out
+
+
+def torchvision_resnet(arch, seed, in_channels=3, num_classes=1000):
+    """A torchvision ResNet with random weights and BatchNorm statistics (so that loading them shows)."""
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def prefixed(prefix, state):
+    return {prefix + k: v for k, v in state.items()}
+
+
+def moco_file(path, arch="resnet18", dim=16, k=32):
+    """main_moco.py --mlp: {"epoch", "arch", "state_dict" (DistributedDataParallel's module.), "optimizer"}."""
+    g = torch.Generator().manual_seed(1)
+    q, k_net = torchvision_resnet(arch, 1), torchvision_resnet(arch, 2)
+    width = q.fc.in_features
+
+    def trunk(net):
+        return {n: v for n, v in net.state_dict().items() if not n.startswith("fc.")}
+    state = {**prefixed("module.encoder_q.", trunk(q)),
+             **prefixed("module.encoder_q.", random_entries(MOCO_MLP_HEAD, g, h=width, d=dim)),
+             **prefixed("module.encoder_k.", trunk(k_net)),
+             **prefixed("module.encoder_k.", random_entries(MOCO_MLP_HEAD, g, h=width, d=dim)),
+             **prefixed("module.", random_entries(MOCO_STATE, g, d=dim, k=k))}
+    torch.save({"epoch": 200, "arch": arch, "state_dict": state,
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "params": [0]}]}}, path)
+    return state
+
+
+def swav_file(path, prototypes=(30,), hidden=64, dim=16):
+    """The SwAV model zoo's files: a bare state_dict with module. (DeepCluster-v2: several prototype sets)."""
+    g = torch.Generator().manual_seed(3)
+    net = torchvision_resnet("resnet50", 3)
+    state = {n: v for n, v in net.state_dict().items() if not n.startswith("fc.")}
+    state.update(random_entries(SWAV_HEAD, g, h=2048, m=hidden, d=dim))
+    if len(prototypes) == 1:
+        state["prototypes.weight"] = torch.randn(prototypes[0], dim, generator=g)
+    else:
+        state.update({f"prototypes.prototypes{i}.weight": torch.randn(n, dim, generator=g)
+                      for i, n in enumerate(prototypes)})
+    state = prefixed("module.", state)
+    torch.save(state, path)
+    return state
+
+
+def cmc_file(path, n_data=20, dim=16, with_opt=True):
+    """train_CMC.py --model resnet18v2: {"opt", "model" (encoder.module.l_to_ab / ab_to_l), "contrast", ...}."""
+    g = torch.Generator().manual_seed(4)
+    nets = torchvision_resnet("resnet18", 5, 1, num_classes=dim), torchvision_resnet("resnet18", 6, 2, dim)
+    model = {**prefixed("encoder.module.l_to_ab.", nets[0].state_dict()),
+             **prefixed("encoder.module.ab_to_l.", nets[1].state_dict())}
+    contrast = random_entries(CMC_CONTRAST, g, n=n_data, d=dim)
+    contrast["params"] = torch.tensor([8.0, 0.07, 123.5, 456.5, 0.5])
+    state = {"model": model, "contrast": contrast, "epoch": 240,
+             "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "params": [0]}]}}
+    if with_opt:
+        state["opt"] = argparse.Namespace(model="resnet18v2", softmax=True, nce_k=8, layer=6)
+    torch.save(state, path)
+    return nets
+
+
+def by_hand(state, prefix, arch, in_channels=3):
+    """The seeds' own way to read an encoder: strip the prefix, load into torchvision's ResNet (strict=False, as
+    SwAV's hubconf.py), drop the head: (B, C, S, S) -> pooled features."""
+    net = torchvision_resnet(arch, 99, in_channels)
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and ".fc." not in "." + k}
+    missing, _ = net.load_state_dict(own, strict=False)
+    assert set(missing) <= {"fc.weight", "fc.bias"}
+    net.fc = nn.Identity()
+    return net.eval()
+
+
+def images(n=4, size=128, channels=3, seed=0):
+    return torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def image_folder(root, n_classes=2, per_class=3, size=40):
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for c in range(n_classes):
+            os.makedirs(root / split / f"c{c}")
+            for i in range(per_class):
+                pixels = rng.randint(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
+    return str(root)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Features equal the seeds' own reading.
+
+def test_moco_file_features_head_queue_equal_the_seed_layout(tmp_path):
+    path = tmp_path / "checkpoint_0199.pth.tar"
+    state = moco_file(path)
+    enc = hubconf.encoder(str(path))
+    x = images()
+    ours = enc.features(x)
+    seed = by_hand(state, "module.encoder_q.", "resnet18")(x)
+    assert torch.equal(ours, seed)
+    method = enc.method
+    assert method.hyperparams["mlp"] and method.hyperparams["moco_dim"] == 16
+    assert method.hyperparams["moco_k"] == 32 and method.hyperparams["protocol"] == "moco"
+    # The head is the seed's fc (Linear, ReLU, Linear); the key encoder is encoder_k; the queue is (K, dim).
+
+    def fc(h, p):
+        hidden = F.relu(F.linear(h, state[p + "fc.0.weight"], state[p + "fc.0.bias"]))
+        return F.linear(hidden, state[p + "fc.2.weight"], state[p + "fc.2.bias"])
+    assert torch.allclose(method.head(ours), fc(seed, "module.encoder_q."), atol=1e-6)
+    seed_k = by_hand(state, "module.encoder_k.", "resnet18")(x)
+    assert torch.equal(method.backbone_k(x), seed_k)
+    assert torch.allclose(method.head_k(seed_k), fc(seed_k, "module.encoder_k."), atol=1e-6)
+    assert torch.equal(method.queue, state["module.queue"].t()) and int(method.queue_ptr) == 3
+
+
+def test_swav_zoo_file_features_and_head_equal_the_seed_layout(tmp_path):
+    path = tmp_path / "swav_800ep_pretrain.pth.tar"
+    state = swav_file(path)
+    enc = hubconf.encoder(str(path))
+    x = images(n=2)
+    ours = enc.features(x)
+    # SwAV's hubconf: every "module." removed, loaded with strict=False into torchvision's resnet50.
+    seed = by_hand({k.replace("module.", ""): v for k, v in state.items()}, "", "resnet50")(x)
+    assert torch.equal(ours, seed)
+    hp = enc.method.hyperparams
+    assert (hp["hidden_mlp"], hp["feat_dim"], hp["nmb_prototypes"], hp["protocol"]) == (64, 16, 30, "swav")
+    # forward_head: projection head (Linear, BN in eval mode, ReLU, Linear), L2 normalisation, prototypes.
+    p = "module.projection_head."
+    hidden = F.linear(seed, state[p + "0.weight"], state[p + "0.bias"])
+    hidden = (hidden - state[p + "1.running_mean"]) / torch.sqrt(state[p + "1.running_var"] + 1e-5)
+    hidden = F.relu(hidden * state[p + "1.weight"] + state[p + "1.bias"])
+    z = F.normalize(F.linear(hidden, state[p + "3.weight"], state[p + "3.bias"]), dim=1)
+    assert torch.allclose(F.normalize(enc.method.head(ours), dim=1), z, atol=1e-5)
+    assert torch.equal(enc.method.prototypes.weight, state["module.prototypes.weight"])
+
+
+def test_deepcluster_v2_file_keeps_the_first_prototype_set(tmp_path):
+    path = tmp_path / "deepclusterv2_800ep_pretrain.pth.tar"
+    state = swav_file(path, prototypes=(30, 20, 10))
+    model = checkpoint.load_model(str(path))
+    assert model.hyperparams["nmb_prototypes"] == 30
+    assert torch.equal(model.prototypes.weight, state["module.prototypes.prototypes0.weight"])
+
+
+def test_cmc_file_features_banks_and_options_equal_the_seed_layout(tmp_path):
+    path = tmp_path / "ckpt_epoch_240.pth"
+    nets = cmc_file(path)
+    enc = hubconf.encoder(str(path))
+    method = enc.method
+    hp = method.hyperparams
+    assert (hp["arch"], hp["feat_dim"], hp["n_data"], hp["nce_k"], hp["softmax"]) == ("resnet18", 16, 20, 8, True)
+    assert (hp["nce_t"], hp["nce_m"], hp["protocol"]) == (0.07, 0.5, "cmc")
+    assert float(method.z_l) == 123.5 and float(method.z_ab) == 456.5
+    # The seed's linear probe at layer 6: cat(l_to_ab(L), ab_to_l(ab)) pooled, on Lab normalised as training.
+    rgb = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (hp["rgb_mean"], hp["rgb_std"]))
+    x = (rgb - mean) / std
+    lab = normalize_lab(rgb_to_lab(rgb))
+    for net in nets:
+        net.fc = nn.Identity()
+    seed = torch.cat([nets[0](lab[:, :1]), nets[1](lab[:, 1:])], dim=1)
+    assert torch.allclose(enc.features(x), seed, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scored through test.py: a seed's trained classifiers, and encoders without one.
+
+def hand_accuracy(net, fc_weight, fc_bias, root):
+    splits = datasets.build_splits("FOLDER", root, "classifiers", image_size=128, cache_images="off")
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(splits.test, batch_size=8):
+            logits = F.linear(net(x), fc_weight, fc_bias)
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+    return 100.0 * correct / total
+
+
+def test_moco_lincls_file_is_scored_as_trained(tmp_path, capsys):
+    """main_lincls.py's checkpoint: a module.-prefixed torchvision ResNet-50 with its trained fc."""
+    net = torchvision_resnet("resnet50", 7, num_classes=2)
+    state = prefixed("module.", net.state_dict())
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 100, "arch": "resnet50", "state_dict": state, "best_acc1": torch.tensor([67.7]),
+                "optimizer": {"state": {}, "param_groups": []}}, path)
+    root = image_folder(tmp_path / "data")
+    capsys.readouterr()
+    result = load_test_py().main([str(path), "--dataset", "FOLDER", "--input_dir", root, "--device", "cpu",
+                                  "--json", "--num_workers", "0"])
+    assert result["protocol"] == "moco" and result["seed_format"] == "moco_lincls"
+    expected = hand_accuracy(by_hand(state, "module.", "resnet50"), state["module.fc.weight"],
+                             state["module.fc.bias"], root)
+    assert result["top1_linear"] == pytest.approx(expected) and result["n_images"] == 6
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top5_linear"] == 100.0
+
+
+def test_seed_classifier_only_files_score_with_linear_classifier(tmp_path):
+    """SwAV's eval_linear.py keeps the classifier alone: test.py takes it with the trunk's file."""
+    trunk_path, linear_path = tmp_path / "swav_800ep_pretrain.pth.tar", tmp_path / "checkpoint.pth.tar"
+    state = swav_file(trunk_path)
+    g = torch.Generator().manual_seed(8)
+    linear = {"module.linear.weight": torch.randn(2, 2048, generator=g) * 0.05, "module.linear.bias": torch.zeros(2)}
+    torch.save({"epoch": 100, "state_dict": linear, "optimizer": {}, "scheduler": {}, "best_acc": 75.3},
+               linear_path)
+    root = image_folder(tmp_path / "data")
+    result = load_test_py().main([str(trunk_path), "--linear_classifier", str(linear_path), "--dataset", "FOLDER",
+                                  "--input_dir", root, "--device", "cpu", "--json", "--num_workers", "0"])
+    seed = by_hand({k.replace("module.", ""): v for k, v in state.items()}, "", "resnet50")
+    assert result["protocol"] == "swav"
+    assert result["top1_linear"] == pytest.approx(hand_accuracy(seed, linear["module.linear.weight"],
+                                                                linear["module.linear.bias"], root))
+
+
+def test_cmc_probe_file_attaches_to_the_cmc_encoder(tmp_path):
+    path, probe_path = tmp_path / "ckpt_epoch_240.pth", tmp_path / "resnet18v2_layer6.pth"
+    cmc_file(path)
+    weight = torch.randn(3, 1024)
+    torch.save({"opt": argparse.Namespace(layer=6, model="resnet18v2"), "epoch": 60, "best_acc1": 50.0,
+                "classifier": {"classifier.LiniearClassifier.weight": weight,
+                               "classifier.LiniearClassifier.bias": torch.ones(3)}, "optimizer": {}}, probe_path)
+    model = checkpoint.load_model(str(path))
+    load_test_py().attach_classifier(model, str(probe_path))
+    assert model.hyperparams["protocol"] == "cmc" and model.hyperparams["n_classes"] == 3
+    x = images(n=2)
+    assert torch.allclose(model.classify(x)[0], F.linear(model.features(x), weight, torch.ones(3)), atol=1e-5)
+
+
+def test_encoder_only_seed_file_scores_with_knn_and_says_how_to_train_a_classifier(tmp_path, capsys):
+    path = tmp_path / "checkpoint_0199.pth.tar"
+    moco_file(path)
+    root = image_folder(tmp_path / "data")
+    argv = [str(path), "--dataset", "FOLDER", "--input_dir", root, "--device", "cpu", "--num_workers", "0"]
+    one_line_error(capsys, load_test_py().main, argv, "without a trained classifier", "--knn",
+                   "--classifiers --checkpoint_path", "--protocol moco")
+    result = load_test_py().main(argv + ["--knn", "2", "--json"])
+    assert "top1_linear" not in result and 0 <= result["top1_knn"] <= 100 and result["n_images"] == 6
+
+
+def test_classifiers_train_on_a_seed_file_and_test_py_scores_them(tmp_path):
+    path = tmp_path / "checkpoint_0199.pth.tar"
+    moco_file(path)
+    root = image_folder(tmp_path / "data", per_class=4)
+    assert run_entry_point(train.main, [
+        "--classifiers", "--checkpoint_path", str(path), "--protocol", "moco", "--dataset", "FOLDER",
+        "--input_dir", root, "--image_size", "128", "--output_dir", str(tmp_path / "runs"), "--run_name", "lin",
+        "--epochs", "1", "--batch_size", "4", "--num_workers", "0", "--device", "cpu"]) == 0
+    out = tmp_path / "runs" / "lin" / "amdim_cpt.pth"
+    trained = checkpoint.load_model(str(out))
+    seed = checkpoint.load_model(str(path))
+    for name, value in seed.backbone.state_dict().items():      # the frozen encoder is the file's
+        assert torch.equal(trained.backbone.state_dict()[name], value), name
+    result = load_test_py().main([str(out), "--dataset", "FOLDER", "--input_dir", root, "--device", "cpu",
+                                  "--json", "--num_workers", "0"])
+    assert result["protocol"] == "moco" and 0 <= result["top1_linear"] <= 100
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What cannot be read says so in one line.
+
+def test_unknown_and_unsupported_files_give_one_line_errors(tmp_path, capsys):
+    test_py = load_test_py().main
+
+    def argv(p, *more):
+        return [str(p), "--dataset", "FOLDER", "--input_dir", str(tmp_path), "--device", "cpu", *more]
+    other = tmp_path / "other.pth"
+    torch.save({"weights": torch.ones(1), "step": 3}, other)
+    one_line_error(capsys, test_py, argv(other), "not a checkpoint this code reads", "step, weights",
+                   "docs/checkpoints.md")
+    linear = tmp_path / "linear.pth.tar"
+    torch.save({"state_dict": {"module.linear.weight": torch.ones(2, 2048), "module.linear.bias": torch.ones(2)}},
+               linear)
+    one_line_error(capsys, test_py, argv(linear), "without its encoder", "eval_linear.py", "--linear_classifier")
+    moco = tmp_path / "moco.pth.tar"
+    moco_file(moco)
+    one_line_error(capsys, test_py, argv(moco, "--linear_classifier", str(linear)), "reads 2048 features",
+                   "gives 512")
+    one_line_error(capsys, test_py, argv(moco, "--linear_classifier", str(other)), "not a seed's linear classifier")
+
+
+def test_wide_and_unsupported_backbones_are_named(tmp_path, capsys):
+    state = {k: v for k, v in torchvision_resnet("resnet50", 9).state_dict().items() if not k.startswith("fc.")}
+    state["conv1.weight"] = torch.zeros(128, 3, 7, 7)             # SwAV's RN50-w2 (widen 2): every stage twice
+    state["layer1.0.conv1.weight"] = torch.zeros(128, 128, 1, 1)
+    state.update({"projection_head.weight": torch.zeros(16, 4096), "prototypes.weight": torch.zeros(30, 16)})
+    wide = tmp_path / "swav_RN50w2_400ep_pretrain.pth.tar"
+    torch.save(prefixed("module.", state), wide)
+    one_line_error(capsys, load_test_py().main, [str(wide), "--device", "cpu"], "2x as wide", "standard width")
+    half = tmp_path / "CMC_resnet50v1.pth"
+    nets = [torchvision_resnet("resnet18", 9, c, 16).state_dict() for c in (1, 2)]
+    for net in nets:
+        net["layer1.0.conv1.weight"] = torch.zeros(32, 64, 3, 3)
+    torch.save({"opt": argparse.Namespace(model="resnet50v1"), "model": {
+        **prefixed("encoder.module.l_to_ab.", nets[0]), **prefixed("encoder.module.ab_to_l.", nets[1])}}, half)
+    one_line_error(capsys, load_test_py().main, [str(half), "--device", "cpu"], "resnet50v1", "resnet50v2")
+
+
+def test_self_supervised_training_continues_from_a_seed_file(tmp_path):
+    """train.py --checkpoint_path on CMC's file: its banks and constants carry on (8 images touch rows 0-7 only)."""
+    path = tmp_path / "ckpt_epoch_240.pth"
+    cmc_file(path)
+    root = image_folder(tmp_path / "data", per_class=4)
+    assert run_entry_point(train.main, [
+        "--checkpoint_path", str(path), "--dataset", "FOLDER", "--input_dir", root, "--image_size", "128",
+        "--output_dir", str(tmp_path / "runs"), "--run_name", "more", "--epochs", "1", "--batch_size", "4",
+        "--num_workers", "0", "--device", "cpu"]) == 0
+    seed, more = checkpoint.load_model(str(path)), checkpoint.load_model(str(tmp_path / "runs/more/amdim_cpt.pth"))
+    assert more.hyperparams["nce_k"] == 8 and more.hyperparams["n_data"] == 20
+    assert torch.equal(more.memory_l[8:], seed.memory_l[8:]) and not torch.equal(more.memory_l[:8], seed.memory_l[:8])
+    assert float(more.z_l) == 123.5
