@@ -9,7 +9,7 @@ normalisation (NORMALIZATION). Per-image callables take a PIL RGB image; batched
 """
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -37,6 +37,15 @@ NORMALIZATION = {
     "stl": ((0.43, 0.42, 0.39), (0.27, 0.26, 0.27)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+@dataclass(frozen=True)
+class ViewSpec:
+    """The views a phase trains on: make_views' kind and keywords, and how many views of each image the step
+    takes."""
+    kind: str
+    options: dict = field(default_factory=dict)
+    count: int = 2
+
+
 PROBE_SCALE = (0.08, 1.0)   # the seeds' linear-evaluation crop: torchvision's RandomResizedCrop default area range
 CMC_CROP_LOW = 0.2      # RandomResizedCrop's smallest area fraction at 32-64 px (the seed's 0.08 is for 224 px)
 

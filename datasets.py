@@ -269,10 +269,13 @@ def digits_arrays():
     return (x[train].numpy(), y[train].numpy()), (x[test].numpy(), y[test].numpy())
 
 
-def _digits(views, batched):
+def _digits(views, batched, labels=None):
     (x_tr, y_tr), (x_te, y_te) = digits_arrays()
     pixels = x_tr.reshape(-1, 3).astype(np.float64) / 255.0
     mean_std = (tuple(pixels.mean(0)), tuple(pixels.std(0)))     # the training split's own statistics
+    if labels is not None:
+        keep = labels.keep(y_tr)
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
     test_transform_ = T.Compose(_to_normalized_tensor("cifar", mean_std))
     test = Transformed(ArrayImages(x_te, y_te), test_transform_)
     memory = lambda: Transformed(ArrayImages(x_tr, y_tr), test_transform_)
@@ -318,7 +321,7 @@ def download_lock(root, name):
         yield
 
 
-def _cifar_or_stl(name, root, phase, views, download, batched):
+def _cifar_or_stl(name, root, phase, views, download, batched, labels=None):
     recipe = "cifar" if name in ("C10", "C100") else "stl"
     if name == "STL10":
         split = "train+unlabeled" if phase == "self_supervised" else "train"
@@ -333,6 +336,9 @@ def _cifar_or_stl(name, root, phase, views, download, batched):
         label = "CIFAR-10" if name == "C10" else "CIFAR-100"
     train_set = _torchvision(label, train, root, download)
     test = Transformed(_torchvision(label, test, root, download), test_transform(recipe))
+    if labels is not None:      # a classifier run: train_set is the labelled split
+        _keep_in_place(train_set, labels.keep(train_set.labels if name == "STL10" else train_set.targets))
+        labelled = train
     if labelled is train:
         memory = lambda: Transformed(train_set, test_transform(recipe))
     else:     # STL-10's self-supervised split holds unlabelled images: the kNN memory is the labelled train split
@@ -344,6 +350,15 @@ def _cifar_or_stl(name, root, phase, views, download, batched):
         labels = train_set.labels if name == "STL10" else train_set.targets
         return UInt8Images(np.ascontiguousarray(images), np.asarray(labels)), test, n_classes, augment, memory
     return Transformed(train_set, augment), test, n_classes, None, memory
+
+
+def _keep_in_place(dataset, keep):
+    """Restrict a torchvision CIFAR or STL-10 dataset to the images at indices `keep`."""
+    dataset.data = dataset.data[keep]
+    if hasattr(dataset, "targets"):
+        dataset.targets = [dataset.targets[i] for i in keep]
+    else:
+        dataset.labels = dataset.labels[keep]
 
 
 def _hidden(name):
@@ -421,7 +436,7 @@ def _check_folder_link(path, real, chain, class_dir):
 
 
 def _image_folders(name, root, image_size, make, kind, skip_bad_images=False, subset=None, cache=None,
-                   crop_path=None):
+                   crop_path=None, labels=None):
     """The Splits of an image folder dataset. make(recipe, resize_first, batched) makes the training views; kind
     is their view kind; cache: the ImageCache settings (None: read image by image); crop_path(recipe,
     resize_first): an augment.CropPath for training images read file by file (None: the per-image views)."""
@@ -452,6 +467,8 @@ def _image_folders(name, root, image_size, make, kind, skip_bad_images=False, su
     if train.classes != test.classes:
         raise UserError(f"{found[0]}/ and {found[1]}/ under {root} have different class folders; give both "
                         f"the same set of classes")
+    if labels is not None:
+        labels.apply_to_folder(train)
     n_classes = len(train.classes)
     test_tf = test_transform(recipe, resize_first)
     cache = cache or ImageCache("off")
@@ -573,7 +590,7 @@ class DecodedImages(torch.utils.data.Dataset):
 
 def build_splits(name, input_dir, phase, image_size=None, aug="default", download=True, skip_bad_images=False,
                  batch_augment=True, views="amdim", subset=None, view_options=None, cache_images="off",
-                 report=True, cache_budget=imagecache.BUDGET_BYTES, cache_copies=1):
+                 report=True, cache_budget=imagecache.BUDGET_BYTES, cache_copies=1, labels=None):
     """Training and test splits of a dataset; see Splits. phase: "self_supervised" or "classifiers" (only STL10
     differs: its unlabeled images join the self-supervised training split). views: the training views'
     augmentation kind (augment.make_views). skip_bad_images: instead of failing on an unreadable file (image
@@ -587,7 +604,9 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     default here; train.py's is auto): decode image folder splits into memory (imagecache.py), so that their
     training split takes the batched path too; report: this process prints that work's progress and counts
     unreadable images (rank 0); cache_budget: auto's limit, in bytes per split; cache_copies: the training
-    processes on this machine, each caching its own copy (imagecache.decode_split's copies)."""
+    processes on this machine, each caching its own copy (imagecache.decode_split's copies). labels: a
+    subset.LabelSubset that restricts the training split (and the kNN memory) to those labelled images; the
+    normalisation stays the whole split's."""
     view_options = view_options or {}
     size = encoder_size(name, image_size)
     if aug not in AUGMENTATIONS:
@@ -598,10 +617,11 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
     if name == "DIGITS":
         make = lambda mean_std: make_views(views, "cifar", aug=aug, mean_std=mean_std, batched=batched,
                                            **view_options)
-        train, test, n_classes, augment, memory, mean_std = _digits(make, batched)
+        train, test, n_classes, augment, memory, mean_std = _digits(make, batched, labels)
     elif name in ("C10", "C100", "STL10"):
         make = lambda recipe, batched_: make_views(views, recipe, aug=aug, batched=batched_, **view_options)
-        train, test, n_classes, augment, memory = _cifar_or_stl(name, input_dir, phase, make, download, batched)
+        train, test, n_classes, augment, memory = _cifar_or_stl(name, input_dir, phase, make, download, batched,
+                                                                labels)
         mean_std = NORMALIZATION["cifar" if name in ("C10", "C100") else "stl"]
     else:
         make = lambda recipe, resize_first, batched_: make_views(views, recipe, aug=aug, resize_first=resize_first,
@@ -609,6 +629,7 @@ def build_splits(name, input_dir, phase, image_size=None, aug="default", downloa
         crop_path = (lambda recipe, resize_first: make_crop_views(views, recipe, resize_first=resize_first,
                                                                   **view_options)) if batched else None
         cache = ImageCache(cache_images, report, cache_budget, batched, cache_copies)
-        return _image_folders(name, input_dir, size, make, views, skip_bad_images, subset, cache, crop_path)
+        return _image_folders(name, input_dir, size, make, views, skip_bad_images, subset, cache, crop_path,
+                              labels)
     return Splits(train=train, test=test, n_classes=n_classes, image_size=size, batch_augment=augment,
                   memory_factory=memory, mean_std=mean_std)

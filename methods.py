@@ -20,24 +20,26 @@ The interface the training loop uses (train.py never asks which method it runs):
     optimizer(args), schedule(hp, args, epochs, milestones, updates_per_epoch)   the recipe, built once per run
     features(x)               (B, n_features) frozen features for the classifiers and kNN
     classify(x)               the evaluation classifiers' logits, one per evaluator.heads entry
-    evaluator                 the evaluation classifiers (model.Evaluator, or a seed protocol's LinearProbe)
+    evaluator                 the evaluation classifiers (its protocol's: model.Evaluator, LinearProbe, FineTuneHead)
+    feature_modules()         the modules its features come from (what a fine-tuning protocol trains)
     hyperparams               the config dict that rebuilds the model (config.py)
 
 `dist` (distributed.Dist) gives the collectives a method needs; in a single process they are identities.
 """
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import costs
+import protocols
 import recipes
-from augment import MultiCrop
+from augment import MultiCrop, ViewSpec
 from hparams import AT_LEAST_0, AT_LEAST_1, POSITIVE, Param, Range
 from imageops import normalize_lab, rgb_to_lab
-from model import Encoder, Evaluator, GlobalEncoder, LinearProbe, ResNetTrunk, bn_projection_head, projection_head
+from model import Encoder, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
 from utils import UserError
 
 
@@ -48,15 +50,6 @@ class TrainingData:
     n_images: int
     mean_std: tuple
     batch_size: int
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """The views a phase trains on: augment.make_views' kind and keywords, and how many views of each image the
-    step takes."""
-    kind: str
-    options: dict = field(default_factory=dict)
-    count: int = 2
 
 
 class Method(nn.Module):
@@ -114,12 +107,13 @@ class Method(nn.Module):
         return recipes.StepSchedule(epochs, milestones, r.decay, r.warmup(args), cosine=args.cos)
 
     def make_evaluator(self, n_classes):
-        """The evaluation classifiers its hyperparams ask for: AMDIM's online pair (Evaluator), or with a seed's
-        linear protocol (hyperparams "protocol", set by --classifiers --protocol: protocols.py) that seed's
-        classifier (LinearProbe), on its n_features features."""
-        if self.hyperparams.get("protocol", "amdim") == "amdim":
-            return Evaluator(self.n_features, n_classes)
-        return LinearProbe(self.n_features, n_classes)
+        """The evaluation classifiers of the protocol its hyperparams name (protocols.py; set by --classifiers
+        --protocol): AMDIM's online pair (model.Evaluator) by default, on its n_features features."""
+        return protocols.of(self.hyperparams).evaluator(self.n_features, n_classes)
+
+    def feature_modules(self):
+        """The modules its features come from (what fine-tuning trains besides the evaluator)."""
+        return [self.backbone.feature_layers()]
 
     def reset_evaluator(self, n_classes, protocol=None):
         """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205, of an
@@ -213,6 +207,9 @@ class AMDIM(Method):
     def features(self, x):
         """x: (B, 3, S, S) -> r1 flattened, (B, n_rkhs)."""
         return self.encoder(x)[0].flatten(1)
+
+    def feature_modules(self):
+        return [self.encoder.feature_layers()]
 
 
 def make_backbone(hp, in_channels=3):
@@ -503,6 +500,9 @@ class CMC(Method):
         rgb = (x.float() * self.rgb_std + self.rgb_mean).clamp(0, 1)
         lab = normalize_lab(rgb_to_lab(rgb)).to(x.dtype)
         return torch.cat([self.backbone_l(lab[:, :1]), self.backbone_ab(lab[:, 1:])], dim=1)
+
+    def feature_modules(self):
+        return [self.backbone_l.feature_layers(), self.backbone_ab.feature_layers()]
 
     def ddp_ignored_state(self):
         # Every process applies the same gathered update, so banks and constants stay identical without DDP's

@@ -197,6 +197,10 @@ class Encoder(nn.Module):
                 h5 = x
         return x, self.rkhs_block_5(h5), self.rkhs_block_7(h7)
 
+    def feature_layers(self):
+        """The layers r1 comes from (not the r5 and r7 heads): what fine-tuning its features trains."""
+        return self.layer_list
+
 
 class MLPClassifier(nn.Module):
     """Linear classifier (n_hidden None) or one-hidden-layer MLP with dropout, as the original's."""
@@ -256,6 +260,22 @@ class LinearProbe(nn.Module):
         return (self.linear(features.detach().flatten(1)),)
 
 
+class FineTuneHead(nn.Module):
+    """The classifier of SwAV's semi-supervised fine-tuning (eval_semisup.py: its projection head rebuilt as one
+    linear layer, nn.Linear's default initialisation): it trains with the encoder, so features are not
+    detached."""
+    heads = ("lin",)
+
+    def __init__(self, n_features, n_classes):
+        super().__init__()
+        self.n_classes = n_classes
+        self.linear = nn.Linear(n_features, n_classes)
+
+    def forward(self, features):
+        """features: (B, n_features) -> (logits (B, n_classes),)."""
+        return (self.linear(features.flatten(1)),)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Backbones for the other methods: image -> one pooled feature vector per image.
 
@@ -274,6 +294,9 @@ class GlobalEncoder(nn.Module):
     def forward(self, x):
         """x: (B, in_channels, S, S) -> (B, n_rkhs)."""
         return self.encoder(x)[0].flatten(1)
+
+    def feature_layers(self):
+        return self.encoder.feature_layers()
 
 
 class ResNetTrunk(nn.Module):
@@ -302,6 +325,10 @@ class ResNetTrunk(nn.Module):
     def forward(self, x):
         """x: (B, in_channels, S, S) -> (B, width)."""
         return self.net(x)
+
+    def feature_layers(self):
+        """What its features come from: all of it."""
+        return self
 
 
 def projection_head(width, dim, hidden=False):

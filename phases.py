@@ -1,6 +1,6 @@
 """What a training run trains: the self-supervised phase (the method itself) or, with --classifiers, the evaluation
-classifiers alone on the frozen encoder. train.py's one loop calls either like a method, through the same hooks,
-and never asks which phase it runs.
+classifiers alone on the frozen encoder (or, with a fine-tuning protocol, with the encoder). train.py's one loop
+calls either like a method, through the same hooks, and never asks which phase it runs.
 
 Each phase class gives, before the model exists: name (what checkpoints record), the cursor's entries it advances
 (epoch_key, step_key), seed_key (keeps the phases' random streams apart), views(hp) (a methods.ViewSpec), recipe(hp)
@@ -9,9 +9,13 @@ Each phase class gives, before the model exists: name (what checkpoints record),
 updates_per_epoch) (the learning-rate multiplier at (epoch, update)). An instance, built on the model, gives what
 the step needs: step_module (what DistributedDataParallel wraps and the step calls), forward, loss_terms
 (compile_losses: compiled with the step), the method hooks, optimizer, classifier_loss (the evaluation
-classifiers' loss, per head), eval_encoder (BatchNorm of the frozen encoder in eval mode) and scratch_note.
+classifiers' loss, per head), eval_encoder (BatchNorm of the frozen encoder in eval mode), refresh_bn (whether the
+per-epoch test re-estimates BatchNorm statistics first) and scratch_note.
 """
+import itertools
+
 import torch
+import torch.nn as nn
 
 import compiling
 import costs
@@ -26,6 +30,7 @@ class SelfSupervised:
     name, epoch_key, step_key, seed_key = SELF_SUPERVISED, "info_epoch", "info_step", 0
     compiles = True
     eval_encoder = False
+    refresh_bn = True
     scratch_note = None
     classifier_loss = staticmethod(costs.classifier_loss)      # the online classifiers': AMDIM's
 
@@ -87,7 +92,7 @@ class Classifiers:
     """--classifiers: the evaluation classifiers alone, on the frozen encoder's features, with an evaluation
     protocol (protocols.py; the model's hyperparams name it): by default AMDIM's, whichever method made the
     encoder, so that every method's evaluations compare; or a seed's (--protocol moco|swav|cmc), so that they
-    compare with that paper's table."""
+    compare with that paper's table. A fine-tuning protocol (--protocol semisup) trains the encoder too."""
     name, epoch_key, step_key, seed_key = CLASSIFIERS, "classifier_epoch", "classifier_step", 1
     compiles = False         # small heads on frozen features: compiling would not repay itself
     scratch_note = "no --checkpoint_path: training classifiers on a randomly initialised encoder (baseline)"
@@ -109,22 +114,36 @@ class Classifiers:
         self.model = model
         self.protocol = protocols.of(model.hyperparams)
         self.eval_encoder = args.eval_encoder or self.protocol.eval_encoder
+        self.refresh_bn = self.protocol.refresh_bn
         self.classifier_loss = self.protocol.loss
         model.requires_grad_(False)
         model.evaluator.requires_grad_(True)
+        self._step_module = model.evaluator
+        if self.protocol.finetune:
+            for module in model.feature_modules():
+                module.requires_grad_(True)
+            self._step_module = FineTuned(model)
 
     def step_module(self):
-        return self.model.evaluator
+        return self._step_module
 
     def ddp_ignored_state(self):
-        return []
+        """Fine-tuning: the method's state outside the encoder and head (a queue, memory banks) is not synced."""
+        if not self.protocol.finetune:
+            return []
+        used = [*self.model.feature_modules(), self.model.evaluator]
+        kept = {id(t) for m in used for t in itertools.chain(m.parameters(), m.buffers())}
+        return [f"model.{name}" for name, t in itertools.chain(self.model.named_parameters(),
+                                                               self.model.named_buffers()) if id(t) not in kept]
 
     def has_unused_parameters(self):
         return False
 
     def forward(self, step_model, views, dist):
         """views: (images (B, 3, S, S),) -> {"logits": the classifiers' logits, each (B, n_classes)}; the frozen
-        encoder runs outside the step module, without a graph."""
+        encoder runs outside the step module, without a graph (fine-tuning: inside, with one)."""
+        if self.protocol.finetune:
+            return {"logits": step_model(views[0])}
         with torch.no_grad():
             features = self.model.features(views[0])
         return {"logits": step_model(features)}
@@ -150,6 +169,18 @@ class Classifiers:
     @staticmethod
     def schedule(hp, args, epochs, milestones, updates_per_epoch):
         return protocols.of(hp).schedule(args, epochs, milestones)
+
+
+class FineTuned(nn.Module):
+    """A method's encoder and evaluation classifier as one module, what DistributedDataParallel wraps when a
+    protocol fine-tunes: images (B, 3, S, S) -> the classifier's logits, one (B, n_classes) per head."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.evaluator(self.model.features(x))
 
 
 PHASES = {cls.name: cls for cls in (SelfSupervised, Classifiers)}

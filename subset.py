@@ -1,5 +1,12 @@
-"""Class subsets of image-folder datasets (e.g. ImageNet-100, listed in assets/imagenet100_classes.txt): read a
-class list file, and restrict a torchvision ImageFolder to the listed classes."""
+"""Subsets of a dataset's training split: classes of image-folder datasets (e.g. ImageNet-100, listed in
+assets/imagenet100_classes.txt: read a class list file, restrict a torchvision ImageFolder to the listed classes),
+and the labelled images of semi-supervised evaluation (LabelSubset: a file naming them, as the 1 % / 10 % ImageNet
+subset files SimCLR published and SwAV's eval_semisup.py reads, or a seeded, class-balanced fraction)."""
+import os
+from dataclasses import dataclass
+
+import torch
+
 from utils import UserError
 
 
@@ -8,27 +15,37 @@ def read_class_list(path):
     whitespace stripped, blank lines and lines starting with '#' skipped.
 
     Raises UserError when the file is missing, unreadable, lists no class, or lists a class twice."""
+    return _read_names(path, "class list", "class folder name", "class")
+
+
+def read_labels_file(path):
+    """The image file names listed in the labels file at path (e.g. n01440764_10026.JPEG), one per line, with
+    read_class_list's rules."""
+    return _read_names(path, "labels file", "image file name", "image")
+
+
+def _read_names(path, kind, entry, item):
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise UserError(f"class list {path} does not exist: pass the path of a text file with one class folder "
-                        f"name per line") from None
+        raise UserError(f"{kind} {path} does not exist: pass the path of a text file with one {entry} per "
+                        f"line") from None
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or str(e)
-        raise UserError(f"class list {path} cannot be read ({reason}): pass a readable UTF-8 text file with one "
-                        f"class folder name per line") from None
+        raise UserError(f"{kind} {path} cannot be read ({reason}): pass a readable UTF-8 text file with one "
+                        f"{entry} per line") from None
     names = [line.strip() for line in lines]
     names = [name for name in names if name and not name.startswith("#")]
     if not names:
-        raise UserError(f"class list {path} lists no class: write one class folder name per line")
+        raise UserError(f"{kind} {path} lists no {item}: write one {entry} per line")
     seen, repeated = set(), []
     for name in names:
         if name in seen and name not in repeated:
             repeated.append(name)
         seen.add(name)
     if repeated:
-        raise UserError(f"class list {path} lists {_some(repeated)} more than once: keep one line per class")
+        raise UserError(f"{kind} {path} lists {_some(repeated)} more than once: keep one line per {item}")
     return names
 
 
@@ -57,6 +74,53 @@ def select_classes(image_folder, names):
     image_folder.classes = wanted
     image_folder.class_to_idx = {name: i for i, name in enumerate(wanted)}
     return image_folder
+
+
+@dataclass(frozen=True)
+class LabelSubset:
+    """The labelled training images a classifier run trains on: those a labels file names (file; image
+    folders), or `fraction` of each class's images drawn with `seed` (balanced_draw)."""
+    file: str = None
+    fraction: float = None
+    seed: int = 0
+
+    def keep(self, labels, samples=None, root=""):
+        """The sorted indices of the training images to keep, given every image's label (and, for a labels
+        file, the folder's (path, label) samples under root)."""
+        if self.file is None:
+            return balanced_draw(labels, self.fraction, self.seed)
+        return named_images(samples, read_labels_file(self.file), self.file, root)
+
+    def apply_to_folder(self, image_folder):
+        """Restrict a torchvision ImageFolder's samples, in place, to the kept images."""
+        keep = self.keep(image_folder.targets, image_folder.samples, image_folder.root)
+        image_folder.samples = image_folder.imgs = [image_folder.samples[i] for i in keep]
+        image_folder.targets = [target for _, target in image_folder.samples]
+
+
+def balanced_draw(labels, fraction, seed):
+    """Sorted indices of round(fraction x n_c) images (at least one) of each class c among `labels`, drawn
+    without replacement: class by class in label order, a torch.randperm of its n_c images from one generator
+    seeded with `seed`, its first ones kept."""
+    labels = torch.as_tensor(labels)
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        n = max(1, round(fraction * len(members)))
+        keep.append(members[torch.randperm(len(members), generator=generator)[:n]])
+    return sorted(torch.cat(keep).tolist())
+
+
+def named_images(samples, names, path, root):
+    """Sorted indices of the samples ((path, label) pairs) whose file names are the names a labels file lists;
+    a UserError naming those it lists that are not there."""
+    index = {os.path.basename(sample_path): i for i, (sample_path, _) in enumerate(samples)}
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise UserError(f"labels file {path} names {len(missing)} image(s) that are not in {root}: "
+                        f"{_some(missing)}; point --input_dir at the dataset the file was made for, or fix the file")
+    return sorted(index[name] for name in names)
 
 
 def _some(names, most=3):

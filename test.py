@@ -107,7 +107,8 @@ def main(argv=None):
     if "seed_format" in ckpt:
         result["seed_format"] = ckpt["seed_format"]
     if trained:
-        refresh_bn(args, model, splits, dist, bool(ckpt.get("eval_encoder", False)))
+        if protocols.of(hp).refresh_bn:       # fine-tuned encoders keep their training's statistics
+            refresh_bn(args, model, splits, dist, bool(ckpt.get("eval_encoder", False)))
         result.update(engine.evaluate(model, splits.test, dist, args.amp, args.batch_size, args.num_workers))
     result.update(n_skipped=splits.skipped_images("test"), **position(ckpt))
     if args.knn is not None:

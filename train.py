@@ -34,6 +34,7 @@ import phases
 import protocols
 import recipes
 import runlog
+import subset as subsets
 import utils
 import views_grid
 from phases import CLASSIFIERS, SELF_SUPERVISED
@@ -87,7 +88,16 @@ def parse_args(argv=None):
                    help="--classifiers: whose linear evaluation (protocols.py): amdim (an MLP and a linear "
                         "classifier, Adam; the default), or the seed's own linear classifier, optimiser, schedule "
                         "and training crops: moco (main_lincls.py), swav (eval_linear.py), cmc (LinearProbing.py); "
-                        "default: a resumed run's, else amdim")
+                        "or semisup, SwAV's eval_semisup.py, which fine-tunes the encoder with a linear head (with "
+                        "--labels_file or --label_fraction); default: a resumed run's, else amdim")
+    p.add_argument("--labels_file", help="--classifiers on image folders: train on the images this file names, "
+                                         "one file name a line (the 1%% / 10%% ImageNet subset files of SimCLR "
+                                         "and SwAV's eval_semisup.py, e.g. n01440764_10026.JPEG; default: every "
+                                         "training image)")
+    p.add_argument("--label_fraction", type=hparams.number(float, hparams.Range(above=0, maximum=1)),
+                   help="--classifiers: train on this fraction of each class's training images (at least one "
+                        "each), e.g. 0.01 or 0.1, drawn with --label_seed (default: every training image)")
+    p.add_argument("--label_seed", type=count, default=0, help="the seed of --label_fraction's draw")
     p.add_argument("--checkpoint_path", "--cpt_load_path",
                    help="checkpoint to start from (default: none, a model built from scratch)")
     config.add_flags(p)
@@ -154,6 +164,9 @@ def parse_args(argv=None):
                 f"train AMDIM's online classifiers)")
     if args.subset and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
         p.error("--subset applies to image folders (IN128, PLACES205, FOLDER)")
+    problem = label_flags_problem(args)
+    if problem:
+        p.error(problem)
     try:
         size = datasets.encoder_size(args.dataset, args.image_size)
         if args.checkpoint_path is None:  # else the checkpoint supplies the model; checked once it is read
@@ -161,6 +174,28 @@ def parse_args(argv=None):
     except UserError as e:
         p.error(str(e))
     return args
+
+
+def label_flags_problem(args):
+    """What is wrong with --labels_file / --label_fraction, as a message; None when nothing is."""
+    given = [flag for flag, value in (("--labels_file", args.labels_file), ("--label_fraction", args.label_fraction))
+             if value is not None]
+    if len(given) == 2:
+        return "--labels_file and --label_fraction both choose the labelled images: give one of them"
+    if given and not args.classifiers:
+        return (f"{given[0]} chooses the labelled images of a classifier run: add --classifiers (self-supervised "
+                f"training uses no labels)")
+    if args.labels_file and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
+        return (f"--labels_file names image files: it applies to image folders (IN128, PLACES205, FOLDER); use "
+                f"--label_fraction for {args.dataset}")
+    return None
+
+
+def label_subset(args):
+    """The subset.LabelSubset of --labels_file / --label_fraction (None: every training image)."""
+    if args.labels_file is None and args.label_fraction is None:
+        return None
+    return subsets.LabelSubset(args.labels_file, args.label_fraction, args.label_seed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -381,7 +416,8 @@ def load_data(args, dist, view_kind, view_options=None):
                                        aug=args.aug, skip_bad_images=args.skip_bad_images,
                                        batch_augment=not args.per_image_aug, views=view_kind, subset=args.subset,
                                        view_options=view_options, cache_images=args.cache_images,
-                                       report=dist.is_main, cache_copies=distributed.processes_on_this_machine())
+                                       report=dist.is_main, cache_copies=distributed.processes_on_this_machine(),
+                                       labels=label_subset(args))
     except UserError as e:
         if not dist.active:
             raise
@@ -621,14 +657,16 @@ SHARED_STREAM = 2 ** 40    # shared_seed_at's key: never a rank number
 TEST_STREAM = 1      # reseed key that keeps the test's random stream (BN-refresh views) apart from the updates'
 
 def test_accuracy(run, epoch):
-    """The per-epoch test: BN refresh on each rank's training batches, rank 0's statistics shared with every
-    rank, then every test image scored once across the ranks; kNN top-1 every --knn_every epochs."""
+    """The per-epoch test: BN refresh on each rank's training batches (where the phase refreshes), rank 0's
+    statistics shared with every rank, then every test image scored once across the ranks; kNN top-1 every
+    --knn_every epochs."""
     args, dist = run.args, run.dist
     reseed(run, epoch, TEST_STREAM)
     eval_encoder = run.phase.eval_encoder
     images = engine.first_view(run.splits.batch_augment, dist.device, args.memory_format) \
         if args.bn_warmup == "train" else None
-    engine.refresh_bn(run.model, run.bn_loader, dist, run.amp, eval_encoder=eval_encoder, images=images)
+    if run.phase.refresh_bn:
+        engine.refresh_bn(run.model, run.bn_loader, dist, run.amp, eval_encoder=eval_encoder, images=images)
     distributed.broadcast_bn_statistics(run.model, dist)
     acc = engine.evaluate(run.model, engine.shard(run.splits.test, dist), dist, run.amp, run.per_rank,
                           args.num_workers)
