@@ -3,7 +3,7 @@ classifiers alone on the frozen encoder (or, with a fine-tuning protocol, with t
 calls either like a method, through the same hooks, and never asks which phase it runs.
 
 Each phase class gives, before the model exists: name (what checkpoints record), the cursor's entries it advances
-(epoch_key, step_key), seed_key (keeps the phases' random streams apart), views(hp) (a methods.ViewSpec), recipe(hp)
+(epoch_key, step_key), seed_key (keeps the phases' random streams apart), views(hp) (an augment.ViewSpec), recipe(hp)
 (its epochs and milestones), compiles (whether --compile auto may compile its step) and classifiers_restart(how)
 (whether a start trains new classifiers, counted from epoch 0), schedule(hp, args, epochs, milestones,
 updates_per_epoch) (the learning-rate multiplier at (epoch, update)). An instance, built on the model, gives what

@@ -26,6 +26,7 @@ from tests.helpers import load_test_py, one_line_error, run_entry_point
 
 # Entries besides the ResNet's, from the seeds' code: name -> shape (d: embedding, k: queue, h: the ResNet's width).
 MOCO_MLP_HEAD = {"fc.0.weight": ("h", "h"), "fc.0.bias": ("h",), "fc.2.weight": ("d", "h"), "fc.2.bias": ("d",)}
+MOCO_HEAD = {"fc.weight": ("d", "h"), "fc.bias": ("d",)}                      # without --mlp: torchvision's fc
 MOCO_STATE = {"queue": ("d", "k"), "queue_ptr": (1,)}                         # moco/builder.py's buffers
 SWAV_HEAD = {"projection_head.0.weight": ("m", "h"), "projection_head.0.bias": ("m",),
              "projection_head.1.weight": ("m",), "projection_head.1.bias": ("m",),
@@ -70,18 +71,20 @@ def prefixed(prefix, state):
     return {prefix + k: v for k, v in state.items()}
 
 
-def moco_file(path, arch="resnet18", dim=16, k=32):
-    """main_moco.py --mlp: {"epoch", "arch", "state_dict" (DistributedDataParallel's module.), "optimizer"}."""
+def moco_file(path, arch="resnet18", dim=16, k=32, mlp=True):
+    """main_moco.py [--mlp]: {"epoch", "arch", "state_dict" (DistributedDataParallel's module.), "optimizer"}."""
     g = torch.Generator().manual_seed(1)
     q, k_net = torchvision_resnet(arch, 1), torchvision_resnet(arch, 2)
     width = q.fc.in_features
 
     def trunk(net):
         return {n: v for n, v in net.state_dict().items() if not n.startswith("fc.")}
+
+    head = MOCO_MLP_HEAD if mlp else MOCO_HEAD
     state = {**prefixed("module.encoder_q.", trunk(q)),
-             **prefixed("module.encoder_q.", random_entries(MOCO_MLP_HEAD, g, h=width, d=dim)),
+             **prefixed("module.encoder_q.", random_entries(head, g, h=width, d=dim)),
              **prefixed("module.encoder_k.", trunk(k_net)),
-             **prefixed("module.encoder_k.", random_entries(MOCO_MLP_HEAD, g, h=width, d=dim)),
+             **prefixed("module.encoder_k.", random_entries(head, g, h=width, d=dim)),
              **prefixed("module.", random_entries(MOCO_STATE, g, d=dim, k=k))}
     torch.save({"epoch": 200, "arch": arch, "state_dict": state,
                 "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "params": [0]}]}}, path)
@@ -170,6 +173,15 @@ def test_moco_file_features_head_queue_equal_the_seed_layout(tmp_path):
     assert torch.equal(method.backbone_k(x), seed_k)
     assert torch.allclose(method.head_k(seed_k), fc(seed_k, "module.encoder_k."), atol=1e-6)
     assert torch.equal(method.queue, state["module.queue"].t()) and int(method.queue_ptr) == 3
+
+
+def test_moco_file_without_mlp_has_a_linear_head(tmp_path):
+    path = tmp_path / "checkpoint_0199.pth.tar"
+    state = moco_file(path, mlp=False)
+    model = checkpoint.load_model(str(path))
+    assert not model.hyperparams["mlp"] and isinstance(model.head, nn.Linear)
+    assert torch.equal(model.head.weight, state["module.encoder_q.fc.weight"])
+    assert torch.equal(model.head_k.bias, state["module.encoder_k.fc.bias"])
 
 
 def test_swav_zoo_file_features_and_head_equal_the_seed_layout(tmp_path):
