@@ -18,7 +18,7 @@ import engine
 import phases
 import protocols
 import train
-from helpers import DIGITS, DIGITS_TINY, load_test_py, one_line_error, run_entry_point, small_digits
+from helpers import DIGITS, load_test_py, one_line_error, run_entry_point, small_digits
 from model import Evaluator, LinearProbe
 
 SEED_BATCH = 256        # every seed's linear evaluation ran at a global batch of 256
@@ -173,15 +173,6 @@ def test_top_k_correct_counts_labels_among_the_k_highest_scores():
 # ----------------------------------------------------------------------------------------------------------
 # Whole runs on DIGITS.
 
-@pytest.fixture(scope="module")
-def ss_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ss")
-    with pytest.MonkeyPatch.context() as mp:
-        small_digits(mp, n_train=300, n_test=100)
-        train.main(DIGITS_TINY + ["--output_dir", str(out), "--run_name", "ss", "--epochs", "1"])
-    return os.path.join(out, "ss", "amdim_cpt.pth")
-
-
 def test_swav_protocol_run_is_scored_by_test_py_with_its_protocol_and_top5(ss_checkpoint, tmp_path, capsys,
                                                                            monkeypatch):
     small_digits(monkeypatch, n_train=300, n_test=100)
@@ -256,7 +247,7 @@ def test_a_protocol_run_resumed_after_each_epoch_matches_the_uninterrupted_run(s
     train.main(argv + ["--run_name", "straight", "--epochs", "2"])
     train.main(argv + ["--run_name", "split", "--epochs", "1"])
     train.main(argv + ["--run_name", "split", "--epochs", "2"])
-    a, b = (torch.load(os.path.join(tmp_path, run, "amdim_cpt.pth"), weights_only=True) for run in ("straight", "split"))
+    a, b = (torch.load(tmp_path / run / "amdim_cpt.pth", weights_only=True) for run in ("straight", "split"))
     assert a["cursor"] == b["cursor"] and a["cursor"]["classifier_step"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(3.0)       # x0.1 from epoch 1 on

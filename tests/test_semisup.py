@@ -20,7 +20,7 @@ import phases
 import protocols
 import subset
 import train
-from helpers import DIGITS, DIGITS_TINY, TINY_FLAGS, load_test_py, one_line_error, run_entry_point, small_digits
+from helpers import DIGITS, TINY_FLAGS, load_test_py, one_line_error, run_entry_point, small_digits
 from model import FineTuneHead
 from test_protocols import flags, rates, tiny_model
 
@@ -154,15 +154,6 @@ def test_label_flags_errors_are_one_line(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------------------
 # Whole runs.
-
-@pytest.fixture(scope="module")
-def ss_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ss")
-    with pytest.MonkeyPatch.context() as mp:
-        small_digits(mp, n_train=300, n_test=100)
-        train.main(DIGITS_TINY + ["--output_dir", str(out), "--run_name", "ss", "--epochs", "1"])
-    return os.path.join(out, "ss", "amdim_cpt.pth")
-
 
 def semisup_argv(tmp_path, ss_checkpoint, run_name, epochs):
     return DIGITS + ["--output_dir", str(tmp_path), "--run_name", run_name, "--classifiers", "--protocol", "semisup",
