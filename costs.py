@@ -299,3 +299,40 @@ def swav_loss(scores_per_crop, codes, temperature, crops_for_assign):
         cross = [-(q * log_p[v]).sum(1).mean() for v in range(len(log_p)) if v != assigned]
         total = total + sum(cross) / len(cross)
     return total / len(crops_for_assign)
+
+
+def spherical_kmeans(memory, k, n_iters, generator):
+    """DeepCluster-v2's clustering of unit embeddings (the seed's cluster_memory, for one prototype head).
+
+    memory: (N, D) unit rows. The k centroids start as k distinct rows (torch.randperm(N, generator), its first
+    k); each of n_iters iterations assigns every row to its centroid of highest dot product, moves every centroid
+    that has rows to their mean (an empty cluster keeps its centroid) and scales every centroid to unit length.
+
+    Returns (centroids (k, D), assignments (N,) int64 to the final centroids)."""
+    if k > memory.shape[0]:
+        raise ValueError(f"{k} clusters need at least {k} embeddings, got {memory.shape[0]}")
+    pick = torch.randperm(memory.shape[0], generator=generator)[:k].to(memory.device)
+    centroids = memory[pick].clone()
+    for _ in range(n_iters):
+        assignments = (memory @ centroids.t()).argmax(1)
+        sums = torch.zeros_like(centroids).index_add_(0, assignments, memory)
+        counts = torch.bincount(assignments, minlength=k)
+        moved = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        centroids = F.normalize(torch.where((counts > 0).unsqueeze(1), moved, centroids), dim=1)
+    return centroids, (memory @ centroids.t()).argmax(1)
+
+
+def deepcluster_loss(scores_per_head, targets, temperature):
+    """DeepCluster-v2's loss: every crop's prototype scores predict its image's cluster, for each head.
+
+    scores_per_head: list of (C B, K_h) scores, one per prototype head, the rows of crop c at c B..(c + 1) B.
+    targets: (n_heads, B) int64, each image's cluster in each head, -100 where it has none yet.
+
+    Returns the mean over heads of the cross-entropy of scores / temperature against the targets repeated for
+    every crop, averaged over the rows with a target (0 when none has)."""
+    total = 0.0
+    for scores, target in zip(scores_per_head, targets):
+        target = target.repeat(scores.shape[0] // target.shape[0])
+        summed = F.cross_entropy(scores / temperature, target, ignore_index=-100, reduction="sum")
+        total = total + summed / (target != -100).sum().clamp(min=1)
+    return total / len(scores_per_head)
