@@ -20,10 +20,10 @@ from PIL import ImageFilter
 
 from autoaugment import FastAutoAugment
 from imageops import (
-    _LAB_SCALE, _LAB_SHIFT, _at, _blur_, _blur_takes, _channels, _chunks, _coin, _color_jitter_, _grayscale_,
-    _jitter_takes, _lab_, _masked, _mirror_input, _mirror_output, _pixel_scale, _resample, _scaled, _sorted_chunks,
-    _take, blur_draws, blur_from, crop_box_draws, crop_boxes, crop_weights, jitter_draws, jitter_from,
-    normalize_lab, rgb_to_lab, translate_draws, translate_from)
+    _at, _blur_, _blur_takes, _channels, _chunks, _coin, _color_jitter_, _grayscale_, _jitter_takes, _masked,
+    _mirror_input, _mirror_output, _pixel_scale, _resample, _scaled, _sorted_chunks, _take, blur_draws, blur_from,
+    crop_box_draws, crop_boxes, crop_weights, jitter_draws, jitter_from, to_colour_space, to_colour_space_,
+    translate_draws, translate_from)
 from utils import UserError
 
 VIEW_KINDS = ("amdim", "moco_v1", "moco_v2", "cmc", "swav", "probe")
@@ -160,20 +160,21 @@ class GaussianBlur:
 
 
 def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False, batched=False, crop_low=None,
-               crops=None, scale=None):
+               crops=None, scale=None, colour="Lab"):
     """The training views' augmentation for one kind of method.
 
     kind: "amdim" (both views share one random horizontal flip, everything else is drawn per view; aug picks
     "default", "autoaugment" or "fast_autoaugment" inside the view recipe), "moco_v1" or "moco_v2" (views fully
     independent; aug must be "default") or "cmc" (one RandomResizedCrop, scale crop_low..1, default CMC_CROP_LOW,
-    and flip, split into Lab's L and ab channels; aug must be "default", mean_std is ignored: Lab has its own
-    normalisation) or "swav" (SwAV's multi-crop: the crops a MultiCrop describes, default two at S px, each
-    independent; aug must be "default") or "probe" (a linear protocol's single view, probe_view_transform, of
-    area fraction `scale`, default PROBE_SCALE; aug must be "default"). recipe: "cifar", "stl" or "imagenet",
-    which sets the output size S (32, 64 or 128 px; the source images may be larger) and the normalisation.
-    mean_std: ((3 means), (3 stds)) to normalise by instead of the recipe's (DIGITS uses its own). resize_first:
-    "amdim" per image only, resize and centre-crop sources of another size to 32 px before the cifar recipe (FOLDER
-    data); MoCo's RandomResizedCrop samples from the whole source at any size and ignores it.
+    and flip, split into Lab's L and ab channels, or with colour "YCbCr" into Y and CbCr; aug must be "default",
+    mean_std is ignored: the colour space has its own normalisation) or "swav" (SwAV's multi-crop: the crops a
+    MultiCrop describes, default two at S px, each independent; aug must be "default") or "probe" (a linear
+    protocol's single view, probe_view_transform, of area fraction `scale`, default PROBE_SCALE; aug must be
+    "default"). recipe: "cifar", "stl" or "imagenet", which sets the output size S (32, 64 or 128 px; the source
+    images may be larger) and the normalisation. mean_std: ((3 means), (3 stds)) to normalise by instead of the
+    recipe's (DIGITS uses its own). resize_first: "amdim" per image only, resize and centre-crop sources of another
+    size to 32 px before the cifar recipe (FOLDER data); MoCo's RandomResizedCrop samples from the whole source at
+    any size and ignores it.
 
     Returns, per image (batched False): a callable PIL RGB image -> tuple of 2 float tensors (3, S, S),
     normalised (TwoViews or IndependentViews). Batched (True; "amdim" only with aug "default"): a callable
@@ -196,7 +197,7 @@ def make_views(kind, recipe, *, aug="default", mean_std=None, resize_first=False
         raise UserError(f"--aug {aug} applies to the AMDIM views only; {kind} has its own recipe: drop --aug")
     if kind == "cmc":
         crop_low = CMC_CROP_LOW if crop_low is None else crop_low
-        return BatchCMCViews(recipe, crop_low) if batched else CMCViews(recipe, crop_low)
+        return BatchCMCViews(recipe, crop_low, colour) if batched else CMCViews(recipe, crop_low, colour)
     if kind == "swav":
         crops = crops or _default_crops(recipe)
         return BatchMultiCropViews(recipe, crops, mean_std) if batched else MultiCropViews(recipe, crops, mean_std)
@@ -228,15 +229,17 @@ def _default_crops(recipe):
 class CMCViews:
     """CMC's two views of one PIL image: RandomResizedCrop (S px, scale crop_low..1, torchvision's ratio 3/4-4/3,
     bilinear) and a horizontal flip with p 0.5, as the seed, then Lab (rgb_to_lab on the 8-bit crop, as the seed
-    converts the uint8 crop) normalised by LAB_MEAN/LAB_STD and split. Returns (L (1, S, S), ab (2, S, S))."""
+    converts the uint8 crop) normalised by LAB_MEAN/LAB_STD and split, or with colour "YCbCr" the seed's other
+    split (imageops.to_colour_space). Returns (L (1, S, S), ab (2, S, S)), or (Y, CbCr)."""
 
-    def __init__(self, recipe, crop_low=CMC_CROP_LOW):
+    def __init__(self, recipe, crop_low=CMC_CROP_LOW, colour="Lab"):
         self.crop = T.Compose([T.RandomResizedCrop(RECIPE_SIZE[recipe], scale=(crop_low, 1.0)),
                                T.RandomHorizontalFlip(), T.PILToTensor()])
+        self.space = colour
 
     def __call__(self, img):
-        lab = normalize_lab(rgb_to_lab(self.crop(img)[None]))[0]
-        return lab[:1], lab[1:]
+        split = to_colour_space(self.crop(img)[None], self.space)[0]
+        return split[:1], split[1:]
 
 
 @dataclass(frozen=True)
@@ -535,8 +538,8 @@ class BatchCMCViews(_CompilableViews):
     as PIL does, bilinear, antialiased when it shrinks, in float without rounding to 8 bits), Lab on the device.
     Returns (L (B, 1, S, S), ab (B, 2, S, S)), normalised; n_views=1 (the classifier phase) gives (L,) alone."""
 
-    def __init__(self, recipe, crop_low=CMC_CROP_LOW):
-        self.recipe, self.size, self.crop_low = recipe, RECIPE_SIZE[recipe], crop_low
+    def __init__(self, recipe, crop_low=CMC_CROP_LOW, colour="Lab"):
+        self.recipe, self.size, self.crop_low, self.space = recipe, RECIPE_SIZE[recipe], crop_low, colour
 
     def __call__(self, images, n_views=2):
         b, device = images.shape[0], images.device
@@ -553,7 +556,7 @@ class BatchCMCViews(_CompilableViews):
         lab = torch.empty(b, 3, self.size, self.size, device=images.device)
         for s in _chunks(lab):
             x = _resample(images[s], _take(rows, s), _take(cols, s), out=lab[s]).clamp_(0, 1)
-            _lab_(x, _LAB_SCALE, _LAB_SHIFT)
+            to_colour_space_(x, self.space)
         return lab
 
     def colour(self, crops, n_views=2):
@@ -563,11 +566,10 @@ class BatchCMCViews(_CompilableViews):
         lab = self._pixels(self._crop_lab, crops[0])
         return (lab[:, :1], lab[:, 1:])[:n_views]
 
-    @staticmethod
-    def _crop_lab(crop):
+    def _crop_lab(self, crop):
         lab = torch.empty(crop.shape, device=crop.device)
         for s in _chunks(lab):
-            _lab_(lab[s].copy_(crop[s]).mul_(1 / 255), _LAB_SCALE, _LAB_SHIFT)
+            to_colour_space_(lab[s].copy_(crop[s]).mul_(1 / 255), self.space)
         return lab
 
 
@@ -650,7 +652,8 @@ class CropPath(NamedTuple):
     colour: object
 
 
-def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low=None, crops=None, scale=None):
+def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low=None, crops=None, scale=None,
+                    colour="Lab"):
     """The training views of make_views(kind, recipe, ...) with the default augmentation, split into a CropPath:
     the per-image geometry (CropViews, or TranslatedViews for AMDIM's 32 px recipe) and the batched colour
     (the Batch*Views' colour()). Views have the per-image recipe's distribution; resize_first as make_views'
@@ -665,7 +668,7 @@ def make_crop_views(kind, recipe, *, mean_std=None, resize_first=False, crop_low
                         colour)
     if kind == "cmc":
         crop_low = CMC_CROP_LOW if crop_low is None else crop_low
-        return CropPath(CropViews([Crop(size, (crop_low, 1.0))]), BatchCMCViews(recipe, crop_low).colour)
+        return CropPath(CropViews([Crop(size, (crop_low, 1.0))]), BatchCMCViews(recipe, crop_low, colour).colour)
     if kind == "swav":
         crops = crops or _default_crops(recipe)
         return CropPath(CropViews([Crop(s, area) for s, area in crops.each()]),

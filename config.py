@@ -58,6 +58,8 @@ def add_flags(parser):
             group.add_argument(*p.flag_names(), dest=p.name, action="store_const", const=True, help=text)
         elif p.type is bool:
             group.add_argument(*p.flag_names(), dest=p.name, type=int, choices=(0, 1), help=text)
+        elif p.choices is not None:
+            group.add_argument(*p.flag_names(), dest=p.name, choices=p.choices, help=text)
         else:
             group.add_argument(*p.flag_names(), dest=p.name, type=number(p.type, p.allowed), help=text,
                                nargs="+" if p.many else None)
@@ -94,8 +96,9 @@ def validate(hp):
     for p in params_of(hp["method"], hp["arch"]):
         if not p.admits(hp[p.name]):
             shown = " ".join(map(str, hp[p.name])) if p.many else hp[p.name]
+            expected = f"one of {', '.join(p.choices)}" if p.choices else p.allowed.describe(p.type)
             raise UserError(f"{p.flag_names()[0]} {shown} is out of range: expected "
-                            f"{'each ' if p.many else ''}{p.allowed.describe(p.type)}")
+                            f"{'each ' if p.many else ''}{expected}")
     if hp["arch"] == "amdim" and hp["n_rkhs"] < last_width(hp["ndf"], hp["encoder_size"]):
         raise UserError(f"--n_rkhs {hp['n_rkhs']} is smaller than the encoder's last width "
                         f"{last_width(hp['ndf'], hp['encoder_size'])} (4*ndf at 32 px, 8*ndf at 64/128 px): raise "
@@ -113,6 +116,9 @@ def normalise(stored):
         raise UserError(f"the checkpoint's method {hp['method']!r} / arch {hp['arch']!r} is unknown to this "
                         f"code; update the code or use a checkpoint of {', '.join(METHODS)}")
     wanted = params_of(hp["method"], hp["arch"])
+    for p in wanted:
+        if p.legacy is not None:
+            hp.setdefault(p.name, p.legacy)
     derived = METHODS[hp["method"]].DERIVED
     missing = [p.name for p in wanted if p.name not in hp] + \
         [k for k in ("encoder_size", "n_classes", *derived) if k not in hp]

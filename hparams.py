@@ -81,6 +81,8 @@ class Param:
     switch: bool = False       # a flag without a value that sets True
     hyphenated: bool = False   # the seed spells it --moco-k: accept that first, and --moco_k too
     many: bool = False         # a list of one or more values (nargs "+"), each within `allowed`
+    choices: tuple = None      # words: the values it takes
+    legacy: object = None      # the value of checkpoints written before it existed (None: they must have it)
 
     def flag_names(self):
         names = [f"--{self.name.replace('_', '-')}"] if self.hyphenated else []
@@ -101,4 +103,6 @@ class Param:
 
     def admits(self, value):
         values = value if self.many else [value]
+        if self.choices is not None:
+            return all(v in self.choices for v in values)
         return self.allowed is None or all(self.allowed.admits(v) for v in values)

@@ -635,6 +635,52 @@ def normalize_lab(lab):
     return (lab - _channels(LAB_MEAN, lab.device)) / _channels(LAB_STD, lab.device)
 
 
+# CMC's two colour splits (train_CMC.py --view): Lab's L | ab, and YCbCr's Y | CbCr, each normalised as the seed.
+COLOUR_SPACES = ("Lab", "YCbCr")
+# ITU-R BT.601 as skimage.color.rgb2ycbcr (the seed's RGB2YCbCr): RGB in [0, 1] -> Y in 16..235, Cb, Cr in 16..240.
+_YCBCR_FROM_RGB = ((65.481, 128.553, 24.966), (-37.797, -74.203, 112.0), (112.0, -93.786, -18.214))
+_YCBCR_OFFSET = (16.0, 128.0, 128.0)
+YCBCR_MEAN = (116.151, 121.080, 132.342)
+YCBCR_STD = (109.500, 111.855, 111.964)
+
+
+def rgb_to_ycbcr(x):
+    """sRGB images x (B, 3, H, W), uint8 in 0..255 or float in [0, 1], -> float32 YCbCr (B, 3, H, W) (BT.601,
+    skimage's rgb2ycbcr)."""
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    with torch.autocast(x.device.type, enabled=False):       # float32 also inside the model's autocast region
+        matrix = _constant(_YCBCR_FROM_RGB, x.device)
+        return torch.einsum("ck,bkhw->bchw", matrix, x) + _channels(_YCBCR_OFFSET, x.device)
+
+
+def to_colour_space(rgb, space):
+    """sRGB images (B, 3, H, W), uint8 or float in [0, 1] -> their normalised channels in `space` (COLOUR_SPACES),
+    float32 (B, 3, H, W): CMC's first view is channel 0 (L, Y), its second channels 1-2 (ab, CbCr)."""
+    if space == "Lab":
+        return normalize_lab(rgb_to_lab(rgb))
+    return (rgb_to_ycbcr(rgb) - _channels(YCBCR_MEAN, rgb.device)) / _channels(YCBCR_STD, rgb.device)
+
+
+def to_colour_space_(x, space):
+    """to_colour_space of float images x in [0, 1], written into x (the batched views' pixel buffers)."""
+    if space == "Lab":
+        return _lab_(x, _LAB_SCALE, _LAB_SHIFT)
+    return x.copy_(to_colour_space(x, space))
+
+
+def colour_views_to_rgb(first, second, space="Lab"):
+    """CMC's normalised views -> pictures (B, 3, S, S) in [0, 1]: the first (L, Y) as grey levels, the second (ab,
+    CbCr) as colour at a middle lightness."""
+    if space == "Lab":
+        return cmc_views_to_rgb(first, second)
+    mean, std = _channels(YCBCR_MEAN, first.device), _channels(YCBCR_STD, first.device)
+    ycbcr = torch.cat([first, second], dim=1).float() * std + mean
+    grey = ((ycbcr[:, :1] - 16) / 219).clamp(0, 1)
+    inverse = torch.linalg.inv(torch.tensor(_YCBCR_FROM_RGB, dtype=torch.float64)).float().to(first.device)
+    flat = torch.cat([torch.full_like(grey, 126.0), ycbcr[:, 1:]], dim=1) - _channels(_YCBCR_OFFSET, first.device)
+    return grey.expand(-1, 3, -1, -1), torch.einsum("ck,bkhw->bchw", inverse, flat).clamp(0, 1)
+
+
 
 def _constant(values, device):
     """float32 tensor of the constants `values` (nested tuples) on `device`, made once per device: built from

@@ -38,7 +38,7 @@ import protocols
 import recipes
 from augment import MultiCrop, ViewSpec
 from hparams import AT_LEAST_0, AT_LEAST_1, POSITIVE, Param, Range
-from imageops import normalize_lab, rgb_to_lab
+from imageops import COLOUR_SPACES, to_colour_space
 from model import Encoder, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
 from utils import UserError
 
@@ -356,7 +356,8 @@ class MoCo(Method):
 
 class CMC(Method):
     """Contrastive Multiview Coding (Tian, Krishnan & Isola 2019), the seed's (HobbitLong/CMC) memory-bank NCE
-    between the L and ab channels of an image in Lab colour.
+    between the L and ab channels of an image in Lab colour (or, view YCbCr, the seed's other split: Y and CbCr;
+    the names below say L and ab for either).
 
     One backbone per view (1 and 2 input channels), each followed by a linear map to feat_dim and L2
     normalisation. Each view has a memory bank, n_data x feat_dim, one row per training image (rows start uniform
@@ -380,6 +381,8 @@ class CMC(Method):
         Param("softmax", bool, False, "cross-entropy over [positive, negatives] instead of NCE", switch=True),
         Param("crop_low", float, 0.2, "RandomResizedCrop's smallest area fraction (the seed's 0.08 is for 224 px)",
               allowed=Range(above=0, maximum=1)),
+        Param("view", str, "Lab", "the colour split into two views: Lab (L | ab) or YCbCr (Y | CbCr)",
+              choices=COLOUR_SPACES, legacy="Lab"),
     )
     DERIVED = {"n_data": int, "rgb_mean": lambda v: [float(x) for x in v], "rgb_std": lambda v: [float(x) for x in v]}
     # The seed's: SGD momentum 0.9, weight decay 1e-4, lr 0.03 (not scaled with the batch), x0.1 at epochs 250, 300
@@ -390,7 +393,7 @@ class CMC(Method):
 
     @classmethod
     def training_views(cls, hp):
-        return ViewSpec("cmc", {"crop_low": hp["crop_low"]})
+        return ViewSpec("cmc", {"crop_low": hp["crop_low"], "colour": hp["view"]})
 
     def __init__(self, hp):
         super().__init__(hp)
@@ -496,10 +499,11 @@ class CMC(Method):
             bank[index] = rows if skipped is None else torch.where(skipped, bank[index], rows)
 
     def features(self, x):
-        """x: RGB (B, 3, S, S) normalised by rgb_mean/rgb_std -> cat(L, ab backbone features) (B, n_features)."""
+        """x: RGB (B, 3, S, S) normalised by rgb_mean/rgb_std -> cat(L, ab backbone features) (B, n_features) (with
+        view YCbCr: Y and CbCr)."""
         rgb = (x.float() * self.rgb_std + self.rgb_mean).clamp(0, 1)
-        lab = normalize_lab(rgb_to_lab(rgb)).to(x.dtype)
-        return torch.cat([self.backbone_l(lab[:, :1]), self.backbone_ab(lab[:, 1:])], dim=1)
+        split = to_colour_space(rgb, self.hyperparams["view"]).to(x.dtype)
+        return torch.cat([self.backbone_l(split[:, :1]), self.backbone_ab(split[:, 1:])], dim=1)
 
     def feature_modules(self):
         return [self.backbone_l.feature_layers(), self.backbone_ab.feature_layers()]

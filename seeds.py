@@ -33,6 +33,7 @@ import torch
 import config
 import methods
 from augment import NORMALIZATION
+from imageops import COLOUR_SPACES
 from utils import UserError
 
 ENCODER_SIZE = 128
@@ -254,8 +255,10 @@ def _cmc(obj):
                    nce_m=float(f"{m:.7g}"))
         entries.update(memory_l=contrast["memory_l"], memory_ab=contrast["memory_ab"], z_l=torch.tensor(z_l),
                        z_ab=torch.tensor(z_ab))
-    softmax = getattr(obj.get("opt"), "softmax", None)
-    if softmax is not None:
-        own["softmax"] = bool(softmax)
+    opt = obj.get("opt")
+    if getattr(opt, "softmax", None) is not None:
+        own["softmax"] = bool(opt.softmax)
+    if getattr(opt, "view", None) in COLOUR_SPACES:                # --view Lab | YCbCr
+        own["view"] = opt.view
     hp = dict(_hyperparams("cmc", arch, **own), protocol="cmc")
     return _checkpoint(hp, entries, "cmc", trained=False)

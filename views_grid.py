@@ -37,18 +37,18 @@ def training_views(splits, indices, n_views, device):
     return [v.float().cpu() for v in views]
 
 
-def grid(splits, n_images, n_views, device=torch.device("cpu"), seed=0):
-    """One row per image: the source image, then its n_views views, de-normalised to [0, 1] (CMC's L view as grey
-    levels, its ab view as colour at constant lightness) and centred on a canvas of the largest size. Returns a
-    float (3, H, W) image. Draws its randomness from a forked RNG, so the training run's random stream is
-    untouched."""
+def grid(splits, n_images, n_views, device=torch.device("cpu"), seed=0, colour="Lab"):
+    """One row per image: the source image, then its n_views views, de-normalised to [0, 1] (CMC's L or Y view as
+    grey levels, its ab or CbCr view, per `colour`, as colour at constant lightness) and centred on a canvas of
+    the largest size. Returns a float (3, H, W) image. Draws its randomness from a forked RNG, so the training
+    run's random stream is untouched."""
     indices = list(range(min(n_images, len(splits.train))))
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         views = training_views(splits, indices, n_views, device)
-    if [v.shape[1] for v in views] == [1, 2]:         # CMC: Lab's L and ab channels
-        views = list(imageops.cmc_views_to_rgb(*views))
+    if [v.shape[1] for v in views] == [1, 2]:         # CMC: Lab's L and ab channels, or YCbCr's Y and CbCr
+        views = list(imageops.colour_views_to_rgb(*views, colour))
     else:
         mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in splits.mean_std)
         views = [(v * std + mean).clamp(0, 1) for v in views]
@@ -70,7 +70,8 @@ def _centred(img, size):
 
 def log_views(run, n_images):
     """Draw the run's training views to TensorBoard as image "views" (rank 0, at the start of training)."""
-    picture = grid(run.splits, n_images, run.n_views, run.dist.device)
+    picture = grid(run.splits, n_images, run.n_views, run.dist.device,
+                   colour=run.model.hyperparams.get("view", "Lab"))
     if run.log.writer is not None:
         run.log.writer.add_image(f"{run.args.phase}/views", picture, 0)
 
@@ -90,7 +91,7 @@ def main(argv=None):
     views = methods.METHODS[hp["method"]].training_views(hp)
     splits = datasets.build_splits(args.dataset, args.input_dir, "self_supervised", image_size=args.image_size,
                                    batch_augment=not args.per_image_aug, views=views.kind, view_options=views.options)
-    picture = grid(splits, args.images, views.count)
+    picture = grid(splits, args.images, views.count, colour=hp.get("view", "Lab"))
     try:
         torchvision.utils.save_image(picture, args.out)
     except OSError as e:

@@ -20,7 +20,7 @@ N_DATA, FEAT, K = 20, 8, 6
 def _hp(**over):
     hp = dict(method="cmc", arch="amdim", encoder_size=32, n_classes=3, ndf=8, n_rkhs=32, n_depth=1, use_bn=False,
               feat_dim=FEAT, nce_k=K, nce_t=0.07, nce_m=0.5, softmax=False, crop_low=0.2, n_data=N_DATA,
-              rgb_mean=[0.5, 0.4, 0.3], rgb_std=[0.2, 0.25, 0.3])
+              rgb_mean=[0.5, 0.4, 0.3], rgb_std=[0.2, 0.25, 0.3], view="Lab")
     hp.update(over)
     return hp
 
@@ -256,3 +256,66 @@ def test_features_run_under_bfloat16_autocast():
         feats = cmc.features(x)
         assert torch.equal(imageops.rgb_to_lab((x * cmc.rgb_std + cmc.rgb_mean).clamp(0, 1)), lab)
     assert feats.shape == (2, cmc.n_features) and torch.isfinite(feats).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --view YCbCr: the seed's other split (train_CMC.py --view YCbCr: skimage's rgb2ycbcr, then its Normalize).
+
+SEED_YCBCR_MEAN, SEED_YCBCR_STD = [116.151, 121.080, 132.342], [109.500, 111.855, 111.964]
+
+
+def seed_ycbcr_views(images):
+    """The seed's pipeline on uint8 (B, 3, H, W): skimage.color.rgb2ycbcr of the HWC uint8 image, ToTensor,
+    Normalize(mean, std), split [1, 2]."""
+    color = pytest.importorskip("skimage.color")
+    out = []
+    for img in images:
+        ycbcr = torch.tensor(color.rgb2ycbcr(img.permute(1, 2, 0).numpy()), dtype=torch.float64).permute(2, 0, 1)
+        mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1) for v in (SEED_YCBCR_MEAN, SEED_YCBCR_STD))
+        out.append((ycbcr - mean) / std)
+    out = torch.stack(out).float()
+    return out[:, :1], out[:, 1:]
+
+
+def test_ycbcr_split_matches_the_seeds_skimage_conversion_and_normalisation():
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y, cbcr = seed_ycbcr_views(images)
+    got = imageops.to_colour_space(images, "YCbCr")
+    assert torch.allclose(got[:, :1], y, atol=1e-5) and torch.allclose(got[:, 1:], cbcr, atol=1e-5)
+    buffer = images.float() / 255                                  # the batched views' in-place form
+    assert torch.allclose(imageops.to_colour_space_(buffer, "YCbCr"), got, atol=1e-6)
+    assert torch.allclose(buffer, got, atol=1e-6)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_ycbcr_views_are_the_whole_image_split_at_area_one(batched):
+    # Area 1 of a square image: the crop is the whole image, resized to S, mirrored or not.
+    import augment
+    from PIL import Image
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    y, cbcr = seed_ycbcr_views(images)
+    torch.manual_seed(0)
+    views = augment.make_views("cmc", "cifar", batched=batched, crop_low=1.0, colour="YCbCr")
+    if batched:
+        got = views(images)
+    else:
+        pairs = [views(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in images]
+        got = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    for view, want in zip(got, (y, cbcr)):
+        for v, w in zip(view, want):
+            assert torch.allclose(v, w, atol=1e-4) or torch.allclose(v, w.flip(-1), atol=1e-4)
+
+
+def test_ycbcr_cmc_reads_y_and_cbcr_and_older_checkpoints_are_lab():
+    torch.manual_seed(6)
+    cmc = methods.CMC(_hp(view="YCbCr")).eval()
+    assert methods.CMC.training_views(cmc.hyperparams).options["colour"] == "YCbCr"
+    rgb = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    x = (rgb.float() / 255 - cmc.rgb_mean) / cmc.rgb_std
+    y, cbcr = seed_ycbcr_views(rgb)
+    expected = torch.cat([cmc.backbone_l(y), cmc.backbone_ab(cbcr)], dim=1)
+    assert torch.allclose(cmc.features(x), expected, atol=1e-4)
+    old = {k: v for k, v in cmc.hyperparams.items() if k != "view"}        # written before --view existed
+    assert checkpoint.hyperparams({"hyperparams": old})["view"] == "Lab"
+    with pytest.raises(utils.UserError, match="--view RGB is out of range: expected one of Lab, YCbCr"):
+        config.validate(dict(cmc.hyperparams, view="RGB"))
