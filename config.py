@@ -43,6 +43,19 @@ def all_params():
     return tuple(dict.fromkeys(AMDIM_ENCODER + tuple(p for cls in METHODS.values() for p in cls.PARAMS)))
 
 
+def flags_by_name():
+    """Every hyperparameter's flag: name -> the Params of that name. Methods that follow different seeds may
+    each declare their own Param under one name (SwAV's --base_lr 0.6, DeepCluster-v2's 4.8; one --nmb_prototypes
+    or several): one flag serves them all, each method reading it with its own Param (of_flag)."""
+    named = {}
+    for p in all_params():
+        named.setdefault(p.name, []).append(p)
+    for name, params in named.items():
+        if len({(p.type, p.switch, p.choices, p.flag_names()) for p in params}) > 1:
+            raise TypeError(f"the Params named {name} differ in type, switch, choices or spelling")
+    return named
+
+
 def add_flags(parser):
     """--method, --arch and every hyperparameter's flag, each defaulting to None (see the module docstring)."""
     group = parser.add_argument_group("model (defaults apply to a model built from scratch; a checkpoint's "
@@ -50,19 +63,36 @@ def add_flags(parser):
     group.add_argument("--method", choices=tuple(METHODS), help="self-supervised objective (default: amdim)")
     group.add_argument("--arch", choices=ARCHS, help="backbone (default: amdim for --method amdim; else resnet18 "
                                                      "below 128 px, resnet50 from 128 px)")
-    for p in all_params():
-        owners = [name for name, cls in METHODS.items() if p in cls.PARAMS]
-        owner = "AMDIM encoder" if p in AMDIM_ENCODER else ", ".join(owners)
-        text = f"[{owner}] {p.help} (default: {'off' if p.switch else p.shown_default()})"
+    for params in flags_by_name().values():
+        p = params[0]
+        text = "; ".join(f"[{_owner(q)}] {q.help} (default: {'off' if q.switch else q.shown_default()})"
+                         for q in params)
         if p.switch:
             group.add_argument(*p.flag_names(), dest=p.name, action="store_const", const=True, help=text)
         elif p.type is bool:
             group.add_argument(*p.flag_names(), dest=p.name, type=int, choices=(0, 1), help=text)
         elif p.choices is not None:
             group.add_argument(*p.flag_names(), dest=p.name, choices=p.choices, help=text)
-        else:
-            group.add_argument(*p.flag_names(), dest=p.name, type=number(p.type, p.allowed), help=text,
-                               nargs="+" if p.many else None)
+        else:       # each value is range-checked by its method's Param when the model is built (validate)
+            allowed = p.allowed if len(params) == 1 else None
+            group.add_argument(*p.flag_names(), dest=p.name, type=number(p.type, allowed), help=text,
+                               nargs="+" if any(q.many for q in params) else None)
+
+
+def _owner(p):
+    return "AMDIM encoder" if p in AMDIM_ENCODER else ", ".join(name for name, cls in METHODS.items()
+                                                                if p in cls.PARAMS)
+
+
+def of_flag(p, value):
+    """A flag's value as Param p reads it: the flag takes several values where another method's Param of its
+    name does, so p, taking one, takes a list of exactly one."""
+    if isinstance(value, list) and not p.many:
+        if len(value) != 1:
+            raise UserError(f"{p.flag_names()[0]} takes one value for this method, got "
+                            f"{' '.join(map(str, value))}: give one")
+        value = value[0]
+    return p.convert(value)
 
 
 def params_of(method, arch):
@@ -75,11 +105,13 @@ def from_flags(args, encoder_size, n_classes):
     method = args.method or "amdim"
     arch = args.arch or METHODS[method].default_arch(encoder_size)
     hp = dict(method=method, arch=arch, encoder_size=encoder_size, n_classes=n_classes)
-    for p in params_of(method, arch):
+    own = params_of(method, arch)
+    for p in own:
         value = getattr(args, p.name, None)
-        hp[p.name] = p.convert(p.default_for(encoder_size, arch) if value is None else value)
-    unused = [p.flag_names()[0] for p in all_params() if p not in params_of(method, arch)
-              and getattr(args, p.name, None) is not None]
+        hp[p.name] = p.convert(p.default_for(encoder_size, arch)) if value is None else of_flag(p, value)
+    names = {p.name for p in own}
+    unused = [params[0].flag_names()[0] for name, params in flags_by_name().items() if name not in names
+              and getattr(args, name, None) is not None]
     if unused:
         raise UserError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --method {method} "
                         f"--arch {arch}; drop {'it' if len(unused) == 1 else 'them'}")
@@ -141,15 +173,18 @@ def contradictions(args, hp):
     """Flags given on the command line that differ from a checkpoint's hyperparameters, as readable strings."""
     clashes = [f"--{k} {getattr(args, k)} (checkpoint: {hp[k]})" for k in ("method", "arch")
                if getattr(args, k, None) is not None and getattr(args, k) != hp[k]]
-    for p in all_params():
-        given = getattr(args, p.name, None)
+    own = {p.name: p for p in params_of(hp["method"], hp["arch"])}
+    for name, params in flags_by_name().items():
+        given = getattr(args, name, None)
         if given is None:
             continue
-        if p.name not in hp:
-            clashes.append(f"{p.flag_names()[0]} (not a hyperparameter of the checkpoint's {hp['method']}/"
+        p = own.get(name)
+        if p is None:
+            clashes.append(f"{params[0].flag_names()[0]} (not a hyperparameter of the checkpoint's {hp['method']}/"
                            f"{hp['arch']} model)")
-        elif p.convert(given) != hp[p.name]:
-            clashes.append(f"{p.flag_names()[0]} {given} (checkpoint: {hp[p.name]})")
+        elif of_flag(p, given) != hp[p.name]:
+            shown = " ".join(map(str, given)) if isinstance(given, list) else given
+            clashes.append(f"{p.flag_names()[0]} {shown} (checkpoint: {hp[p.name]})")
     return clashes
 
 

@@ -529,7 +529,122 @@ def _crop_default(key):
     return lambda encoder_size, arch: multi_crop_defaults(encoder_size, arch)[key]
 
 
-class SwAV(Method):
+# The multi-crop flags SwAV and DeepCluster-v2 share (their seed's spellings; the crops' defaults scale with the
+# image size: multi_crop_defaults).
+CROP_PARAMS = (
+    Param("nmb_crops", int, _crop_default("nmb_crops"), "crops of each kind, e.g. 2 4: two large, four small",
+          many=True, allowed=AT_LEAST_1),
+    Param("size_crops", int, _crop_default("size_crops"), "output size (px) of each crop kind", many=True,
+          allowed=Range(minimum=4, why="the smallest size every backbone turns into features")),
+    Param("min_scale_crops", float, _crop_default("min_scale_crops"),
+          "RandomResizedCrop's smallest area fraction of each crop kind", many=True,
+          allowed=Range(above=0, maximum=1)),
+    Param("max_scale_crops", float, _crop_default("max_scale_crops"),
+          "RandomResizedCrop's largest area fraction of each crop kind", many=True,
+          allowed=Range(above=0, maximum=1)),
+    Param("crops_for_assign", int, (0, 1), "crops (0-based, in crop order) whose codes (SwAV) or memory "
+          "(DeepCluster-v2) the others predict",
+          many=True, allowed=AT_LEAST_0),
+)
+
+
+class _MultiCropMethod(Method):
+    """What the two trainers of the SwAV repository share (SwAV, DeepCluster-v2): multi-crop views through one
+    backbone (one call per run of equal crop sizes: BatchNorm statistics per size), one projection head call on
+    all crops together (its BatchNorm sees them all) and L2 normalisation; SGD in LARC with the per-update
+    warm-up and cosine of the hyperparameters; prototypes frozen for the first freeze_prototypes_niters updates.
+    The classifiers read the backbone features of the first crop kind's crops (the large ones), rows in crop
+    order."""
+    CROP_FLAGS = ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops")
+    # The seed's scripts: SGD momentum 0.9 wrapped in LARC (trust coefficient 0.001, no clipping), one parameter
+    # group over backbone, head and prototypes; rates, weight decay and the per-update warm-up and cosine are
+    # hyperparameters (--base_lr, --wd, ...: the seed's flags). The online classifiers train in their own group
+    # without LARC (plain SGD, lr 0.1 following the same curve, no weight decay).
+    RECIPE = recipes.Recipe("larc", None, decay=1.0, classifier_lr=0.1, epochs=200)
+
+    @classmethod
+    def training_views(cls, hp):
+        return ViewSpec("swav", {"crops": MultiCrop.from_hyperparams(hp)}, sum(hp["nmb_crops"]))
+
+    @classmethod
+    def validate(cls, hp):
+        """The crop lists: one entry per crop kind in each, area ranges that are ranges, at least two crops, the
+        assigned crops among them, and sizes the backbone takes."""
+        lengths = [len(hp[k]) for k in cls.CROP_FLAGS]
+        if len(set(lengths)) > 1:
+            raise UserError(f"--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need one value per "
+                            f"crop kind each (got {', '.join(map(str, lengths))} values): give them the same length")
+        for i, (low, high) in enumerate(zip(hp["min_scale_crops"], hp["max_scale_crops"])):
+            if low > high:
+                raise UserError(f"crop kind {i}: --min_scale_crops {low} is above --max_scale_crops {high}; swap "
+                                f"them")
+        n_crops = sum(hp["nmb_crops"])
+        if n_crops < 2:
+            raise UserError(f"--nmb_crops {' '.join(map(str, hp['nmb_crops']))} makes {n_crops} crop: {cls.name} "
+                            f"predicts one crop's assignments from another, so give at least 2 crops")
+        assign = hp["crops_for_assign"]
+        if max(assign) >= n_crops or len(set(assign)) != len(assign):
+            raise UserError(f"--crops_for_assign {' '.join(map(str, assign))} must name distinct crops "
+                            f"0..{n_crops - 1} (--nmb_crops makes {n_crops}); pick crops from that range")
+        if hp["arch"] == "amdim" and set(hp["size_crops"]) != {hp["encoder_size"]}:
+            raise UserError(f"--arch amdim takes only {hp['encoder_size']} px inputs (its layers are fixed to the "
+                            f"image size), not --size_crops {' '.join(map(str, hp['size_crops']))}: give every crop "
+                            f"size {hp['encoder_size']}, or use --arch resnet18/resnet50 for smaller crops")
+
+    def optimizer(self, args):
+        """The seed's single LARC group; the online classifiers (on detached features, not in the seed) step as
+        plain SGD (recipes.make_larc)."""
+        hp = self.hyperparams
+        return recipes.make_larc(self, hp["base_lr"], hp["wd"], self.RECIPE.classifier_lr)
+
+    @classmethod
+    def schedule(cls, hp, args, epochs, milestones, updates_per_epoch):
+        """The seed's per-update warm-up and cosine (recipes.WarmupCosine), from the hyperparameters; the run's
+        own schedule flags do not apply."""
+        given = [flag for flag, value in (("--learning_rate", args.learning_rate), ("--warmup_updates",
+                 args.warmup_updates), ("--cos", args.cos or None), ("--lr_decay_epochs", args.lr_decay_epochs))
+                 if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --method "
+                            f"{cls.name}, whose learning rate follows --base_lr, --final_lr, --start_warmup and "
+                            f"--warmup_epochs (the seed's warm-up and cosine per update): use those")
+        if hp["warmup_epochs"] > epochs:
+            raise UserError(f"--warmup_epochs {hp['warmup_epochs']} is longer than the run's {epochs} epochs: lower "
+                            f"it or raise --epochs")
+        return recipes.WarmupCosine(hp["start_warmup"], hp["base_lr"], hp["final_lr"], hp["warmup_epochs"], epochs,
+                                    updates_per_epoch)
+
+    def build_networks(self, hp):
+        """The backbone and the projection head (bn_projection_head); n_features."""
+        self.backbone = make_backbone(hp)
+        self.n_features = self.backbone.width
+        self.head = bn_projection_head(self.n_features, hp["hidden_mlp"], hp["feat_dim"])
+
+    def embed(self, views):
+        """views: the crops in crop order, each (B, 3, s, s) -> (backbone features (n_crops B, width), unit
+        embeddings (n_crops B, feat_dim), both with crop c's rows at c B..(c + 1) B; rows of the large crops)."""
+        features, start = [], 0
+        while start < len(views):     # one backbone call for each run of crops of one size
+            end = start + 1
+            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+                end += 1
+            features.append(self.backbone(torch.cat(views[start:end]) if end - start > 1 else views[start]))
+            start = end
+        h = torch.cat(features)
+        return h, F.normalize(self.head(h), dim=1), self.hyperparams["nmb_crops"][0] * views[0].shape[0]
+
+    def before_optimizer_step(self, update):
+        """No prototype update (gradient None: no momentum, no weight decay) before freeze_prototypes_niters."""
+        if update < self.hyperparams["freeze_prototypes_niters"]:
+            for p in self.prototypes.parameters():
+                p.grad = None
+
+    def features(self, x):
+        """x: (B, 3, S, S) -> the backbone's features (B, width)."""
+        return self.backbone(x)
+
+
+class SwAV(_MultiCropMethod):
     """Swapping Assignments between multiple Views (Caron et al. 2020; the seed: facebookresearch/swav).
 
     Every crop goes through the backbone (one call per run of equal crop sizes: BatchNorm statistics per size),
@@ -556,18 +671,7 @@ class SwAV(Method):
     # The seed's (facebookresearch/swav, main_swav.py) spellings and defaults, but for the crops, whose defaults
     # scale with the image size (multi_crop_defaults), and freeze_prototypes_niters (see docs/methods.md).
     PARAMS = (
-        Param("nmb_crops", int, _crop_default("nmb_crops"), "crops of each kind, e.g. 2 4: two large, four small",
-              many=True, allowed=AT_LEAST_1),
-        Param("size_crops", int, _crop_default("size_crops"), "output size (px) of each crop kind", many=True,
-              allowed=Range(minimum=4, why="the smallest size every backbone turns into features")),
-        Param("min_scale_crops", float, _crop_default("min_scale_crops"),
-              "RandomResizedCrop's smallest area fraction of each crop kind", many=True,
-              allowed=Range(above=0, maximum=1)),
-        Param("max_scale_crops", float, _crop_default("max_scale_crops"),
-              "RandomResizedCrop's largest area fraction of each crop kind", many=True,
-              allowed=Range(above=0, maximum=1)),
-        Param("crops_for_assign", int, (0, 1), "crops (0-based, in crop order) whose codes the others predict",
-              many=True, allowed=AT_LEAST_0),
+        *CROP_PARAMS,
         Param("temperature", float, 0.1, "softmax temperature of the predicted assignments", allowed=POSITIVE),
         Param("epsilon", float, 0.05, "entropy regularisation of Sinkhorn-Knopp (exp(scores / epsilon))",
               allowed=POSITIVE),
@@ -588,65 +692,6 @@ class SwAV(Method):
               allowed=AT_LEAST_0),
         Param("wd", float, 1e-6, "weight decay (inside LARC)", allowed=AT_LEAST_0),
     )
-    CROP_FLAGS = ("nmb_crops", "size_crops", "min_scale_crops", "max_scale_crops")
-    # The seed's 200-epoch scripts: SGD momentum 0.9 wrapped in LARC (trust coefficient 0.001, no clipping), one
-    # parameter group over backbone, head and prototypes; rates, weight decay and the per-update warm-up and cosine
-    # are hyperparameters (--base_lr, --wd, ...: the seed's flags). The online classifiers train in their own group
-    # without LARC (plain SGD, lr 0.1 following the same curve, no weight decay).
-    RECIPE = recipes.Recipe("larc", None, decay=1.0, classifier_lr=0.1, epochs=200)
-
-    @classmethod
-    def training_views(cls, hp):
-        return ViewSpec("swav", {"crops": MultiCrop.from_hyperparams(hp)}, sum(hp["nmb_crops"]))
-
-    @classmethod
-    def validate(cls, hp):
-        """The crop lists: one entry per crop kind in each, area ranges that are ranges, at least two crops, the
-        assigned crops among them, and sizes the backbone takes."""
-        lengths = [len(hp[k]) for k in cls.CROP_FLAGS]
-        if len(set(lengths)) > 1:
-            raise UserError(f"--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need one value per "
-                            f"crop kind each (got {', '.join(map(str, lengths))} values): give them the same length")
-        for i, (low, high) in enumerate(zip(hp["min_scale_crops"], hp["max_scale_crops"])):
-            if low > high:
-                raise UserError(f"crop kind {i}: --min_scale_crops {low} is above --max_scale_crops {high}; swap "
-                                f"them")
-        n_crops = sum(hp["nmb_crops"])
-        if n_crops < 2:
-            raise UserError(f"--nmb_crops {' '.join(map(str, hp['nmb_crops']))} makes {n_crops} crop: SwAV predicts "
-                            f"one crop's codes from another, so give at least 2 crops")
-        assign = hp["crops_for_assign"]
-        if max(assign) >= n_crops or len(set(assign)) != len(assign):
-            raise UserError(f"--crops_for_assign {' '.join(map(str, assign))} must name distinct crops "
-                            f"0..{n_crops - 1} (--nmb_crops makes {n_crops}); pick crops from that range")
-        if hp["arch"] == "amdim" and set(hp["size_crops"]) != {hp["encoder_size"]}:
-            raise UserError(f"--arch amdim takes only {hp['encoder_size']} px inputs (its layers are fixed to the "
-                            f"image size), not --size_crops {' '.join(map(str, hp['size_crops']))}: give every crop "
-                            f"size {hp['encoder_size']}, or use --arch resnet18/resnet50 for smaller crops")
-
-    def optimizer(self, args):
-        """The seed's single LARC group; the online classifiers (on detached features, not in the seed) step as
-        plain SGD (recipes.make_larc)."""
-        hp = self.hyperparams
-        return recipes.make_larc(self, hp["base_lr"], hp["wd"], self.RECIPE.classifier_lr)
-
-    @classmethod
-    def schedule(cls, hp, args, epochs, milestones, updates_per_epoch):
-        """The seed's per-update warm-up and cosine (recipes.WarmupCosine), from the hyperparameters; the run's
-        own schedule flags do not apply."""
-        given = [flag for flag, value in (("--learning_rate", args.learning_rate), ("--warmup_updates",
-                 args.warmup_updates), ("--cos", args.cos or None), ("--lr_decay_epochs", args.lr_decay_epochs))
-                 if value is not None]
-        if given:
-            raise UserError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --method swav, "
-                            f"whose learning rate follows --base_lr, --final_lr, --start_warmup and --warmup_epochs "
-                            f"(the seed's warm-up and cosine per update): use those")
-        if hp["warmup_epochs"] > epochs:
-            raise UserError(f"--warmup_epochs {hp['warmup_epochs']} is longer than the run's {epochs} epochs: lower "
-                            f"it or raise --epochs")
-        return recipes.WarmupCosine(hp["start_warmup"], hp["base_lr"], hp["final_lr"], hp["warmup_epochs"], epochs,
-                                    updates_per_epoch)
-
     @staticmethod
     def fit_to_data(hp, data, note):
         """Unchanged; a queue shorter than one batch rounds down to none (queue_layout): the user is told."""
@@ -657,9 +702,7 @@ class SwAV(Method):
 
     def __init__(self, hp):
         super().__init__(hp)
-        self.backbone = make_backbone(hp)
-        self.n_features = self.backbone.width
-        self.head = bn_projection_head(self.n_features, hp["hidden_mlp"], hp["feat_dim"])
+        self.build_networks(hp)
         self.prototypes = nn.Linear(hp["feat_dim"], hp["nmb_prototypes"], bias=False)
         # No rows until the queue starts; a checkpoint's queue brings its own shape (_load_from_state_dict).
         self.register_buffer("queue", torch.zeros(len(hp["crops_for_assign"]), 0, hp["feat_dim"]))
@@ -671,16 +714,7 @@ class SwAV(Method):
         """views: the crops in crop order, each (B, 3, s, s) -> {"embedding": unit rows (n_crops B, feat_dim),
         "scores": prototype scores (n_crops B, nmb_prototypes), both with crop c's rows at c B..(c + 1) B,
         "logits": classifier logits on the first crop kind's backbone features (nmb_crops[0] B, n_classes)}."""
-        features, start = [], 0
-        while start < len(views):     # one backbone call for each run of crops of one size
-            end = start + 1
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            features.append(self.backbone(torch.cat(views[start:end]) if end - start > 1 else views[start]))
-            start = end
-        h = torch.cat(features)
-        z = F.normalize(self.head(h), dim=1)
-        n_large = self.hyperparams["nmb_crops"][0] * views[0].shape[0]
+        h, z, n_large = self.embed(views)
         return {"embedding": z, "scores": self.prototypes(z), "logits": self.evaluator(h[:n_large])}
 
     @torch.no_grad()
@@ -690,11 +724,6 @@ class SwAV(Method):
         weight = self.prototypes.weight
         weight.copy_(F.normalize(weight, dim=1))
         self._queue_on = self.hyperparams["queue_length"] > 0 and epoch >= self.hyperparams["epoch_queue_starts"]
-
-    def before_optimizer_step(self, update):
-        """No prototype update (gradient None: no momentum, no weight decay) before freeze_prototypes_niters."""
-        if update < self.hyperparams["freeze_prototypes_niters"]:
-            self.prototypes.weight.grad = None
 
     def loss_terms(self, out, dist):
         """{"swav": the swapped prediction loss}: each assigned crop's codes (Sinkhorn-Knopp, no gradient)
@@ -763,10 +792,6 @@ class SwAV(Method):
             self.queue = torch.zeros(saved.shape, dtype=self.queue.dtype, device=self.queue.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._queue_full = False
-
-    def features(self, x):
-        """x: (B, 3, S, S) -> the backbone's features (B, width)."""
-        return self.backbone(x)
 
     def ddp_ignored_state(self):
         # Every process applies the same gathered push, so the queues stay identical without DDP's broadcast
