@@ -73,8 +73,8 @@ def add_flags(parser):
             group.add_argument(*p.flag_names(), dest=p.name, type=int, choices=(0, 1), help=text)
         elif p.choices is not None:
             group.add_argument(*p.flag_names(), dest=p.name, choices=p.choices, help=text)
-        else:       # each value is range-checked by its method's Param when the model is built (validate)
-            allowed = p.allowed if len(params) == 1 else None
+        else:       # Params of one name that allow different ranges are checked when the model is built (validate)
+            allowed = p.allowed if all(q.allowed == p.allowed for q in params) else None
             group.add_argument(*p.flag_names(), dest=p.name, type=number(p.type, allowed), help=text,
                                nargs="+" if any(q.many for q in params) else None)
 

@@ -42,8 +42,10 @@ def number(kind, allowed):
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not allowed.admits(value):
-            raise argparse.ArgumentTypeError(f"got {text}, expected {allowed.describe(kind)}")
+        if value is None or (allowed is not None and not allowed.admits(value)):
+            expected = allowed.describe(kind) if allowed is not None else \
+                f"a{'n integer' if kind is int else ' number'}"
+            raise argparse.ArgumentTypeError(f"got {text}, expected {expected}")
         return value
     return parse
 

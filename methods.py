@@ -12,9 +12,12 @@ The interface the training loop uses (train.py never asks which method it runs):
                               holds the batch's dataset indices (B,) on the device (CMC's memory bank needs them),
                               out["shared_seed"] an int that every process gets alike at this update
     after_step(out, dist)     state updates after each optimizer step (momentum update, queue push)
-    start_update(epoch, update, dist)   called before each training update's forward with the training cursor
-                              (0-based epoch, updates so far): state that follows the schedule (SwAV's
-                              prototype normalisation and queue start); nothing by default
+    start_update(epoch, update, dist, shared_seed)   called before each training update's forward with the
+                              training cursor (0-based epoch, updates so far) and a seed every process shares:
+                              state that follows the schedule (SwAV's prototype normalisation and queue start,
+                              DeepCluster-v2's clustering); nothing by default
+    needs_prepare_pass(), prepare(out, dist)   a pass over the first epoch's data before training, where the
+                              method needs state from every image (DeepCluster-v2's memory); none by default
     before_optimizer_step(update)       called between backward and the optimizer step (SwAV's prototype freeze);
                               nothing by default
     optimizer(args), schedule(hp, args, epochs, milestones, updates_per_epoch)   the recipe, built once per run
@@ -134,8 +137,17 @@ class Method(nn.Module):
         out["skipped"] is a bool tensor on the device, true where a non-finite loss skipped the step: state
         updates must then leave everything as it was, decided on the device (torch.where), never read."""
 
-    def start_update(self, epoch, update, dist):
-        """Called before each training update's forward; nothing by default."""
+    def start_update(self, epoch, update, dist, shared_seed=0):
+        """Called before each training update's forward (shared_seed: a seed every process gets alike at this
+        update); nothing by default."""
+
+    def needs_prepare_pass(self):
+        """Whether training must begin with a pass over the first epoch's data (prepare): state built from every
+        image before the first update (DeepCluster-v2's memory). False by default."""
+        return False
+
+    def prepare(self, out, dist):
+        """One batch of the prepare pass: out is forward's output on it (no gradients) with out["index"]."""
 
     def before_optimizer_step(self, update):
         """Called after backward, before the optimizer step of update number `update` (0-based); nothing by
@@ -718,7 +730,7 @@ class SwAV(_MultiCropMethod):
         return {"embedding": z, "scores": self.prototypes(z), "logits": self.evaluator(h[:n_large])}
 
     @torch.no_grad()
-    def start_update(self, epoch, update, dist):
+    def start_update(self, epoch, update, dist, shared_seed=0):
         """Prototype rows to unit length (the seed, at the start of every iteration); the queue is kept from the
         epoch epoch_queue_starts on."""
         weight = self.prototypes.weight
@@ -799,8 +811,149 @@ class SwAV(_MultiCropMethod):
         return ["queue"]
 
 
+def _param(cls, name):
+    return next(p for p in cls.PARAMS if p.name == name)
+
+
+class DeepClusterV2(_MultiCropMethod):
+    """DeepCluster-v2 (Caron et al. 2020, the SwAV paper; the seed: facebookresearch/swav main_deepclusterv2.py).
+
+    SwAV's multi-crop, backbone, projection head and LARC (_MultiCropMethod), and one prototype head per entry of
+    nmb_prototypes, bias-free linear maps of the unit embeddings. The memory holds every training image's last
+    unit embedding of each crop in crops_for_assign (`memory`, (assigned crops, n_data, feat_dim), `filled`
+    marking rows written); it is filled by a pass over the data before the first update (the seed's
+    init_memory: needs_prepare_pass, prepare) and after every update with the batch's embeddings, gathered from
+    every process, so every process holds all of it. At the first update of each epoch (start_update) every head
+    h clusters memory h mod (assigned crops) by spherical k-means (costs.spherical_kmeans, KMEANS_ITERS
+    iterations, centroids drawn with the update's shared seed: every process computes the same), copies the
+    centroids into its prototypes and records each image's cluster (`assignments`, -100 for images not in the
+    memory). The loss (costs.deepcluster_loss) is every crop's scores / temperature against its image's
+    clusters. The prototypes are frozen for the first freeze_prototypes_niters updates (the seed's default: all
+    of them; k-means sets them). Memory, assignments and the epoch they were made for (`clustered`) are buffers:
+    checkpoints carry them, so a resumed run continues exactly.
+    """
+    name = "deepclusterv2"
+    KMEANS_ITERS = 10          # the seed's cluster_memory(nmb_kmeans_iters=10)
+    # The seed's (main_deepclusterv2.py, scripts/deepclusterv2_800ep_pretrain.sh) spellings and defaults; the
+    # crops' defaults scale with the image size (multi_crop_defaults) as SwAV's.
+    PARAMS = (
+        *CROP_PARAMS,
+        _param(SwAV, "temperature"),
+        FEAT_DIM,
+        Param("nmb_prototypes", int, (3000, 3000, 3000), "clusters of each prototype head (one k-means each; at "
+              "most the training split's size)", many=True, allowed=AT_LEAST_1),
+        _param(SwAV, "hidden_mlp"),
+        Param("freeze_prototypes_niters", int, 10 ** 10, "updates during which the prototypes do not move (the "
+              "seed's default: never; k-means sets them each epoch)", allowed=AT_LEAST_0),
+        Param("base_lr", float, 4.8, "learning rate after the warm-up (not scaled with --batch_size, as the seed)",
+              allowed=POSITIVE),
+        Param("final_lr", float, 0.0, "learning rate at the end of the cosine", allowed=AT_LEAST_0),
+        _param(SwAV, "start_warmup"),
+        Param("warmup_epochs", int, 10, "epochs of linear warm-up from --start_warmup to --base_lr",
+              allowed=AT_LEAST_0),
+        _param(SwAV, "wd"),
+    )
+    DERIVED = {"n_data": int}
+
+    @staticmethod
+    def fit_to_data(hp, data, note):
+        """One memory row per training image (n_data); no head has more clusters than images."""
+        capped = [min(k, data.n_images) for k in hp["nmb_prototypes"]]
+        if capped != list(hp["nmb_prototypes"]):
+            note(f"note: --nmb_prototypes {' '.join(map(str, hp['nmb_prototypes']))} has more clusters than the "
+                 f"{data.n_images}-image training split; capped at {data.n_images}")
+        return dict(hp, n_data=data.n_images, nmb_prototypes=capped)
+
+    @classmethod
+    def validate(cls, hp):
+        super().validate(hp)
+        if "n_data" in hp and max(hp["nmb_prototypes"]) > hp["n_data"]:
+            raise UserError(f"--nmb_prototypes {max(hp['nmb_prototypes'])} is more clusters than the "
+                            f"{hp['n_data']} training images: lower it")
+
+    def __init__(self, hp):
+        super().__init__(hp)
+        if hp.get("n_data", 0) < 1:
+            raise ValueError("DeepCluster-v2 needs n_data, the training split's size (one memory row per image)")
+        self.build_networks(hp)
+        self.prototypes = nn.ModuleList(nn.Linear(hp["feat_dim"], k, bias=False) for k in hp["nmb_prototypes"])
+        n_assign = len(hp["crops_for_assign"])
+        self.register_buffer("memory", torch.zeros(n_assign, hp["n_data"], hp["feat_dim"]))
+        self.register_buffer("filled", torch.zeros(hp["n_data"], dtype=torch.bool))
+        self.register_buffer("assignments", torch.full((len(hp["nmb_prototypes"]), hp["n_data"]), -100))
+        self.register_buffer("clustered", torch.full((), -1))
+        self.evaluator = self.make_evaluator(hp["n_classes"])
+        self._clustered = None        # the epoch of `clustered`, read from the buffer once per process
+
+    def forward(self, views, dist=None):
+        """views: the crops in crop order, each (B, 3, s, s) -> {"embedding": unit rows (n_crops B, feat_dim),
+        "scores": one (n_crops B, K_h) per prototype head, crop c's rows at c B..(c + 1) B, "logits": classifier
+        logits on the first crop kind's backbone features (nmb_crops[0] B, n_classes)}."""
+        h, z, n_large = self.embed(views)
+        return {"embedding": z, "scores": [head(z) for head in self.prototypes], "logits": self.evaluator(h[:n_large])}
+
+    def needs_prepare_pass(self):
+        return not bool(self.filled.any())
+
+    @torch.no_grad()
+    def prepare(self, out, dist):
+        self.remember(out, dist)
+
+    @torch.no_grad()
+    def start_update(self, epoch, update, dist, shared_seed=0):
+        """At an epoch's first update: the clustering of the memory filled so far (see the class)."""
+        if self._clustered is None:
+            self._clustered = int(self.clustered)
+        if self._clustered == epoch:
+            return
+        rows = torch.nonzero(self.filled).flatten()
+        if len(rows) >= max(self.hyperparams["nmb_prototypes"]):
+            generator = torch.Generator().manual_seed(shared_seed)
+            for h, head in enumerate(self.prototypes):
+                memory = self.memory[h % self.memory.shape[0], rows]
+                centroids, assigned = costs.spherical_kmeans(memory, head.out_features, self.KMEANS_ITERS, generator)
+                head.weight.copy_(centroids)
+                self.assignments[h].fill_(-100)
+                self.assignments[h, rows] = assigned
+        self.clustered.fill_(epoch)
+        self._clustered = epoch
+
+    def loss_terms(self, out, dist):
+        """{"deepcluster": costs.deepcluster_loss of every head's scores against the batch's clusters}."""
+        targets = self.assignments[:, out["index"]]
+        return {"deepcluster": costs.deepcluster_loss(out["scores"], targets, self.hyperparams["temperature"])}
+
+    @torch.no_grad()
+    def after_step(self, out, dist):
+        self.remember(out, dist)
+
+    def remember(self, out, dist):
+        """The batch's embeddings of the assigned crops into the memory rows of its images, every process's
+        (gathered); a skipped step writes nothing."""
+        z = out["embedding"].detach().float()
+        batch = out["index"].shape[0]
+        new = torch.stack([z[c * batch:(c + 1) * batch] for c in self.hyperparams["crops_for_assign"]])
+        index = out["index"]
+        if dist is not None and dist.active:
+            new = dist.all_gather(new.transpose(0, 1).contiguous()).transpose(0, 1)
+            index = dist.all_gather(index)
+        skipped = out.get("skipped")
+        if skipped is not None:
+            new = torch.where(skipped, self.memory[:, index], new)
+        self.memory[:, index] = new
+        self.filled[index] = True if skipped is None else self.filled[index] | ~skipped
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._clustered = None
+
+    def ddp_ignored_state(self):
+        # Every process writes the same gathered rows and computes the same clusters.
+        return ["memory", "filled", "assignments", "clustered"]
+
+
 # The registry: --method's choices, and what a checkpoint's "method" names.
-METHODS = {cls.name: cls for cls in (AMDIM, MoCo, CMC, SwAV)}
+METHODS = {cls.name: cls for cls in (AMDIM, MoCo, CMC, SwAV, DeepClusterV2)}
 
 
 def build(hp):

@@ -71,8 +71,14 @@ class SelfSupervised:
     def loss_terms(self, out, dist):
         return self._loss_terms(out, dist)
 
-    def start_update(self, epoch, update, dist):
-        self.model.start_update(epoch, update, dist)
+    def start_update(self, epoch, update, dist, shared_seed=0):
+        self.model.start_update(epoch, update, dist, shared_seed)
+
+    def needs_prepare_pass(self):
+        return self.model.needs_prepare_pass()
+
+    def prepare(self, out, dist):
+        self.model.prepare(out, dist)
 
     def before_optimizer_step(self, update):
         self.model.before_optimizer_step(update)
@@ -154,8 +160,12 @@ class Classifiers:
     def loss_terms(self, out, dist):
         return {}      # the loop adds the classifiers' own terms, as in every phase
 
-    def start_update(self, epoch, update, dist):
+    def start_update(self, epoch, update, dist, shared_seed=0):
         pass
+
+    @staticmethod
+    def needs_prepare_pass():
+        return False
 
     def before_optimizer_step(self, update):
         pass

@@ -477,7 +477,7 @@ def update(run, batch, epoch):
     dist, cur = run.dist, run.cursor
     reseed(run, cur[run.step_key])
     lr = recipes.set_learning_rates(run.optimizer, run.schedule(epoch, cur[run.step_key]))
-    run.phase.start_update(epoch, cur[run.step_key], dist)
+    run.phase.start_update(epoch, cur[run.step_key], dist, shared_seed_at(run, cur[run.step_key], CLUSTER_KEY))
     terms, (logits, labels), out = loss_terms(run, batch, shared_seed_at(run, cur[run.step_key]))
     loss = sum(terms.values())
     run.optimizer.zero_grad(set_to_none=True)
@@ -654,6 +654,9 @@ def train_accuracy(logits, labels):
 # Each epoch's test.
 
 SHARED_STREAM = 2 ** 40    # shared_seed_at's key: never a rank number
+CLUSTER_KEY = 1            # keeps start_update's shared seed apart from the loss's
+PREPARE_STREAM = 2         # reseed key of the prepare pass's batches (its views), apart from the updates' and tests'
+
 TEST_STREAM = 1      # reseed key that keeps the test's random stream (BN-refresh views) apart from the updates'
 
 def test_accuracy(run, epoch):
@@ -688,6 +691,8 @@ def worker(dist, args):
     if dist.is_main and args.view_grid and run.cursor[run.epoch_key] == 0 and epoch_so_far.samples == 0:
         views_grid.log_views(run, args.view_grid)
 
+    if run.cursor[run.epoch_key] == 0 and epoch_so_far.samples == 0 and run.phase.needs_prepare_pass():
+        prepare_pass(run, train_loader)
     run.stop.install()
     acc = None
     while run.cursor[run.epoch_key] < run.epochs:
@@ -715,6 +720,26 @@ def worker(dist, args):
                       f"(--epochs {run.epochs}); pass a larger --epochs to train on")
     run.log.close()
     return acc
+
+
+def prepare_pass(run, loader):
+    """The pass a method may need over the first epoch's data before its first update (the seed's init_memory for
+    DeepCluster-v2): the model in train mode as in training, no gradients, each batch's views drawn from a stream
+    of their own; the method keeps what it needs (phase.prepare). A run killed during it repeats it."""
+    args, dist = run.args, run.dist
+    run.log.print("preparing: one pass over the training data before the first update")
+    engine.set_train_mode(run.model, run.phase.eval_encoder)
+    loader.sampler.set_epoch(0)
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            reseed(run, i, PREPARE_STREAM)
+            views, _, index = engine.training_views(batch, run.splits.batch_augment, dist.device, run.n_views,
+                                                    args.memory_format)
+            with mp.autocast(dist.device, run.amp):
+                out = run.model(views, dist)
+            out["index"] = index.to(dist.device, non_blocking=True)
+            with mp.float32(dist.device):
+                run.phase.prepare(mp.to_float32(out), dist)
 
 
 def announce(run, ckpt_from, how, encoder_size):

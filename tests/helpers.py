@@ -39,6 +39,12 @@ TINY_FLAGS = {
                              "--min_scale_crops", "0.3", "0.1", "--max_scale_crops", "1", "0.3", "--feat_dim", "16",
                              "--hidden_mlp", "32", "--nmb_prototypes", "20", "--queue_length", "200",
                              "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "6"],
+    # Two heads on the two assigned crops' memories; prototypes trained after 6 updates, so the kill -9 resume test
+    # crosses the freeze, and warm-up over the first of the test's epochs.
+    "deepclusterv2": AMDIM_ENCODER + ["--method", "deepclusterv2", "--nmb_crops", "2", "1", "--size_crops", "32",
+                                      "32", "--min_scale_crops", "0.3", "0.1", "--max_scale_crops", "1", "0.3",
+                                      "--feat_dim", "16", "--hidden_mlp", "32", "--nmb_prototypes", "20", "10",
+                                      "--freeze_prototypes_niters", "6", "--warmup_epochs", "1", "--base_lr", "0.6"],
 }
 
 
