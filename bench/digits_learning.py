@@ -5,7 +5,7 @@ randomly initialised encoder (the baseline), all with the same small AMDIM encod
 so the methods compare on one backbone. Prints one row per seed, the mean/spread, and test.py --knn of each
 self-supervised encoder.
 
-    .venv/bin/python bench/digits_learning.py [--methods amdim moco cmc swav] [--seeds 1 2 3 4 5] [--ss_epochs N]
+    .venv/bin/python bench/digits_learning.py [--methods amdim moco cmc swav deepclusterv2] [--seeds 1 2 3 4 5] [--ss_epochs N]
     .venv/bin/python bench/digits_learning.py --folder ../shared/data/cifar10-mini --methods cmc   # colour images
 
 --folder runs the same check on an ImageFolder of 32 px images ({train,val}/<class>/*) instead: DIGITS is
@@ -29,11 +29,16 @@ MODEL = ["--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1",
 # freeze (one epoch: 15 updates) scaled to 1,500 images in batches of 100. With the seed's crop areas (0.14-1) and
 # epsilon (0.05) the codes went uniform (loss at ln K, scores' spread shrinking) and the encoder fell below the
 # random one (seed 1: MLP 18.9 against 52.2); crops of area 0.3-1 and sharper codes (epsilon 0.02) learn.
+# DeepCluster-v2: SwAV's crops and head; three heads of 30 clusters; SwAV's rates (the seed's 4.8 is for a batch of
+# 4096) without warm-up; prototypes never trained (the seed's default: k-means sets them each epoch).
 METHOD_FLAGS = {"amdim": ["--warmup_updates", "50"], "moco": ["--method", "moco"],
                 "cmc": ["--method", "cmc", "--nce_k", "1024"],
                 "swav": ["--method", "swav", "--nmb_prototypes", "30", "--queue_length", "300",
                          "--epoch_queue_starts", "5", "--freeze_prototypes_niters", "15", "--hidden_mlp", "512",
-                         "--min_scale_crops", "0.3", "--epsilon", "0.02"]}
+                         "--min_scale_crops", "0.3", "--epsilon", "0.02"],
+                "deepclusterv2": ["--method", "deepclusterv2", "--nmb_prototypes", "30", "30", "30", "--hidden_mlp",
+                                  "512", "--min_scale_crops", "0.3", "--base_lr", "0.6", "--final_lr", "0.0006",
+                                  "--warmup_epochs", "0"]}
 
 
 # Self-supervised epochs: 30, but SwAV's 60. Its swapped prediction learns more slowly on 1,500 images: after 30

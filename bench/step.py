@@ -42,6 +42,7 @@ sys.path.insert(0, ROOT)
 import host     # bench/host.py: the CPU model and matmul rate every table prints
 
 SWAV_STATE = ["--queue_length", "3840", "--epoch_queue_starts", "0", "--freeze_prototypes_niters", "0"]
+DC_STATE = ["--freeze_prototypes_niters", "0"]
 # name: (method, image size, batch, model flags). The three AMDIM configs are the 32 px ones quoted in issue 5
 # (0.353, 1.59 and 7.1 GFLOP per image pair); "default" is the original's model defaults.
 CONFIGS = {
@@ -62,6 +63,13 @@ CONFIGS = {
                                           "0.14", "0.05", "--max_scale_crops", "1", "0.14", *SWAV_STATE]),
     "swav-resnet18": ("swav", 32, 64, ["--arch", "resnet18", *SWAV_STATE]),
     "swav-resnet50": ("swav", 128, 32, ["--arch", "resnet50", *SWAV_STATE]),
+    # DeepCluster-v2 as SwAV (its crops and head), prototypes trained (not the seed's default) so every part of the
+    # step runs, its memory full and clustered before the first step (a CIFAR-sized split: 50,000 rows).
+    "deepclusterv2-amdim-small": ("deepclusterv2", 32, 64, ["--arch", "amdim", "--ndf", "32", "--n_rkhs", "256",
+                                                            "--n_depth", "1", "--nmb_crops", "2", "4", "--size_crops",
+                                                            "32", "32", "--min_scale_crops", "0.14", "0.05",
+                                                            "--max_scale_crops", "1", "0.14", *DC_STATE]),
+    "deepclusterv2-resnet18": ("deepclusterv2", 32, 64, ["--arch", "resnet18", *DC_STATE]),
     # One GPU's share of the seeds' runs. AMDIM: the C10 model at batch 256, and the paper's ImageNet model (its
     # README: batch 480 on 4 GPUs, 120 each); the ResNet-50s at 128 px (IN128); SwAV's multi-crop as the seed's
     # (2 x 224 + 6 x 96: the ResNets pool adaptively) and as our IN128 default (2 x 128 + 6 x 64), 64 a GPU.
@@ -73,9 +81,12 @@ CONFIGS = {
                                               "96", *SWAV_STATE]),
     "swav-r50-2x128-6x64": ("swav", 128, 64, ["--arch", "resnet50", "--nmb_crops", "2", "6", "--size_crops", "128",
                                               "64", *SWAV_STATE]),
+    "deepclusterv2-r50-2x128-6x64": ("deepclusterv2", 128, 64, ["--arch", "resnet50", "--nmb_crops", "2", "6",
+                                                                "--size_crops", "128", "64", *DC_STATE]),
 }
 GPU_CONFIGS = ["amdim-c10", "amdim-in128", "moco-r50-128px", "cmc-r50-128px", "swav-r50-2x224-6x96",
-               "swav-r50-2x128-6x64"]
+               "swav-r50-2x128-6x64", "deepclusterv2-r50-2x128-6x64"]
+MULTI_CROP = ("swav", "deepclusterv2")
 CPU_CONFIGS = [name for name in CONFIGS if name not in GPU_CONFIGS]
 # --dry-run: every config tiny (flag -> value; SwAV's crops a quarter of their size), at batch TINY_BATCH, so
 # that the CPU runs all of them in seconds.
@@ -207,7 +218,13 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False,
         hp["moco_k"] = 4096           # a queue of a CIFAR-sized run's order of magnitude
     if method == "cmc":               # banks of a CIFAR-sized training split; nce_k stays the seed's 4096
         hp.update(n_data=1000 if dry_run else 50000, rgb_mean=[0.5, 0.5, 0.5], rgb_std=[0.25, 0.25, 0.25])
+    if method == "deepclusterv2":     # one memory row per image of a CIFAR-sized split, no more clusters than rows
+        hp["n_data"] = 1000 if dry_run else 50000
+        hp["nmb_prototypes"] = [min(k, hp["n_data"]) for k in hp["nmb_prototypes"]]
     model = train.place_model(checkpoint.build_model(hp), args, dist)
+    if method == "deepclusterv2":     # a full memory, clustered at the first (warm-up) step
+        model.memory.copy_(torch.nn.functional.normalize(torch.randn_like(model.memory), dim=2))
+        model.filled.fill_(True)
     phase = phases.SelfSupervised(model, args)
     step_model = train.wrap_step(phase, dist, compile_step)
     if method == "swav":              # a full queue from the first step (rows of unit length, as embeddings)
@@ -228,7 +245,8 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False,
                                                       **view_spec.options)
         if compile_step:                                        # as train.py: the views compile with the step
             augment.compile_views(run.splits.batch_augment, print)
-        crop_sizes = [s for s, _ in augment.MultiCrop.from_hyperparams(hp).each()] if method == "swav" else [size]
+        crop_sizes = [s for s, _ in augment.MultiCrop.from_hyperparams(hp).each()] if method in MULTI_CROP else \
+            [size]
         side = source_size(size, crop_sizes)
         images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=g)
         batch_data = (images.pin_memory() if device.type == "cuda" else images, labels, index)
@@ -237,7 +255,7 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False,
     else:
         if method == "cmc":                                     # CMC's views: Lab's L and ab
             shapes = [(1, size), (2, size)]
-        elif method == "swav":                                  # every crop at its own size
+        elif method in MULTI_CROP:                              # every crop at its own size
             shapes = [(3, s) for s, _ in augment.MultiCrop.from_hyperparams(hp).each()]
         else:
             shapes = [(3, size)] * 2
@@ -250,7 +268,7 @@ def build(config_name, variant, device, amp="none", views="host", dry_run=False,
 
     def step():
         update = next(updates)
-        model.start_update(0, update, dist)
+        model.start_update(0, update, dist, shared_seed=update)
         terms, _, out = train.loss_terms(run, batch_data, shared_seed=update)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
