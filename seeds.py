@@ -10,9 +10,10 @@ ours.
                                                                          queue (dim, K), queue_ptr}
     moco_lincls   its main_lincls.py                                     {"state_dict": module.<ResNet> with the
                                                                          trained fc}: a scored classifier
-    swav          facebookresearch/swav's model zoo (SwAV, DeepCluster-v2, SeLa-v2) and main_swav.py: the
-                  state_dict (bare or under "state_dict") of module.<ResNet>, projection_head, prototypes
-                  (DeepCluster-v2: prototypes.prototypes0, 1, ...)
+    swav          facebookresearch/swav's model zoo (SwAV, SeLa-v2) and main_swav.py: the state_dict (bare or
+                  under "state_dict") of module.<ResNet>, projection_head, prototypes
+    deepclusterv2 its DeepCluster-v2 files (zoo, main_deepclusterv2.py): the same with several prototype heads,
+                  prototypes.prototypes0, 1, ...
     swav_linear   its eval_linear.py                                     {"state_dict": module.linear.*}: the
                                                                          classifier alone (test.py
                                                                          --linear_classifier)
@@ -206,7 +207,9 @@ def _moco_lincls(state):
 
 def _swav(state):
     """The SwAV repository's pre-trained ResNet: trunk, projection_head (Linear, BN, ReLU, Linear, or one
-    Linear) and prototypes (one set; DeepCluster-v2's files hold several, of which the first is kept)."""
+    Linear) and prototypes: one set (SwAV, SeLa-v2: --method swav) or several (prototypes.prototypes0, 1, ...:
+    DeepCluster-v2, --method deepclusterv2, whose memory the file does not hold: as many rows as the largest head
+    has clusters, to be refilled by training)."""
     trunk = _trunk(state)
     arch = _resnet_arch(trunk, "the SwAV-repository checkpoint")
     head = _under(state, "projection_head.")
@@ -214,13 +217,19 @@ def _swav(state):
         raise UserError("the SwAV-repository checkpoint has prototypes but no projection_head; this repo's SwAV "
                         "always has one")
     hidden = head["0.weight"].shape[0] if "0.weight" in head else 0
-    prototypes = state.get("prototypes.weight", state.get("prototypes.prototypes0.weight"))
     feat_dim = (head["3.weight"] if hidden else head["weight"]).shape[0]
     own = {"hidden_mlp": hidden, "feat_dim": feat_dim}
     entries = {**_with_prefix("backbone.net.", trunk), **_with_prefix("head.", head)}
-    if prototypes is not None:
-        own["nmb_prototypes"] = prototypes.shape[0]
-        entries["prototypes.weight"] = prototypes
+    heads = _under(state, "prototypes.prototypes")
+    if heads:
+        sets = [heads[f"{i}.weight"] for i in range(len(heads))]
+        own.update(nmb_prototypes=[p.shape[0] for p in sets], n_data=max(p.shape[0] for p in sets))
+        entries.update({f"prototypes.{i}.weight": p for i, p in enumerate(sets)})
+        hp = dict(_hyperparams("deepclusterv2", arch, **own), protocol="swav")
+        return _checkpoint(hp, entries, "deepclusterv2", trained=False)
+    if "prototypes.weight" in state:
+        own["nmb_prototypes"] = state["prototypes.weight"].shape[0]
+        entries["prototypes.weight"] = state["prototypes.weight"]
     hp = dict(_hyperparams("swav", arch, **own), protocol="swav")
     return _checkpoint(hp, entries, "swav", trained=False)
 

@@ -276,6 +276,11 @@ def build_model(args, ckpt, how, hp, splits, phase_cls, log):
         data = methods.TrainingData(n_images=len(splits.train), mean_std=splits.mean_std, batch_size=args.batch_size)
         hp = methods.METHODS[hp["method"]].fit_to_data(dict(hp, n_classes=n_classes), data, log.print)
         return checkpoint.build_model(hp)
+    n_data = hp.get("n_data")
+    if phase_cls is phases.SelfSupervised and n_data is not None and n_data != len(splits.train):
+        raise UserError(f"the checkpoint's {hp['method']} state holds one row per image of a {n_data}-image "
+                        f"training split, but --dataset {args.dataset} has {len(splits.train)} training images: "
+                        f"continue it on its own data, or train a fresh model (drop --checkpoint_path)")
     model = checkpoint.model_from(ckpt)
     if (phase_cls.classifiers_restart(how) or hp["n_classes"] != n_classes
             or protocols.of(model.hyperparams) != protocols.of(hp)):

@@ -205,12 +205,16 @@ def test_swav_zoo_file_features_and_head_equal_the_seed_layout(tmp_path):
     assert torch.equal(enc.method.prototypes.weight, state["module.prototypes.weight"])
 
 
-def test_deepcluster_v2_file_keeps_the_first_prototype_set(tmp_path):
+def test_deepcluster_v2_file_becomes_deepclusterv2_with_every_prototype_head(tmp_path):
     path = tmp_path / "deepclusterv2_800ep_pretrain.pth.tar"
     state = swav_file(path, prototypes=(30, 20, 10))
     model = checkpoint.load_model(str(path))
-    assert model.hyperparams["nmb_prototypes"] == 30
-    assert torch.equal(model.prototypes.weight, state["module.prototypes.prototypes0.weight"])
+    assert model.hyperparams["method"] == "deepclusterv2" and model.hyperparams["nmb_prototypes"] == [30, 20, 10]
+    for i, head in enumerate(model.prototypes):
+        assert torch.equal(head.weight, state[f"module.prototypes.prototypes{i}.weight"])
+    x = images(n=2)
+    seed = by_hand({k.replace("module.", ""): v for k, v in state.items()}, "", "resnet50")(x)
+    assert torch.equal(hubconf.encoder(str(path)).features(x), seed)
 
 
 def test_cmc_file_features_banks_and_options_equal_the_seed_layout(tmp_path):
@@ -365,16 +369,20 @@ def test_wide_and_unsupported_backbones_are_named(tmp_path, capsys):
     one_line_error(capsys, load_test_py().main, [str(half), "--device", "cpu"], "resnet50v1", "resnet50v2")
 
 
-def test_self_supervised_training_continues_from_a_seed_file(tmp_path):
-    """train.py --checkpoint_path on CMC's file: its banks and constants carry on (8 images touch rows 0-7 only)."""
+def test_self_supervised_training_continues_from_a_seed_file_of_its_data(tmp_path, capsys):
+    """train.py --checkpoint_path on CMC's file: its banks and constants carry on; banks of another split's size
+    are refused."""
     path = tmp_path / "ckpt_epoch_240.pth"
-    cmc_file(path)
-    root = image_folder(tmp_path / "data", per_class=4)
-    assert run_entry_point(train.main, [
-        "--checkpoint_path", str(path), "--dataset", "FOLDER", "--input_dir", root, "--image_size", "128",
-        "--output_dir", str(tmp_path / "runs"), "--run_name", "more", "--epochs", "1", "--batch_size", "4",
-        "--num_workers", "0", "--device", "cpu"]) == 0
+    cmc_file(path, n_data=8)
+    root = image_folder(tmp_path / "data", per_class=4)           # 8 training images
+    argv = ["--checkpoint_path", str(path), "--dataset", "FOLDER", "--input_dir", root, "--image_size", "128",
+            "--output_dir", str(tmp_path / "runs"), "--run_name", "more", "--epochs", "1", "--batch_size", "4",
+            "--num_workers", "0", "--device", "cpu"]
+    assert run_entry_point(train.main, argv) == 0
     seed, more = checkpoint.load_model(str(path)), checkpoint.load_model(str(tmp_path / "runs/more/amdim_cpt.pth"))
-    assert more.hyperparams["nce_k"] == 8 and more.hyperparams["n_data"] == 20
-    assert torch.equal(more.memory_l[8:], seed.memory_l[8:]) and not torch.equal(more.memory_l[:8], seed.memory_l[:8])
-    assert float(more.z_l) == 123.5
+    assert more.hyperparams["nce_k"] == 8 and more.hyperparams["n_data"] == 8 and float(more.z_l) == 123.5
+    assert not torch.equal(more.memory_l, seed.memory_l)
+    other = tmp_path / "ckpt_epoch_100.pth"
+    cmc_file(other, n_data=20)
+    argv[1], argv[argv.index("more")] = str(other), "other"
+    one_line_error(capsys, train.main, argv, "20-image training split", "has 8 training images")
