@@ -12,10 +12,10 @@ import argparse
 from hparams import AT_LEAST_1, Param, number
 from methods import METHODS
 from protocols import PROTOCOLS
-from model import RESNETS, last_width
+from model import CMC_RESNETS, RESNETS, last_width
 from utils import UserError
 
-ARCHS = ("amdim",) + RESNETS
+ARCHS = ("amdim",) + RESNETS + tuple(CMC_RESNETS)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,8 +61,10 @@ def add_flags(parser):
     group = parser.add_argument_group("model (defaults apply to a model built from scratch; a checkpoint's "
                                       "values win, and flags may not contradict them)")
     group.add_argument("--method", choices=tuple(METHODS), help="self-supervised objective (default: amdim)")
-    group.add_argument("--arch", choices=ARCHS, help="backbone (default: amdim for --method amdim; else resnet18 "
-                                                     "below 128 px, resnet50 from 128 px)")
+    group.add_argument("--arch", "--model", choices=ARCHS,
+                       help="backbone (default: amdim for --method amdim; else resnet18 below 128 px, resnet50 from "
+                            "128 px); --method cmc also takes CMC's own ResNets, resnet18v1..v3 and resnet50v1..v3 "
+                            "(half, the same, twice the width per view; --model: the seed's spelling)")
     for params in flags_by_name().values():
         p = params[0]
         text = "; ".join(f"[{_owner(q)}] {q.help} (default: {'off' if q.switch else q.shown_default()})"
@@ -125,6 +127,9 @@ def validate(hp):
         raise UserError(f"unknown method {hp['method']!r}: choose one of {', '.join(METHODS)}")
     if hp["arch"] not in ARCHS:
         raise UserError(f"unknown arch {hp['arch']!r}: choose one of {', '.join(ARCHS)}")
+    if hp["arch"] in CMC_RESNETS and hp["method"] != "cmc":
+        raise UserError(f"--arch {hp['arch']} is CMC's split ResNet (one per view): it applies to --method cmc; "
+                        f"use {CMC_RESNETS[hp['arch']][0]} for --method {hp['method']}")
     for p in params_of(hp["method"], hp["arch"]):
         if not p.admits(hp[p.name]):
             shown = " ".join(map(str, hp[p.name])) if p.many else hp[p.name]

@@ -280,6 +280,10 @@ class FineTuneHead(nn.Module):
 # Backbones for the other methods: image -> one pooled feature vector per image.
 
 RESNETS = ("resnet18", "resnet50")
+# CMC's own ResNets (HobbitLong/CMC models/resnet.py), one per view: torchvision's layout with the stem 64 wide and
+# every stage's planes times the width, v1 0.5 (its default for ResNets), v2 1 (torchvision's), v3 2.
+CMC_RESNETS = {f"{depth}v{version}": (depth, width) for depth in RESNETS
+               for version, width in ((1, 0.5), (2, 1.0), (3, 2.0))}
 
 
 class GlobalEncoder(nn.Module):
@@ -310,9 +314,12 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, arch, image_size, in_channels=3):
         super().__init__()
-        if arch not in RESNETS:
-            raise ValueError(f"arch must be one of {RESNETS}, got {arch!r}")
-        net = getattr(torchvision.models, arch)(weights=None)
+        if arch not in RESNETS and arch not in CMC_RESNETS:
+            raise ValueError(f"arch must be one of {RESNETS + tuple(CMC_RESNETS)}, got {arch!r}")
+        depth, width = CMC_RESNETS.get(arch, (arch, 1.0))
+        net = getattr(torchvision.models, depth)(weights=None)
+        if width != 1.0:
+            _widen(net, width)
         if image_size <= 64:
             net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
@@ -329,6 +336,25 @@ class ResNetTrunk(nn.Module):
     def feature_layers(self):
         """What its features come from: all of it."""
         return self
+
+
+def _widen(net, width):
+    """A torchvision ResNet rebuilt, in place, with every stage's planes times `width` (its stem stays 64 wide, as
+    CMC's): the stages' layers made afresh by torchvision's own _make_layer, initialised as its constructor does
+    (convolutions Kaiming-normal fan-out, BatchNorm weight 1 and bias 0)."""
+    block = type(net.layer1[0])
+    planes = int(64 * width)
+    net.inplanes = 64
+    for i, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        blocks = len(getattr(net, name))
+        setattr(net, name, net._make_layer(block, planes * 2 ** i, blocks, stride=1 if i == 0 else 2))
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    net.fc = nn.Linear(planes * 8 * block.expansion, net.fc.out_features)
 
 
 def projection_head(width, dim, hidden=False):

@@ -35,6 +35,7 @@ import config
 import methods
 from augment import NORMALIZATION
 from imageops import COLOUR_SPACES
+from model import CMC_RESNETS
 from utils import UserError
 
 ENCODER_SIZE = 128
@@ -118,21 +119,22 @@ def _trunk(state):
                                                                    "layer4")}
 
 
-def _resnet_arch(trunk, what):
-    """"resnet18" or "resnet50" for a trunk of that layout at the usual width; a UserError naming what it is
-    otherwise."""
+def _resnet_arch(trunk, what, widths=None):
+    """"resnet18" or "resnet50" for a trunk of that layout at the usual width; with widths (CMC's: {width:
+    arch}), the arch of its stages' width. A UserError naming what it is otherwise."""
     blocks = tuple(len({k.split(".")[1] for k in trunk if k.startswith(f"layer{i}.")}) for i in range(1, 5))
     arch = _BLOCKS.get(blocks)
     if arch is None:
         raise UserError(f"{what}'s backbone is a ResNet with {blocks} blocks per stage: this repo builds "
                         f"{' and '.join(_BLOCKS.values())} only")
     stem, inner = trunk["conv1.weight"].shape[0], trunk["layer1.0.conv1.weight"].shape[0]
-    if (stem, inner) != (64, 64):
+    known = widths(arch) if widths else {1.0: arch}
+    if stem != 64 or inner / 64 not in known:
         factor = inner / 64
         raise UserError(f"{what}'s backbone is a {arch} {factor:g}x as wide as the standard one (its first "
                         f"block has {inner} channels, not 64): this repo builds the standard width only; use the "
                         f"seed's standard-width file")
-    return arch
+    return known[inner / 64]
 
 
 def _hyperparams(method, arch, n_classes=1000, **own):
@@ -241,17 +243,11 @@ def _cmc(obj):
     views = _under(state, "l_to_ab."), _under(state, "ab_to_l.")
     if any(k.startswith("conv_block_1") for k in views[0]):
         raise UserError("the CMC checkpoint holds CMC's AlexNet (--model alexnet): this repo builds CMC with "
-                        "ResNets only; use a resnet18v2/resnet50v2 checkpoint")
+                        "ResNets only (resnet18v1-v3, resnet50v1-v3); use one of those checkpoints")
     trunk_l, trunk_ab = _trunk(views[0]), _trunk(views[1])
-    try:
-        arch = _resnet_arch(trunk_l, "the CMC checkpoint")
-    except UserError:
-        inner = trunk_l.get("layer1.0.conv1.weight")
-        version = {32: "v1 (each view's ResNet at half width)", 128: "v3 (each view's ResNet at twice the width)"}
-        name = getattr(obj.get("opt"), "model", None) or "resnet" + version.get(
-            inner.shape[0] if inner is not None else 0, "?")
-        raise UserError(f"the CMC checkpoint's encoders are {name}: this repo builds CMC's width-1 ResNets "
-                        f"(resnet18v2, resnet50v2) only") from None
+    # v2 (width 1) is torchvision's layout: it reads as plain resnet18 / resnet50.
+    arch = _resnet_arch(trunk_l, "the CMC checkpoint", lambda depth: {
+        width: depth if width == 1.0 else name for name, (d, width) in CMC_RESNETS.items() if d == depth})
     own = {"feat_dim": views[0]["fc.weight"].shape[0], "n_data": 1,
            "rgb_mean": list(NORMALIZATION["imagenet"][0]), "rgb_std": list(NORMALIZATION["imagenet"][1])}
     entries = {**_with_prefix("backbone_l.net.", trunk_l), **_with_prefix("backbone_ab.net.", trunk_ab),

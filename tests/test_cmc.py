@@ -319,3 +319,48 @@ def test_ycbcr_cmc_reads_y_and_cbcr_and_older_checkpoints_are_lab():
     assert checkpoint.hyperparams({"hyperparams": old})["view"] == "Lab"
     with pytest.raises(utils.UserError, match="--view RGB is out of range: expected one of Lab, YCbCr"):
         config.validate(dict(cmc.hyperparams, view="RGB"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CMC's own ResNets (--arch resnet18v1..v3, resnet50v1..v3; the seed's --model).
+
+def bottleneck_parameters(in_channels, width, blocks=(3, 4, 6, 3)):
+    """Parameters (weights and BatchNorm affine) of CMC's models/resnet.py Bottleneck ResNet without its fc,
+    counted layer by layer: a 7x7 stem 64 wide, stage i's planes p = 64 * width * 2**i (1x1 p, 3x3 p, 1x1 4p),
+    a 1x1 projection on each stage's first block."""
+    total = in_channels * 64 * 49 + 2 * 64
+    inplanes = 64
+    for i, n in enumerate(blocks):
+        p = int(64 * width) * 2 ** i
+        for j in range(n):
+            total += inplanes * p + 2 * p + 9 * p * p + 2 * p + p * 4 * p + 2 * 4 * p
+            if j == 0:
+                total += inplanes * 4 * p + 2 * 4 * p
+            inplanes = 4 * p
+    return total
+
+
+@pytest.mark.parametrize("arch, width", [("resnet50v1", 0.5), ("resnet50v2", 1.0), ("resnet50v3", 2.0)])
+def test_cmc_resnets_have_the_seeds_parameter_counts_at_224_px(arch, width):
+    from model import ResNetTrunk
+    for channels in (1, 2):
+        trunk = ResNetTrunk(arch, 224, channels)
+        assert sum(p.numel() for p in trunk.parameters()) == bottleneck_parameters(channels, width)
+        assert trunk.width == int(2048 * width)
+    # resnet50v1: 5,896,256 (L) + 5,899,392 (ab) parameters before the fc heads.
+    assert bottleneck_parameters(1, 0.5) == 5896256
+
+
+def test_cmc_resnet_variants_build_at_our_sizes_and_only_for_cmc():
+    torch.manual_seed(0)
+    for size in (32, 64, 128):
+        cmc = methods.CMC(_hp(arch="resnet18v1", encoder_size=size))
+        assert cmc.n_features == 2 * 256
+        assert cmc.features(torch.randn(2, 3, size, size)).shape == (2, 512)
+    import train
+    args = train.parse_args(["--method", "moco", "--dataset", "IN128"])
+    args.arch = "resnet50v1"
+    with pytest.raises(utils.UserError, match="applies to --method cmc; use resnet50 for --method moco"):
+        config.from_flags(args, 128, 10)
+    args = train.parse_args(["--method", "cmc", "--model", "resnet50v3", "--dataset", "IN128"])   # the seed's flag
+    assert config.from_flags(args, 128, 10)["arch"] == "resnet50v3"

@@ -360,13 +360,52 @@ def test_wide_and_unsupported_backbones_are_named(tmp_path, capsys):
     wide = tmp_path / "swav_RN50w2_400ep_pretrain.pth.tar"
     torch.save(prefixed("module.", state), wide)
     one_line_error(capsys, load_test_py().main, [str(wide), "--device", "cpu"], "2x as wide", "standard width")
-    half = tmp_path / "CMC_resnet50v1.pth"
-    nets = [torchvision_resnet("resnet18", 9, c, 16).state_dict() for c in (1, 2)]
-    for net in nets:
-        net["layer1.0.conv1.weight"] = torch.zeros(32, 64, 3, 3)
-    torch.save({"opt": argparse.Namespace(model="resnet50v1"), "model": {
-        **prefixed("encoder.module.l_to_ab.", nets[0]), **prefixed("encoder.module.ab_to_l.", nets[1])}}, half)
-    one_line_error(capsys, load_test_py().main, [str(half), "--device", "cpu"], "resnet50v1", "resnet50v2")
+    alexnet = tmp_path / "CMC_alexnet.pth"
+    torch.save({"model": {"encoder.module.l_to_ab.conv_block_1.0.weight": torch.zeros(48, 1, 11, 11)}}, alexnet)
+    one_line_error(capsys, load_test_py().main, [str(alexnet), "--device", "cpu"], "AlexNet", "ResNets only")
+
+
+def basic_resnet_manifest(in_channels, planes, blocks=(2, 2, 2, 2), feat_dim=16):
+    """CMC's models/resnet.py ResNet with BasicBlocks, written out: the stem 64 wide whatever the width, stage i
+    `planes * 2**i` wide; names and shapes only."""
+    shapes = {"conv1.weight": (64, in_channels, 7, 7)}
+    bn = lambda name, n: {f"{name}.weight": (n,), f"{name}.bias": (n,), f"{name}.running_mean": (n,),  # noqa: E731
+                          f"{name}.running_var": (n,), f"{name}.num_batches_tracked": ()}
+    shapes.update(bn("bn1", 64))
+    inplanes = 64
+    for i, n in enumerate(blocks):
+        p = planes * 2 ** i
+        for j in range(n):
+            name = f"layer{i + 1}.{j}"
+            shapes.update({f"{name}.conv1.weight": (p, inplanes, 3, 3), f"{name}.conv2.weight": (p, p, 3, 3),
+                           **bn(f"{name}.bn1", p), **bn(f"{name}.bn2", p)})
+            if j == 0 and (i > 0 or inplanes != p):
+                shapes.update({f"{name}.downsample.0.weight": (p, inplanes, 1, 1), **bn(f"{name}.downsample.1", p)})
+            inplanes = p
+    shapes.update({"fc.weight": (feat_dim, inplanes), "fc.bias": (feat_dim,)})
+    return shapes
+
+
+@pytest.mark.parametrize("version, planes", [("v1", 32), ("v3", 128)])
+def test_cmc_half_and_double_width_resnets_load_into_their_arch(tmp_path, version, planes):
+    g = torch.Generator().manual_seed(11)
+
+    def net(channels):
+        out = {}
+        for k, shape in basic_resnet_manifest(channels, planes).items():
+            out[k] = torch.tensor(5) if k.endswith("num_batches_tracked") else \
+                torch.rand(shape, generator=g) + (0.5 if k.endswith("running_var") else -0.5)
+        return out
+
+    nets = net(1), net(2)
+    path = tmp_path / f"CMC_resnet18{version}.pth"
+    torch.save({"opt": argparse.Namespace(model=f"resnet18{version}", softmax=False), "model": {
+        **prefixed("encoder.module.l_to_ab.", nets[0]), **prefixed("encoder.module.ab_to_l.", nets[1])}}, path)
+    model = checkpoint.load_model(str(path))
+    assert model.hyperparams["arch"] == f"resnet18{version}" and model.n_features == 2 * 8 * planes
+    for name, value in nets[0].items():
+        target = model.head_l if name.startswith("fc.") else model.backbone_l.net
+        assert torch.equal(target.state_dict()[name.removeprefix("fc.")], value), name
 
 
 def test_self_supervised_training_continues_from_a_seed_file_of_its_data(tmp_path, capsys):
