@@ -15,7 +15,9 @@ from protocols import PROTOCOLS
 from model import CMC_RESNETS, RESNETS, last_width
 from utils import UserError
 
-ARCHS = ("amdim",) + RESNETS + tuple(CMC_RESNETS)
+CMC_ARCHS = ("alexnet_cmc",) + tuple(CMC_RESNETS)     # CMC's own encoders, one per view
+ARCHS = ("amdim",) + RESNETS + CMC_ARCHS
+SEED_ARCH_NAMES = {"alexnet": "alexnet_cmc"}          # the CMC seed's --model spelling
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,10 +63,11 @@ def add_flags(parser):
     group = parser.add_argument_group("model (defaults apply to a model built from scratch; a checkpoint's "
                                       "values win, and flags may not contradict them)")
     group.add_argument("--method", choices=tuple(METHODS), help="self-supervised objective (default: amdim)")
-    group.add_argument("--arch", "--model", choices=ARCHS,
+    group.add_argument("--arch", "--model", choices=ARCHS, type=lambda name: SEED_ARCH_NAMES.get(name, name),
                        help="backbone (default: amdim for --method amdim; else resnet18 below 128 px, resnet50 from "
-                            "128 px); --method cmc also takes CMC's own ResNets, resnet18v1..v3 and resnet50v1..v3 "
-                            "(half, the same, twice the width per view; --model: the seed's spelling)")
+                            "128 px); --method cmc also takes CMC's own encoders: alexnet_cmc (the seed's --model "
+                            "alexnet, half an AlexNet per view) and resnet18v1..v3, resnet50v1..v3 (half, the same, "
+                            "twice the width per view)")
     for params in flags_by_name().values():
         p = params[0]
         text = "; ".join(f"[{_owner(q)}] {q.help} (default: {'off' if q.switch else q.shown_default()})"
@@ -127,9 +130,10 @@ def validate(hp):
         raise UserError(f"unknown method {hp['method']!r}: choose one of {', '.join(METHODS)}")
     if hp["arch"] not in ARCHS:
         raise UserError(f"unknown arch {hp['arch']!r}: choose one of {', '.join(ARCHS)}")
-    if hp["arch"] in CMC_RESNETS and hp["method"] != "cmc":
-        raise UserError(f"--arch {hp['arch']} is CMC's split ResNet (one per view): it applies to --method cmc; "
-                        f"use {CMC_RESNETS[hp['arch']][0]} for --method {hp['method']}")
+    if hp["arch"] in CMC_ARCHS and hp["method"] != "cmc":
+        instead = CMC_RESNETS[hp["arch"]][0] if hp["arch"] in CMC_RESNETS else "resnet18 or resnet50"
+        raise UserError(f"--arch {hp['arch']} is one of CMC's own encoders (one per view): it applies to --method "
+                        f"cmc; use {instead} for --method {hp['method']}")
     for p in params_of(hp["method"], hp["arch"]):
         if not p.admits(hp[p.name]):
             shown = " ".join(map(str, hp[p.name])) if p.many else hp[p.name]

@@ -42,7 +42,7 @@ import recipes
 from augment import MultiCrop, ViewSpec
 from hparams import AT_LEAST_0, AT_LEAST_1, POSITIVE, Param, Range
 from imageops import COLOUR_SPACES, to_colour_space
-from model import Encoder, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
+from model import AlexNetHalf, Encoder, GlobalEncoder, ResNetTrunk, bn_projection_head, projection_head
 from utils import UserError
 
 
@@ -229,6 +229,8 @@ def make_backbone(hp, in_channels=3):
     width."""
     if hp["arch"] == "amdim":
         return GlobalEncoder(hp["ndf"], hp["n_rkhs"], hp["n_depth"], hp["encoder_size"], hp["use_bn"], in_channels)
+    if hp["arch"] == "alexnet_cmc":
+        return AlexNetHalf(in_channels, hp["encoder_size"])
     return ResNetTrunk(hp["arch"], hp["encoder_size"], in_channels)
 
 
@@ -415,7 +417,7 @@ class CMC(Method):
         self.backbone_ab = make_backbone(hp, in_channels=2)
         self.head_l = nn.Linear(self.backbone_l.width, hp["feat_dim"])
         self.head_ab = nn.Linear(self.backbone_ab.width, hp["feat_dim"])
-        self.n_features = self.backbone_l.width + self.backbone_ab.width
+        self.n_features = self.backbone_l.probe_width + self.backbone_ab.probe_width
         bound = 1.0 / (hp["feat_dim"] / 3) ** 0.5
         for name in ("memory_l", "memory_ab"):
             self.register_buffer(name, torch.rand(hp["n_data"], hp["feat_dim"]).mul_(2 * bound).sub_(bound))
@@ -444,9 +446,10 @@ class CMC(Method):
         """views: (L (B, 1, S, S), ab (B, 2, S, S)) -> {"l", "ab": (B, feat_dim) unit rows, "logits": classifier
         logits on cat(L, ab) backbone features (B, n_classes)}."""
         x_l, x_ab = views
-        h_l, h_ab = self.backbone_l(x_l), self.backbone_ab(x_ab)
+        p_l, p_ab = self.backbone_l.probe(x_l), self.backbone_ab.probe(x_ab)       # what the classifiers read
+        h_l, h_ab = self.backbone_l.top(p_l), self.backbone_ab.top(p_ab)
         return {"l": F.normalize(self.head_l(h_l), dim=1), "ab": F.normalize(self.head_ab(h_ab), dim=1),
-                "logits": self.evaluator(torch.cat([h_l, h_ab], dim=1))}
+                "logits": self.evaluator(torch.cat([p_l, p_ab], dim=1))}
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -515,7 +518,7 @@ class CMC(Method):
         view YCbCr: Y and CbCr)."""
         rgb = (x.float() * self.rgb_std + self.rgb_mean).clamp(0, 1)
         split = to_colour_space(rgb, self.hyperparams["view"]).to(x.dtype)
-        return torch.cat([self.backbone_l(split[:, :1]), self.backbone_ab(split[:, 1:])], dim=1)
+        return torch.cat([self.backbone_l.probe(split[:, :1]), self.backbone_ab.probe(split[:, 1:])], dim=1)
 
     def feature_modules(self):
         return [self.backbone_l.feature_layers(), self.backbone_ab.feature_layers()]

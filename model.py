@@ -302,6 +302,19 @@ class GlobalEncoder(nn.Module):
     def feature_layers(self):
         return self.encoder.feature_layers()
 
+    def probe(self, x):
+        """The features a linear probe reads: r1, as forward."""
+        return self.forward(x)
+
+    @staticmethod
+    def top(probed):
+        """The layers between the probe and forward's output: none."""
+        return probed
+
+    @property
+    def probe_width(self):
+        return self.width
+
 
 class ResNetTrunk(nn.Module):
     """A torchvision ResNet (no pretrained weights) without its classifier: image -> globally average-pooled
@@ -337,6 +350,19 @@ class ResNetTrunk(nn.Module):
         """What its features come from: all of it."""
         return self
 
+    def probe(self, x):
+        """The features a linear probe reads: the pooled ones, as forward (CMC's LinearProbing.py --layer 6)."""
+        return self.forward(x)
+
+    @staticmethod
+    def top(probed):
+        """The layers between the probe and forward's output: none."""
+        return probed
+
+    @property
+    def probe_width(self):
+        return self.width
+
 
 def _widen(net, width):
     """A torchvision ResNet rebuilt, in place, with every stage's planes times `width` (its stem stays 64 wide, as
@@ -355,6 +381,56 @@ def _widen(net, width):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     net.fc = nn.Linear(planes * 8 * block.expansion, net.fc.out_features)
+
+
+class AlexNetHalf(nn.Module):
+    """One view's half of CMC's AlexNet (HobbitLong/CMC models/alexnet.py alexnet_half, the seed's default encoder):
+    five convolution blocks of half AlexNet's widths (48, 128, 192, 192, 128; convolutions without bias, each with
+    BatchNorm and ReLU, max-pools after 1, 2 and 5), then fc6 and fc7 (2048 wide, BatchNorm1d, ReLU).
+
+    At our sizes: the first convolution's stride is 4 at 224 px (the seed's, padding 2), 2 at 128 px and 1 at 64
+    and 32 px (padding 5), and the last max-pool is adaptive to the seed's 6 x 6 map (at 224 px exactly the seed's
+    MaxPool2d(3, 2) on 13 x 13). forward: image (B, in_channels, S, S) -> fc7's (B, 2048), what the contrastive
+    head projects; probe: conv5's map flattened, (B, 128 * 6 * 6), the layer the seed's linear probe reads
+    (LinearProbing.py --layer 5)."""
+
+    def __init__(self, in_channels, image_size):
+        super().__init__()
+        stride = 4 if image_size >= 224 else 2 if image_size >= 128 else 1
+
+        def block(n_in, n_out, kernel, stride=1, pad=None, pool=None):
+            layers = [nn.Conv2d(n_in, n_out, kernel, stride, kernel // 2 if pad is None else pad, bias=False),
+                      nn.BatchNorm2d(n_out), nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers, *([pool] if pool is not None else []))
+
+        self.conv_block_1 = block(in_channels, 48, 11, stride, 2 if stride == 4 else 5, nn.MaxPool2d(3, 2))
+        self.conv_block_2 = block(48, 128, 5, pool=nn.MaxPool2d(3, 2))
+        self.conv_block_3 = block(128, 192, 3)
+        self.conv_block_4 = block(192, 192, 3)
+        self.conv_block_5 = block(192, 128, 3, pool=nn.AdaptiveMaxPool2d(6))
+        self.fc6 = nn.Sequential(nn.Linear(128 * 6 * 6, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True))
+        self.fc7 = nn.Sequential(nn.Linear(2048, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True))
+        self.width, self.probe_width = 2048, 128 * 6 * 6
+
+    def probe(self, x):
+        """x: (B, in_channels, S, S) -> conv5's map flattened, (B, 4608)."""
+        for block in (self.conv_block_1, self.conv_block_2, self.conv_block_3, self.conv_block_4,
+                      self.conv_block_5):
+            x = block(x)
+        return x.flatten(1)
+
+    def top(self, probed):
+        """probe's (B, 4608) -> fc7's (B, 2048)."""
+        return self.fc7(self.fc6(probed))
+
+    def forward(self, x):
+        """x: (B, in_channels, S, S) -> fc7's (B, 2048)."""
+        return self.top(self.probe(x))
+
+    def feature_layers(self):
+        """What the probe reads comes from: the five convolution blocks."""
+        return nn.ModuleList([self.conv_block_1, self.conv_block_2, self.conv_block_3, self.conv_block_4,
+                              self.conv_block_5])
 
 
 def projection_head(width, dim, hidden=False):

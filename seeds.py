@@ -19,7 +19,8 @@ ours.
                                                                          --linear_classifier)
     cmc           HobbitLong/CMC train_CMC.py                            {"opt", "model": encoder.module.l_to_ab.*
                                                                          and ab_to_l.* (a ResNet per view, fc the
-                                                                         head), "contrast": memory banks, params}
+                                                                         head, or an AlexNet half, fc8 the head),
+                                                                         "contrast": memory banks, params}
     cmc_linear    its LinearProbing.py                                   {"opt", "classifier":
                                                                          classifier.LiniearClassifier.*}: the
                                                                          classifier alone
@@ -241,17 +242,20 @@ def _cmc(obj):
     state = {k.replace("encoder.", "", 1) if k.startswith("encoder.") else k: v
              for k, v in _stripped(obj["model"]).items()}
     views = _under(state, "l_to_ab."), _under(state, "ab_to_l.")
-    if any(k.startswith("conv_block_1") for k in views[0]):
-        raise UserError("the CMC checkpoint holds CMC's AlexNet (--model alexnet): this repo builds CMC with "
-                        "ResNets only (resnet18v1-v3, resnet50v1-v3); use one of those checkpoints")
-    trunk_l, trunk_ab = _trunk(views[0]), _trunk(views[1])
-    # v2 (width 1) is torchvision's layout: it reads as plain resnet18 / resnet50.
-    arch = _resnet_arch(trunk_l, "the CMC checkpoint", lambda depth: {
-        width: depth if width == 1.0 else name for name, (d, width) in CMC_RESNETS.items() if d == depth})
-    own = {"feat_dim": views[0]["fc.weight"].shape[0], "n_data": 1,
+    if any(k.startswith("conv_block_1") for k in views[0]):       # --model alexnet: model.AlexNetHalf's names
+        arch, head = "alexnet_cmc", "fc8.0."
+        trunk_l, trunk_ab = ({k: v for k, v in view.items() if not k.startswith("fc8.")} for view in views)
+        prefix = ""
+    else:
+        trunk_l, trunk_ab = _trunk(views[0]), _trunk(views[1])
+        # v2 (width 1) is torchvision's layout: it reads as plain resnet18 / resnet50.
+        arch = _resnet_arch(trunk_l, "the CMC checkpoint", lambda depth: {
+            width: depth if width == 1.0 else name for name, (d, width) in CMC_RESNETS.items() if d == depth})
+        head, prefix = "fc.", "net."
+    own = {"feat_dim": views[0][head + "weight"].shape[0], "n_data": 1,
            "rgb_mean": list(NORMALIZATION["imagenet"][0]), "rgb_std": list(NORMALIZATION["imagenet"][1])}
-    entries = {**_with_prefix("backbone_l.net.", trunk_l), **_with_prefix("backbone_ab.net.", trunk_ab),
-               **_with_prefix("head_l.", _under(views[0], "fc.")), **_with_prefix("head_ab.", _under(views[1], "fc."))}
+    entries = {**_with_prefix(f"backbone_l.{prefix}", trunk_l), **_with_prefix(f"backbone_ab.{prefix}", trunk_ab),
+               **_with_prefix("head_l.", _under(views[0], head)), **_with_prefix("head_ab.", _under(views[1], head))}
     contrast = obj.get("contrast")
     if isinstance(contrast, dict) and "memory_l" in contrast:
         k, t, z_l, z_ab, m = contrast["params"].tolist()

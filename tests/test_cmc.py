@@ -364,3 +364,35 @@ def test_cmc_resnet_variants_build_at_our_sizes_and_only_for_cmc():
         config.from_flags(args, 128, 10)
     args = train.parse_args(["--method", "cmc", "--model", "resnet50v3", "--dataset", "IN128"])   # the seed's flag
     assert config.from_flags(args, 128, 10)["arch"] == "resnet50v3"
+
+
+def test_cmc_alexnet_half_has_the_seeds_parameters_and_pooling():
+    from model import AlexNetHalf
+    # alexnet_half(in_channel), counted layer by layer: five bias-free convolutions with BatchNorm, fc6 and fc7
+    # with BatchNorm1d; fc8 is our head_l / head_ab.
+    for channels in (1, 2):
+        convs = [(channels, 48, 11), (48, 128, 5), (128, 192, 3), (192, 192, 3), (192, 128, 3)]
+        expected = sum(n_in * n_out * k * k + 2 * n_out for n_in, n_out, k in convs)
+        expected += (4608 * 2048 + 2048 + 2 * 2048) + (2048 * 2048 + 2048 + 2 * 2048)
+        assert sum(p.numel() for p in AlexNetHalf(channels, 224).parameters()) == expected
+    # (14,578,704 parameters for the L half, 14,584,512 for ab.)
+    # The adaptive last pool is the seed's MaxPool2d(3, 2) on its 13 x 13 map at 224 px.
+    x = torch.randn(2, 128, 13, 13)
+    assert torch.equal(torch.nn.AdaptiveMaxPool2d(6)(x), torch.nn.MaxPool2d(3, 2)(x))
+    for size, first in ((224, 4), (128, 2), (64, 1), (32, 1)):
+        net = AlexNetHalf(1, size).eval()
+        assert net.conv_block_1[0].stride == (first, first)
+        assert net.probe(torch.randn(2, 1, size, size)).shape == (2, 4608)
+        assert net(torch.randn(2, 1, size, size)).shape == (2, 2048)
+
+
+def test_cmc_with_alexnet_classifies_its_probe_layer():
+    torch.manual_seed(0)
+    cmc = methods.CMC(_hp(arch="alexnet_cmc")).eval()
+    assert cmc.n_features == 2 * 4608
+    out = cmc(_views(2, 3), distributed.Dist())
+    assert out["l"].shape == (2, FEAT) and out["logits"][0].shape == (2, 3)
+    x = torch.rand(2, 3, 32, 32)
+    lab = imageops.to_colour_space(x * cmc.rgb_std + cmc.rgb_mean, "Lab")
+    expected = torch.cat([cmc.backbone_l.probe(lab[:, :1]), cmc.backbone_ab.probe(lab[:, 1:])], dim=1)
+    assert torch.allclose(cmc.features(x), expected, atol=1e-5)

@@ -360,9 +360,34 @@ def test_wide_and_unsupported_backbones_are_named(tmp_path, capsys):
     wide = tmp_path / "swav_RN50w2_400ep_pretrain.pth.tar"
     torch.save(prefixed("module.", state), wide)
     one_line_error(capsys, load_test_py().main, [str(wide), "--device", "cpu"], "2x as wide", "standard width")
-    alexnet = tmp_path / "CMC_alexnet.pth"
-    torch.save({"model": {"encoder.module.l_to_ab.conv_block_1.0.weight": torch.zeros(48, 1, 11, 11)}}, alexnet)
-    one_line_error(capsys, load_test_py().main, [str(alexnet), "--device", "cpu"], "AlexNet", "ResNets only")
+
+
+def alexnet_half_manifest(in_channels, feat_dim=16):
+    """CMC's models/alexnet.py alexnet_half, written out: names and shapes."""
+    shapes = {}
+    bn = lambda name, n: {f"{name}.weight": (n,), f"{name}.bias": (n,), f"{name}.running_mean": (n,),  # noqa: E731
+                          f"{name}.running_var": (n,), f"{name}.num_batches_tracked": ()}
+    convs = [(in_channels, 48, 11), (48, 128, 5), (128, 192, 3), (192, 192, 3), (192, 128, 3)]
+    for i, (n_in, n_out, k) in enumerate(convs, 1):
+        shapes.update({f"conv_block_{i}.0.weight": (n_out, n_in, k, k), **bn(f"conv_block_{i}.1", n_out)})
+    for name, n_in in (("fc6", 4608), ("fc7", 2048)):
+        shapes.update({f"{name}.0.weight": (2048, n_in), f"{name}.0.bias": (2048,), **bn(f"{name}.1", 2048)})
+    shapes.update({"fc8.0.weight": (feat_dim, 2048), "fc8.0.bias": (feat_dim,)})
+    return shapes
+
+
+def test_cmc_alexnet_file_loads_into_alexnet_cmc(tmp_path):
+    g = torch.Generator().manual_seed(12)
+    nets = [{k: torch.tensor(3) if not shape else torch.rand(shape, generator=g) + 0.5
+             for k, shape in alexnet_half_manifest(c).items()} for c in (1, 2)]
+    path = tmp_path / "CMC_alexnet.pth"
+    torch.save({"opt": argparse.Namespace(model="alexnet"), "model": {
+        **prefixed("encoder.module.l_to_ab.", nets[0]), **prefixed("encoder.module.ab_to_l.", nets[1])}}, path)
+    model = checkpoint.load_model(str(path))
+    assert model.hyperparams["arch"] == "alexnet_cmc" and model.n_features == 2 * 4608
+    for name, value in nets[1].items():
+        target = model.head_ab if name.startswith("fc8.") else model.backbone_ab
+        assert torch.equal(target.state_dict()[name.removeprefix("fc8.0.")], value), name
 
 
 def basic_resnet_manifest(in_channels, planes, blocks=(2, 2, 2, 2), feat_dim=16):
