@@ -286,7 +286,23 @@ CMC_RESNETS = {f"{depth}v{version}": (depth, width) for depth in RESNETS
                for version, width in ((1, 0.5), (2, 1.0), (3, 2.0))}
 
 
-class GlobalEncoder(nn.Module):
+class _ProbedAtOutput:
+    """A backbone whose linear probe reads its output (r1; a ResNet's pooled features, CMC's LinearProbing.py
+    --layer 6): probe is forward, nothing lies between them (top), probe_width is width."""
+
+    def probe(self, x):
+        return self.forward(x)
+
+    @staticmethod
+    def top(probed):
+        return probed
+
+    @property
+    def probe_width(self):
+        return self.width
+
+
+class GlobalEncoder(_ProbedAtOutput, nn.Module):
     """AMDIM's encoder used as a plain backbone: image (B, in_channels, S, S) -> r1 flattened, (B, n_rkhs)."""
 
     def __init__(self, ndf, n_rkhs, n_depth, encoder_size, use_bn, in_channels=3):
@@ -302,21 +318,8 @@ class GlobalEncoder(nn.Module):
     def feature_layers(self):
         return self.encoder.feature_layers()
 
-    def probe(self, x):
-        """The features a linear probe reads: r1, as forward."""
-        return self.forward(x)
 
-    @staticmethod
-    def top(probed):
-        """The layers between the probe and forward's output: none."""
-        return probed
-
-    @property
-    def probe_width(self):
-        return self.width
-
-
-class ResNetTrunk(nn.Module):
+class ResNetTrunk(_ProbedAtOutput, nn.Module):
     """A torchvision ResNet (no pretrained weights) without its classifier: image -> globally average-pooled
     features (B, 512) for resnet18, (B, 2048) for resnet50.
 
@@ -349,19 +352,6 @@ class ResNetTrunk(nn.Module):
     def feature_layers(self):
         """What its features come from: all of it."""
         return self
-
-    def probe(self, x):
-        """The features a linear probe reads: the pooled ones, as forward (CMC's LinearProbing.py --layer 6)."""
-        return self.forward(x)
-
-    @staticmethod
-    def top(probed):
-        """The layers between the probe and forward's output: none."""
-        return probed
-
-    @property
-    def probe_width(self):
-        return self.width
 
 
 def _widen(net, width):
