@@ -544,10 +544,10 @@ class BatchCMCViews(_CompilableViews):
     def __call__(self, images, n_views=2):
         b, device = images.shape[0], images.device
         boxes = crop_box_draws(b, (self.crop_low, 1.0), (3 / 4, 4 / 3), device)
-        lab = self._pixels(self._lab, images, boxes, _coin(b, 0.5, device))
+        lab = self._pixels(self._split, images, boxes, _coin(b, 0.5, device))
         return (lab[:, :1], lab[:, 1:])[:n_views]
 
-    def _lab(self, images, boxes, flip):
+    def _split(self, images, boxes, flip):
         b, _, height, width = images.shape
         rows, cols = crop_weights(crop_boxes(boxes, height, width, (3 / 4, 4 / 3)), height, width, self.size,
                                   "bilinear")
@@ -563,10 +563,10 @@ class BatchCMCViews(_CompilableViews):
         """The device half of the crop path: crops, a one-element sequence of the uint8 crops (B, 3, S, S) that
         loader workers cut and flipped (CropViews) -> their normalised Lab, (L (B, 1, S, S), ab (B, 2, S, S))
         (n_views=1: (L,)). No random draw."""
-        lab = self._pixels(self._crop_lab, crops[0])
+        lab = self._pixels(self._crop_split, crops[0])
         return (lab[:, :1], lab[:, 1:])[:n_views]
 
-    def _crop_lab(self, crop):
+    def _crop_split(self, crop):
         lab = torch.empty(crop.shape, device=crop.device)
         for s in _chunks(lab):
             to_colour_space_(lab[s].copy_(crop[s]).mul_(1 / 255), self.space)

@@ -30,6 +30,8 @@ classifiers become the seed protocol's LinearProbe (protocols.py), and a file wi
 so ("untrained_classifiers"). Translation is deterministic: what the file lacks (the evaluation classifier of an
 encoder-only file) is initialised from a fixed seed, so every process of a job reads the same model.
 """
+import argparse
+
 import torch
 
 import config
@@ -139,12 +141,12 @@ def _resnet_arch(trunk, what, widths=None):
 
 
 def _hyperparams(method, arch, n_classes=1000, **own):
-    """A full hyperparameter dict: the method's defaults at 128 px with `own` values, validated."""
-    hp = dict(method=method, arch=arch, encoder_size=ENCODER_SIZE, n_classes=n_classes)
-    for p in config.params_of(method, arch):
-        hp[p.name] = p.convert(own[p.name] if p.name in own else p.default_for(ENCODER_SIZE, arch))
-    hp.update({k: v for k, v in own.items() if k not in hp})
-    config.validate(hp)
+    """A full hyperparameter dict as a fresh model's (config.from_flags: the method's defaults at 128 px, checked)
+    with `own` values, derived ones (n_data, ...) among them."""
+    names = {p.name for p in config.params_of(method, arch)}
+    flags = argparse.Namespace(method=method, arch=arch, **{k: v for k, v in own.items() if k in names})
+    hp = config.from_flags(flags, ENCODER_SIZE, n_classes)
+    hp.update({k: v for k, v in own.items() if k not in names})
     return hp
 
 

@@ -141,7 +141,6 @@ def attach_classifier(model, path):
         raise UserError(f"--linear_classifier {path} reads {weight.shape[1]} features but the checkpoint's encoder "
                         f"gives {model.n_features}: give the classifier trained on this encoder")
     model.reset_evaluator(weight.shape[0], protocol)
-    model.hyperparams["n_classes"] = weight.shape[0]
     model.evaluator.linear.load_state_dict({"weight": weight, "bias": bias})
 
 

@@ -660,9 +660,8 @@ def train_accuracy(logits, labels):
 
 SHARED_STREAM = 2 ** 40    # shared_seed_at's key: never a rank number
 CLUSTER_KEY = 1            # keeps start_update's shared seed apart from the loss's
+TEST_STREAM = 1            # reseed key that keeps the test's random stream (BN-refresh views) apart from the updates'
 PREPARE_STREAM = 2         # reseed key of the prepare pass's batches (its views), apart from the updates' and tests'
-
-TEST_STREAM = 1      # reseed key that keeps the test's random stream (BN-refresh views) apart from the updates'
 
 def test_accuracy(run, epoch):
     """The per-epoch test: BN refresh on each rank's training batches (where the phase refreshes), rank 0's

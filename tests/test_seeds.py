@@ -365,8 +365,6 @@ def test_wide_and_unsupported_backbones_are_named(tmp_path, capsys):
 def alexnet_half_manifest(in_channels, feat_dim=16):
     """CMC's models/alexnet.py alexnet_half, written out: names and shapes."""
     shapes = {}
-    bn = lambda name, n: {f"{name}.weight": (n,), f"{name}.bias": (n,), f"{name}.running_mean": (n,),  # noqa: E731
-                          f"{name}.running_var": (n,), f"{name}.num_batches_tracked": ()}
     convs = [(in_channels, 48, 11), (48, 128, 5), (128, 192, 3), (192, 192, 3), (192, 128, 3)]
     for i, (n_in, n_out, k) in enumerate(convs, 1):
         shapes.update({f"conv_block_{i}.0.weight": (n_out, n_in, k, k), **bn(f"conv_block_{i}.1", n_out)})
@@ -390,12 +388,16 @@ def test_cmc_alexnet_file_loads_into_alexnet_cmc(tmp_path):
         assert torch.equal(target.state_dict()[name.removeprefix("fc8.0.")], value), name
 
 
+def bn(name, n):
+    """A BatchNorm layer's entries (names and shapes) in the seeds' modules."""
+    return {f"{name}.weight": (n,), f"{name}.bias": (n,), f"{name}.running_mean": (n,),
+            f"{name}.running_var": (n,), f"{name}.num_batches_tracked": ()}
+
+
 def basic_resnet_manifest(in_channels, planes, blocks=(2, 2, 2, 2), feat_dim=16):
     """CMC's models/resnet.py ResNet with BasicBlocks, written out: the stem 64 wide whatever the width, stage i
     `planes * 2**i` wide; names and shapes only."""
     shapes = {"conv1.weight": (64, in_channels, 7, 7)}
-    bn = lambda name, n: {f"{name}.weight": (n,), f"{name}.bias": (n,), f"{name}.running_mean": (n,),  # noqa: E731
-                          f"{name}.running_var": (n,), f"{name}.num_batches_tracked": ()}
     shapes.update(bn("bn1", 64))
     inplanes = 64
     for i, n in enumerate(blocks):
