@@ -173,6 +173,8 @@ def normalise(stored):
                n_classes=int(hp["n_classes"]))
     if "protocol" in hp:
         out["protocol"] = protocol
+    if hp.get("probe_layer") is not None:
+        out["probe_layer"] = int(hp["probe_layer"])
     out.update({p.name: p.convert(hp[p.name]) for p in wanted})
     out.update({k: kind(hp[k]) for k, kind in derived.items()})
     return out

@@ -21,7 +21,8 @@ The interface the training loop uses (train.py never asks which method it runs):
     before_optimizer_step(update)       called between backward and the optimizer step (SwAV's prototype freeze);
                               nothing by default
     optimizer(args), schedule(hp, args, epochs, milestones, updates_per_epoch)   the recipe, built once per run
-    features(x)               (B, n_features) frozen features for the classifiers and kNN
+    features(x)               (B, n_features) frozen features for the classifiers and kNN (at hyperparams'
+                              probe_layer, where the method's backbones have layers to probe: probe_layers())
     classify(x)               the evaluation classifiers' logits, one per evaluator.heads entry
     evaluator                 the evaluation classifiers (its protocol's: model.Evaluator, LinearProbe, FineTuneHead)
     feature_modules()         the modules its features come from (what a fine-tuning protocol trains)
@@ -118,12 +119,19 @@ class Method(nn.Module):
         """The modules its features come from (what fine-tuning trains besides the evaluator)."""
         return [self.backbone.feature_layers()]
 
-    def reset_evaluator(self, n_classes, protocol=None):
+    @classmethod
+    def probe_layers(cls, hp):
+        """The layers its features may be read at (train.py --layer; CMC's LinearProbing.py numbers), the last
+        the default; none to choose from by default."""
+        return ()
+
+    def reset_evaluator(self, n_classes, protocol=None, layer=None):
         """Fresh classifiers for a (possibly different) number of classes, e.g. ImageNet -> Places205, of an
-        evaluation protocol (protocols.py; None: AMDIM's)."""
-        self.hyperparams.pop("protocol", None)
-        if protocol not in (None, "amdim"):
-            self.hyperparams["protocol"] = protocol
+        evaluation protocol (protocols.py; None: AMDIM's), reading the features at `layer` (None: the default)."""
+        for key, value, default in (("protocol", protocol, "amdim"), ("probe_layer", layer, None)):
+            self.hyperparams.pop(key, None)
+            if value not in (None, default):
+                self.hyperparams[key] = value
         self.evaluator = self.make_evaluator(n_classes)
         self.hyperparams["n_classes"] = n_classes
 
@@ -222,6 +230,11 @@ class AMDIM(Method):
 
     def feature_modules(self):
         return [self.encoder.feature_layers()]
+
+
+def backbone_class(arch):
+    """The backbone class make_backbone builds for `arch`."""
+    return GlobalEncoder if arch == "amdim" else AlexNetHalf if arch == "alexnet_cmc" else ResNetTrunk
 
 
 def make_backbone(hp, in_channels=3):
@@ -417,7 +430,6 @@ class CMC(Method):
         self.backbone_ab = make_backbone(hp, in_channels=2)
         self.head_l = nn.Linear(self.backbone_l.width, hp["feat_dim"])
         self.head_ab = nn.Linear(self.backbone_ab.width, hp["feat_dim"])
-        self.n_features = self.backbone_l.probe_width + self.backbone_ab.probe_width
         bound = 1.0 / (hp["feat_dim"] / 3) ** 0.5
         for name in ("memory_l", "memory_ab"):
             self.register_buffer(name, torch.rand(hp["n_data"], hp["feat_dim"]).mul_(2 * bound).sub_(bound))
@@ -450,6 +462,15 @@ class CMC(Method):
         h_l, h_ab = self.backbone_l.top(p_l), self.backbone_ab.top(p_ab)
         return {"l": F.normalize(self.head_l(h_l), dim=1), "ab": F.normalize(self.head_ab(h_ab), dim=1),
                 "logits": self.evaluator(torch.cat([p_l, p_ab], dim=1))}
+
+    @property
+    def n_features(self):
+        layer = self.hyperparams.get("probe_layer")
+        return self.backbone_l.probe_width(layer) + self.backbone_ab.probe_width(layer)
+
+    @classmethod
+    def probe_layers(cls, hp):
+        return backbone_class(hp["arch"]).PROBE_LAYERS
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -514,11 +535,13 @@ class CMC(Method):
             bank[index] = rows if skipped is None else torch.where(skipped, bank[index], rows)
 
     def features(self, x):
-        """x: RGB (B, 3, S, S) normalised by rgb_mean/rgb_std -> cat(L, ab backbone features) (B, n_features) (with
-        view YCbCr: Y and CbCr)."""
+        """x: RGB (B, 3, S, S) normalised by rgb_mean/rgb_std -> cat(L, ab backbone features) at probe_layer (B,
+        n_features) (with view YCbCr: Y and CbCr)."""
         rgb = (x.float() * self.rgb_std + self.rgb_mean).clamp(0, 1)
         split = to_colour_space(rgb, self.hyperparams["view"]).to(x.dtype)
-        return torch.cat([self.backbone_l.probe(split[:, :1]), self.backbone_ab.probe(split[:, 1:])], dim=1)
+        layer = self.hyperparams.get("probe_layer")
+        return torch.cat([self.backbone_l.probe(split[:, :1], layer), self.backbone_ab.probe(split[:, 1:], layer)],
+                         dim=1)
 
     def feature_modules(self):
         return [self.backbone_l.feature_layers(), self.backbone_ab.feature_layers()]

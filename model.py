@@ -288,17 +288,20 @@ CMC_RESNETS = {f"{depth}v{version}": (depth, width) for depth in RESNETS
 
 class _ProbedAtOutput:
     """A backbone whose linear probe reads its output (r1; a ResNet's pooled features, CMC's LinearProbing.py
-    --layer 6): probe is forward, nothing lies between them (top), probe_width is width."""
+    --layer 6): probe is forward, nothing lies between them (top), probe_width is width.
 
-    def probe(self, x):
+    Backbones with intermediate layers to probe (CMC's --layer N) list them in PROBE_LAYERS and take `layer` in
+    probe and probe_width; None is the default layer, this one's output."""
+    PROBE_LAYERS = ()
+
+    def probe(self, x, layer=None):
         return self.forward(x)
 
     @staticmethod
     def top(probed):
         return probed
 
-    @property
-    def probe_width(self):
+    def probe_width(self, layer=None):
         return self.width
 
 
@@ -344,10 +347,41 @@ class ResNetTrunk(_ProbedAtOutput, nn.Module):
         self.width = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
+        # stage 4's map side: the small-image stem keeps the size, the ImageNet one (and the max-pool) halve it
+        self.last_map = math.ceil(image_size / (8 if image_size <= 64 else 32))
 
     def forward(self, x):
         """x: (B, in_channels, S, S) -> (B, width)."""
         return self.net(x)
+
+    # CMC's LinearProbing.py --layer N on its ResNets (LinearClassifierResNet): 1 the stem, 2-4 stages 1-3, each
+    # average-pooled to the seed's N x N; 5 stage 4's map as it is (7 x 7 at 224 px, 4 x 4 at our 32/128 px); 6
+    # the globally pooled features, the default.
+    PROBE_LAYERS = (1, 2, 3, 4, 5, 6)
+    PROBE_POOL = {1: 8, 2: 6, 3: 4, 4: 3}
+
+    def probe(self, x, layer=None):
+        """x: (B, in_channels, S, S) -> layer's features flattened, (B, probe_width(layer))."""
+        if layer in (None, 6):
+            return self.forward(x)
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        for stage in self._stages()[:layer - 1]:
+            x = stage(x)
+        if layer in self.PROBE_POOL:
+            x = F.adaptive_avg_pool2d(x, self.PROBE_POOL[layer])
+        return x.flatten(1)
+
+    def probe_width(self, layer=None):
+        if layer in (None, 6):
+            return self.width
+        channels = [self.net.conv1.out_channels] + [
+            [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features for stage in self._stages()]
+        side = self.PROBE_POOL.get(layer, self.last_map)
+        return channels[layer - 1] * side * side
+
+    def _stages(self):
+        return [self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4]
 
     def feature_layers(self):
         """What its features come from: all of it."""
@@ -382,7 +416,10 @@ class AlexNetHalf(nn.Module):
     and 32 px (padding 5), and the last max-pool is adaptive to the seed's 6 x 6 map (at 224 px exactly the seed's
     MaxPool2d(3, 2) on 13 x 13). forward: image (B, in_channels, S, S) -> fc7's (B, 2048), what the contrastive
     head projects; probe: conv5's map flattened, (B, 128 * 6 * 6), the layer the seed's linear probe reads
-    (LinearProbing.py --layer 5)."""
+    (LinearProbing.py --layer 5), or with `layer` 1-4 conv1-conv4's maps max-pooled to the seed's 10, 6, 5 and 5
+    px (LinearClassifierAlexNet)."""
+    PROBE_LAYERS = (1, 2, 3, 4, 5)
+    PROBE_POOL = {1: 10, 2: 6, 3: 5, 4: 5, 5: 6}
 
     def __init__(self, in_channels, image_size):
         super().__init__()
@@ -400,14 +437,19 @@ class AlexNetHalf(nn.Module):
         self.conv_block_5 = block(192, 128, 3, pool=nn.AdaptiveMaxPool2d(6))
         self.fc6 = nn.Sequential(nn.Linear(128 * 6 * 6, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True))
         self.fc7 = nn.Sequential(nn.Linear(2048, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True))
-        self.width, self.probe_width = 2048, 128 * 6 * 6
+        self.width = 2048
 
-    def probe(self, x):
-        """x: (B, in_channels, S, S) -> conv5's map flattened, (B, 4608)."""
-        for block in (self.conv_block_1, self.conv_block_2, self.conv_block_3, self.conv_block_4,
-                      self.conv_block_5):
+    def probe(self, x, layer=None):
+        """x: (B, in_channels, S, S) -> conv`layer`'s map (default 5) max-pooled to PROBE_POOL and flattened,
+        (B, probe_width(layer)); conv5's (B, 4608) is what top reads."""
+        layer = 5 if layer is None else layer
+        for block in self._blocks()[:layer]:
             x = block(x)
-        return x.flatten(1)
+        return (x if layer == 5 else F.adaptive_max_pool2d(x, self.PROBE_POOL[layer])).flatten(1)
+
+    def probe_width(self, layer=None):
+        layer = 5 if layer is None else layer
+        return self._blocks()[layer - 1][0].out_channels * self.PROBE_POOL[layer] ** 2
 
     def top(self, probed):
         """probe's (B, 4608) -> fc7's (B, 2048)."""
@@ -419,8 +461,10 @@ class AlexNetHalf(nn.Module):
 
     def feature_layers(self):
         """What the probe reads comes from: the five convolution blocks."""
-        return nn.ModuleList([self.conv_block_1, self.conv_block_2, self.conv_block_3, self.conv_block_4,
-                              self.conv_block_5])
+        return nn.ModuleList(self._blocks())
+
+    def _blocks(self):
+        return [self.conv_block_1, self.conv_block_2, self.conv_block_3, self.conv_block_4, self.conv_block_5]
 
 
 def projection_head(width, dim, hidden=False):

@@ -21,9 +21,10 @@ ours.
                                                                          and ab_to_l.* (a ResNet per view, fc the
                                                                          head, or an AlexNet half, fc8 the head),
                                                                          "contrast": memory banks, params}
-    cmc_linear    its LinearProbing.py                                   {"opt", "classifier":
-                                                                         classifier.LiniearClassifier.*}: the
-                                                                         classifier alone
+    cmc_linear    its LinearProbing.py                                   {"opt" (its --layer), "classifier":
+                                                                         classifier.LiniearClassifier.* (ResNets)
+                                                                         or LinearClassifier.* (AlexNet)}: the
+                                                                         classifier alone, of any --layer
 
 The seeds' ResNets have ImageNet stems, so they become this repo's 128 px encoders (model.ResNetTrunk); their
 classifiers become the seed protocol's LinearProbe (protocols.py), and a file without a trained classifier says
@@ -66,9 +67,14 @@ def translate(obj, path):
     return None
 
 
+# LinearProbing.py's classifier weight: LinearClassifierResNet spells it LiniearClassifier, LinearClassifierAlexNet
+# LinearClassifier.
+PROBE_WEIGHTS = ("LiniearClassifier.weight", "LinearClassifier.weight")
+
+
 def classifier_format(obj):
     """"eval_linear.py" or "LinearProbing.py" for a seed's classifier-only file, else None."""
-    if isinstance(obj.get("classifier"), dict) and any("LiniearClassifier" in k for k in obj["classifier"]):
+    if isinstance(obj.get("classifier"), dict) and any(k.endswith(PROBE_WEIGHTS) for k in obj["classifier"]):
         return "LinearProbing.py"
     state = obj.get("state_dict")
     if isinstance(state, dict) and state and all(k.split(".")[0] in ("linear", "bn") for k in _stripped(state)):
@@ -77,8 +83,9 @@ def classifier_format(obj):
 
 
 def linear_classifier(obj, path):
-    """(protocol, weight (n_classes, n_features), bias (n_classes,)) of a seed's classifier-only file; a
-    UserError for another file or a classifier on features other than the pooled backbone's."""
+    """(protocol, weight (n_classes, n_features), bias (n_classes,), layer) of a seed's classifier-only file, layer
+    the encoder layer it reads (LinearProbing.py's --layer; None: the pooled features); a UserError for another
+    file or a classifier on features this repo does not give."""
     kind = classifier_format(obj) if isinstance(obj, dict) else None
     if kind is None:
         raise UserError(f"{path} is not a seed's linear classifier (SwAV's eval_linear.py or CMC's "
@@ -89,14 +96,10 @@ def linear_classifier(obj, path):
             raise UserError(f"{path} is an eval_linear.py classifier trained with --global_pooling false (on a "
                             f"2x2-pooled map): this repo's probes read the globally pooled features; use a "
                             f"classifier trained with global pooling")
-        return "swav", state["linear.weight"].float(), state["linear.bias"].float()
+        return "swav", state["linear.weight"].float(), state["linear.bias"].float(), None
     state = _stripped(obj["classifier"])
-    layer = getattr(obj.get("opt"), "layer", 6)
-    if layer != 6:
-        raise UserError(f"{path} is a LinearProbing.py classifier on --layer {layer} features: this repo's probes "
-                        f"read the pooled features (--layer 6); use a classifier trained at layer 6")
-    return "cmc", state["classifier.LiniearClassifier.weight"].float(), \
-        state["classifier.LiniearClassifier.bias"].float()
+    name = next(k for k in state if k.endswith(PROBE_WEIGHTS))[:-len(".weight")]
+    return "cmc", state[name + ".weight"].float(), state[name + ".bias"].float(), getattr(obj.get("opt"), "layer", 6)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -136,11 +136,16 @@ def image_size_of(args, hp):
 
 def attach_classifier(model, path):
     """Put a seed's classifier-only file (seeds.linear_classifier) in as the model's evaluation classifier."""
-    protocol, weight, bias = seeds.linear_classifier(checkpoint.load(path, arg="--linear_classifier"), path)
+    protocol, weight, bias, layer = seeds.linear_classifier(checkpoint.load(path, arg="--linear_classifier"), path)
+    layers = model.probe_layers(model.hyperparams)
+    if layer is not None and layer not in layers:
+        raise UserError(f"--linear_classifier {path} reads layer {layer} (LinearProbing.py --layer), which the "
+                        f"checkpoint's {model.hyperparams['arch']} encoder lacks: give a classifier of layer "
+                        f"{', '.join(map(str, layers)) or 'its output'}")
+    model.reset_evaluator(weight.shape[0], protocol, None if layer is None or layer == max(layers) else layer)
     if weight.shape[1] != model.n_features:
         raise UserError(f"--linear_classifier {path} reads {weight.shape[1]} features but the checkpoint's encoder "
                         f"gives {model.n_features}: give the classifier trained on this encoder")
-    model.reset_evaluator(weight.shape[0], protocol)
     model.evaluator.linear.load_state_dict({"weight": weight, "bias": bias})
 
 

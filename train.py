@@ -90,6 +90,11 @@ def parse_args(argv=None):
                         "and training crops: moco (main_lincls.py), swav (eval_linear.py), cmc (LinearProbing.py); "
                         "or semisup, SwAV's eval_semisup.py, which fine-tunes the encoder with a linear head (with "
                         "--labels_file or --label_fraction); default: a resumed run's, else amdim")
+    p.add_argument("--layer", type=positive,
+                   help="--classifiers: the encoder layer the classifiers (and kNN) read, CMC's LinearProbing.py "
+                        "--layer: for --arch alexnet_cmc 1-5 (conv1-conv5, max-pooled to the seed's 10, 6, 5, 5 and "
+                        "6 px), for ResNets 1-6 (the stem and stages 1-3 average-pooled to 8, 6, 4 and 3 px, stage "
+                        "4's map, the pooled features); default: the last, what the seed probes")
     p.add_argument("--labels_file", help="--classifiers on image folders: train on the images this file names, "
                                          "one file name a line (the 1%% / 10%% ImageNet subset files of SimCLR "
                                          "and SwAV's eval_semisup.py, e.g. n01440764_10026.JPEG; default: every "
@@ -162,6 +167,8 @@ def parse_args(argv=None):
     if args.protocol is not None and not args.classifiers:
         p.error(f"--protocol {args.protocol} is an evaluation protocol: add --classifiers (self-supervised runs "
                 f"train AMDIM's online classifiers)")
+    if args.layer is not None and not args.classifiers:
+        p.error(f"--layer {args.layer} chooses the layer an evaluation classifier reads: add --classifiers")
     if args.subset and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
         p.error("--subset applies to image folders (IN128, PLACES205, FOLDER)")
     problem = label_flags_problem(args)
@@ -253,19 +260,42 @@ def resolve_hyperparams(args, ckpt, encoder_size):
     return hp
 
 
-def with_protocol(args, hp, how):
-    """hp naming the evaluation protocol the run trains its classifiers with (protocols.py): --protocol, else a
-    resumed classifier run's own (which --protocol may not contradict), else AMDIM's, which no entry names (the
-    self-supervised phase's online classifiers are AMDIM's too)."""
-    own = hp.get("protocol", "amdim") if how == "resume" else None
-    hp = {k: v for k, v in hp.items() if k != "protocol"}
+def with_evaluation(args, hp, how):
+    """hp naming how the run's classifiers evaluate: the protocol they train with (protocols.py) and the layer
+    their features are read at (--layer), each from its flag, else a resumed classifier run's own (which the flag
+    may not contradict), else the default, which hp leaves unnamed: AMDIM's protocol (the self-supervised phase's
+    online classifiers are AMDIM's too) and the method's last probe layer."""
+    keys = {"protocol": "--protocol", "probe_layer": "--layer"}
+    own = {key: hp.get(key) for key in keys} if how == "resume" else None
+    hp = {k: v for k, v in hp.items() if k not in keys}
     if args.phase == SELF_SUPERVISED:
         return hp
-    if own is not None and args.protocol not in (None, own):
-        raise UserError(f"--protocol {args.protocol} contradicts this run's checkpoint, whose classifiers follow "
-                        f"--protocol {own}: drop --protocol to resume it, or pass another --run_name")
-    protocol = args.protocol or own or "amdim"
-    return hp if protocol == "amdim" else dict(hp, protocol=protocol)
+    layers = methods.METHODS[hp["method"]].probe_layers(hp)
+    given = {"protocol": args.protocol, "probe_layer": args.layer}
+    chosen = {"protocol": None if args.protocol == "amdim" else args.protocol,
+              "probe_layer": checked_layer(args.layer, layers, hp)}
+    for key, flag in keys.items():
+        if own is None:
+            continue
+        if given[key] is None:
+            chosen[key] = own[key]
+        elif chosen[key] != own[key]:
+            theirs = own[key] or ("amdim" if key == "protocol" else max(layers))
+            raise UserError(f"{flag} {given[key]} contradicts this run's checkpoint, whose classifiers follow {flag} "
+                            f"{theirs}: drop {flag} to resume it, or pass another --run_name")
+    if chosen["probe_layer"] is not None and chosen["protocol"] == "semisup":
+        raise UserError(f"--layer {args.layer} and --protocol semisup: fine-tuning trains the encoder through the "
+                        f"features it gives; drop --layer")
+    return dict(hp, **{k: v for k, v in chosen.items() if v is not None})
+
+
+def checked_layer(layer, layers, hp):
+    """--layer as hp names it (None: the default, the last of `layers`); a UserError for a layer the model lacks."""
+    if layer is not None and layer not in layers:
+        raise UserError(f"--layer {layer} is not a layer of the {hp['method']}/{hp['arch']} encoder: " +
+                        (f"choose one of {', '.join(map(str, layers))}" if layers else
+                         "drop --layer (--method cmc's alexnet_cmc and ResNets have layers to choose from)"))
+    return None if layer is None or layer == max(layers) else layer
 
 
 def build_model(args, ckpt, how, hp, splits, phase_cls, log):
@@ -283,8 +313,9 @@ def build_model(args, ckpt, how, hp, splits, phase_cls, log):
                         f"continue it on its own data, or train a fresh model (drop --checkpoint_path)")
     model = checkpoint.model_from(ckpt)
     if (phase_cls.classifiers_restart(how) or hp["n_classes"] != n_classes
-            or protocols.of(model.hyperparams) != protocols.of(hp)):
-        model.reset_evaluator(n_classes, hp.get("protocol"))
+            or protocols.of(model.hyperparams) != protocols.of(hp)
+            or model.hyperparams.get("probe_layer") != hp.get("probe_layer")):
+        model.reset_evaluator(n_classes, hp.get("protocol"), hp.get("probe_layer"))
     return model
 
 
@@ -374,7 +405,7 @@ def setup(dist, args):
     if how != "resume":
         set_aside_old_logs(run_dir, dist)
     encoder_size = datasets.encoder_size(args.dataset, args.image_size)
-    hp = with_protocol(args, resolve_hyperparams(args, ckpt, encoder_size), how)
+    hp = with_evaluation(args, resolve_hyperparams(args, ckpt, encoder_size), how)
     phase_cls = phases.PHASES[args.phase]
     views = phase_cls.views(hp)
     splits = load_data(args, dist, views.kind, views.options)
@@ -387,11 +418,11 @@ def setup(dist, args):
     cursor = checkpoint.cursor(ckpt if ckpt is not None else {})
     if phase.classifiers_restart(how):
         cursor.update({phase.epoch_key: 0, phase.step_key: 0})
-    epochs, milestones = phase.recipe(model.hyperparams).epochs_and_milestones(args.dataset, args.epochs,
-                                                                              args.lr_decay_epochs)
     # Each rank's share, len // world_size images, makes (len // world_size) // (batch_size // world_size) full
     # batches: the same number (nested floor divisions).
     updates_per_epoch = len(splits.train) // args.batch_size
+    epochs, milestones = phase.recipe(model.hyperparams).epochs_and_milestones(args.dataset, args.epochs,
+                                                                              args.lr_decay_epochs)
     schedule = phase.schedule(model.hyperparams, args, epochs, milestones, updates_per_epoch)
     updates_left = max(0, epochs - cursor[phase.epoch_key]) * updates_per_epoch
     compile_step, compiled = compiling.decide(args.compile, phase.compiles, updates_left, dist.device)

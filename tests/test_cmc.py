@@ -1,6 +1,9 @@
 """CMC: the method's memory banks, negatives and NCE constants against direct computations with costs.py, the
 state a checkpoint carries, the config and recipe, and two gloo processes whose banks stay identical."""
 
+import json
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -396,3 +399,99 @@ def test_cmc_with_alexnet_classifies_its_probe_layer():
     lab = imageops.to_colour_space(x * cmc.rgb_std + cmc.rgb_mean, "Lab")
     expected = torch.cat([cmc.backbone_l.probe(lab[:, :1]), cmc.backbone_ab.probe(lab[:, 1:])], dim=1)
     assert torch.allclose(cmc.features(x), expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --layer N: the seed's LinearProbing.py probes an intermediate layer.
+
+# LinearProbing.py's classifiers' inputs (models/LinearModel.py: nChannels * pool_size ** 2 of cat(L, ab) maps) at
+# 224 px: LinearClassifierAlexNet layers 1-5, LinearClassifierResNet(width 1) on resnet50v1 layers 1-6.
+SEED_PROBE_WIDTHS = {"alexnet_cmc": {1: 96 * 10 ** 2, 2: 256 * 6 ** 2, 3: 384 * 5 ** 2, 4: 384 * 5 ** 2,
+                                     5: 256 * 6 ** 2},
+                     "resnet50v1": {1: 128 * 8 ** 2, 2: 256 * 6 ** 2, 3: 512 * 4 ** 2, 4: 1024 * 3 ** 2,
+                                    5: 2048 * 7 ** 2, 6: 2048}}
+
+
+def seed_probe(backbones, x_l, x_ab, layer):
+    """The seed's probe written out: each half's forward(x, layer) run module by module in its own order (AlexNet's
+    conv blocks; the ResNet's conv1, bn1, relu, maxpool, layer1-4, then global pooling), the halves' maps
+    concatenated along channels and then the classifier's pooling (AlexNet's max, the ResNet's average; none at
+    the last map) and Flatten."""
+    maps = []
+    for net, x in zip(backbones, (x_l, x_ab)):
+        if hasattr(net, "conv_block_1"):
+            modules = [getattr(net, f"conv_block_{i}") for i in range(1, 6)]
+        else:
+            r = net.net
+            modules = [torch.nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool), r.layer1, r.layer2, r.layer3, r.layer4,
+                       torch.nn.AdaptiveAvgPool2d(1)]
+        for module in modules[:layer]:
+            x = module(x)
+        maps.append(x)
+    feat = torch.cat(maps, dim=1)
+    if layer < 5:
+        alexnet = hasattr(backbones[0], "conv_block_1")
+        size = ({1: 10, 2: 6, 3: 5, 4: 5} if alexnet else {1: 8, 2: 6, 3: 4, 4: 3})[layer]
+        feat = (torch.nn.AdaptiveMaxPool2d if alexnet else torch.nn.AdaptiveAvgPool2d)(size)(feat)
+    return feat.flatten(1)
+
+
+@pytest.mark.parametrize("arch", ["alexnet_cmc", "resnet50v1"])
+def test_probe_layers_give_the_seeds_classifier_inputs_at_224_px(arch):
+    torch.manual_seed(0)
+    cmc = methods.CMC(_hp(arch=arch, encoder_size=224)).eval()
+    assert cmc.probe_layers(cmc.hyperparams) == tuple(SEED_PROBE_WIDTHS[arch])
+    x_l, x_ab = torch.randn(2, 1, 224, 224), torch.randn(2, 2, 224, 224)
+    with torch.no_grad():
+        for layer, width in SEED_PROBE_WIDTHS[arch].items():
+            cmc.reset_evaluator(3, "cmc", layer)
+            assert cmc.n_features == width
+            ours = torch.cat([cmc.backbone_l.probe(x_l, layer), cmc.backbone_ab.probe(x_ab, layer)], dim=1)
+            assert torch.allclose(ours, seed_probe((cmc.backbone_l, cmc.backbone_ab), x_l, x_ab, layer), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, size", [("alexnet_cmc", 32), ("resnet18v1", 32), ("resnet18v2", 128)])
+def test_probe_layers_at_our_sizes_follow_the_seeds_modules(arch, size):
+    torch.manual_seed(0)
+    cmc = methods.CMC(_hp(arch=arch, encoder_size=size)).eval()
+    x = torch.rand(2, 3, size, size)
+    split = imageops.to_colour_space(x * cmc.rgb_std + cmc.rgb_mean, "Lab")
+    with torch.no_grad():
+        for layer in cmc.probe_layers(cmc.hyperparams):
+            cmc.reset_evaluator(3, "cmc", layer)
+            expected = seed_probe((cmc.backbone_l, cmc.backbone_ab), split[:, :1], split[:, 1:], layer)
+            feats = cmc.features(x)
+            assert feats.shape == (2, cmc.n_features) == expected.shape
+            assert torch.allclose(feats, expected, atol=1e-5)
+            assert cmc.classify(x)[0].shape == (2, 3)
+
+
+def test_classifiers_at_a_layer_train_score_and_resume_only_at_it(tmp_path, capsys, monkeypatch):
+    import train
+    from helpers import DIGITS, load_test_py, one_line_error, run_entry_point, small_digits
+    small_digits(monkeypatch, n_train=200, n_test=100)
+    argv = DIGITS + ["--method", "cmc", "--arch", "alexnet_cmc", "--nce_k", "16", "--output_dir", str(tmp_path),
+                     "--run_name", "cls", "--classifiers", "--protocol", "cmc", "--epochs", "1"]
+    acc = train.main(argv + ["--layer", "3"])
+    path = tmp_path / "cls" / "amdim_cpt.pth"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["hyperparams"]["probe_layer"] == 3
+    assert ckpt["model"]["evaluator.linear.weight"].shape == (10, 384 * 5 ** 2)
+    capsys.readouterr()
+    assert run_entry_point(load_test_py().main, [str(path), "--dataset", "DIGITS", "--num_workers", "0",
+                                                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["top1_linear"], result["top5_linear"]) == (acc["top1_linear"], acc["top5_linear"])
+
+    saved = os.path.getmtime(path)
+    one_line_error(capsys, train.main, argv + ["--epochs", "2", "--layer", "2"], "--layer 2", "--layer 3")
+    one_line_error(capsys, train.main, argv + ["--epochs", "2", "--layer", "5"], "--layer 5", "--layer 3")
+    assert os.path.getmtime(path) == saved
+    base = DIGITS + ["--output_dir", str(tmp_path), "--classifiers", "--epochs", "1"]
+    one_line_error(capsys, train.main, base + ["--method", "cmc", "--arch", "alexnet_cmc", "--layer", "6"],
+                   "--layer 6", "choose one of 1, 2, 3, 4, 5")
+    one_line_error(capsys, train.main, base + ["--method", "moco", "--arch", "resnet18", "--layer", "2"],
+                   "--layer 2", "drop --layer")
+    with pytest.raises(SystemExit):
+        train.parse_args(DIGITS + ["--layer", "2"])
+    assert "add --classifiers" in capsys.readouterr().err

@@ -288,16 +288,33 @@ def test_seed_classifier_only_files_score_with_linear_classifier(tmp_path):
 
 def test_cmc_probe_file_attaches_to_the_cmc_encoder(tmp_path):
     path, probe_path = tmp_path / "ckpt_epoch_240.pth", tmp_path / "resnet18v2_layer6.pth"
-    cmc_file(path)
+    nets = cmc_file(path)
     weight = torch.randn(3, 1024)
     torch.save({"opt": argparse.Namespace(layer=6, model="resnet18v2"), "epoch": 60, "best_acc1": 50.0,
                 "classifier": {"classifier.LiniearClassifier.weight": weight,
                                "classifier.LiniearClassifier.bias": torch.ones(3)}, "optimizer": {}}, probe_path)
-    model = checkpoint.load_model(str(path))
+    model = checkpoint.load_model(str(path)).eval()
     load_test_py().attach_classifier(model, str(probe_path))
     assert model.hyperparams["protocol"] == "cmc" and model.hyperparams["n_classes"] == 3
     x = images(n=2)
     assert torch.allclose(model.classify(x)[0], F.linear(model.features(x), weight, torch.ones(3)), atol=1e-5)
+
+    # A --layer 3 probe (stage 2's maps of both halves average-pooled to 4 x 4 by LinearClassifierResNet) reads
+    # that layer: (128 + 128) * 4 * 4 inputs.
+    weight = torch.randn(3, 4096) * 0.01
+    torch.save({"opt": argparse.Namespace(layer=3, model="resnet18v2"), "epoch": 60, "best_acc1": 50.0,
+                "classifier": {"classifier.LiniearClassifier.weight": weight,
+                               "classifier.LiniearClassifier.bias": torch.zeros(3)}, "optimizer": {}}, probe_path)
+    load_test_py().attach_classifier(model, str(probe_path))
+    assert model.hyperparams["probe_layer"] == 3
+    hp = model.hyperparams
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (hp["rgb_mean"], hp["rgb_std"]))
+    lab = normalize_lab(rgb_to_lab((x * std + mean).clamp(0, 1)))
+    maps = []
+    for net, view in zip(nets, (lab[:, :1], lab[:, 1:])):
+        maps.append(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(view)))))))
+    seed = nn.AdaptiveAvgPool2d(4)(torch.cat(maps, dim=1)).flatten(1)
+    assert torch.allclose(model.classify(x)[0], F.linear(seed, weight), atol=1e-4)
 
 
 def test_encoder_only_seed_file_scores_with_knn_and_says_how_to_train_a_classifier(tmp_path, capsys):
