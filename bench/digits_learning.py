@@ -7,6 +7,11 @@ self-supervised encoder.
 
     .venv/bin/python bench/digits_learning.py [--methods amdim moco cmc swav deepclusterv2] [--seeds 1 2 3 4 5] [--ss_epochs N]
     .venv/bin/python bench/digits_learning.py --folder ../shared/data/cifar10-mini --methods cmc   # colour images
+    .venv/bin/python bench/digits_learning.py --folder ../shared/data/cifar10-mini --methods cmc --arch alexnet_cmc
+
+--arch trains every method on that encoder instead of the small AMDIM one (e.g. alexnet_cmc, CMC's own default).
+The random encoder is the method's own model untrained (for CMC its two halves reading L and ab); its kNN is
+test.py --knn on its classifier run's checkpoint.
 
 --folder runs the same check on an ImageFolder of 32 px images ({train,val}/<class>/*) instead: DIGITS is
 greyscale, where CMC's ab view is constant and its objective has nothing to learn from.
@@ -20,8 +25,9 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = ["--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1",
-         "--batch_size", "100", "--num_workers", "2", "--log_every", "100000", "--resume", "never"]
+SMALL_AMDIM = ["--arch", "amdim", "--ndf", "16", "--n_rkhs", "128", "--n_depth", "1"]
+CPT = "amdim_cpt.pth"
+RUN = ["--batch_size", "100", "--num_workers", "2", "--log_every", "100000", "--resume", "never"]
 # Each method's self-supervised flags beyond its defaults.
 # CMC: nce_k below DIGITS' 1500 training images. DIGITS is greyscale, so CMC's ab view is constant there: its
 # encoder can only learn what the L view alone lets the NCE tell apart (see docs/methods.md).
@@ -57,8 +63,8 @@ def data_flags(folder):
         ["--dataset", "FOLDER", "--input_dir", os.path.abspath(folder), "--image_size", "32"]
 
 
-def train(data, out, run_name, *extra):
-    subprocess.run([sys.executable, "train.py", *data, *MODEL, "--output_dir", out, "--run_name", run_name, *extra],
+def train(flags, out, run_name, *extra):
+    subprocess.run([sys.executable, "train.py", *flags, "--output_dir", out, "--run_name", run_name, *extra],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return last_record(os.path.join(out, run_name))
 
@@ -76,11 +82,13 @@ def main():
     p.add_argument("--ss_epochs", type=int, help="self-supervised epochs of every method (default: 30; SwAV 60)")
     p.add_argument("--cls_epochs", type=int, default=10)
     p.add_argument("--folder", help="an ImageFolder of 32 px images to use instead of DIGITS")
+    p.add_argument("--arch", help="every method's encoder instead of the small AMDIM one (e.g. alexnet_cmc)")
     args = p.parse_args()
     data = data_flags(args.folder)
-    print(f"config: {' '.join(data + MODEL)}; self-supervised {args.ss_epochs or 'per-method'} epochs, "
+    flags = data + (SMALL_AMDIM if args.arch is None else ["--arch", args.arch]) + RUN
+    print(f"config: {' '.join(flags)}; self-supervised {args.ss_epochs or 'per-method'} epochs, "
           f"classifiers {args.cls_epochs} epochs; top-1 % on the test split")
-    names = ["online lin", "online mlp", "SS enc lin", "SS enc mlp", "SS enc kNN", "rand lin", "rand mlp"]
+    names = ["online lin", "online mlp", "SS enc lin", "SS enc mlp", "SS enc kNN", "rand lin", "rand mlp", "rand kNN"]
     with tempfile.TemporaryDirectory() as out:
         for method in args.methods:
             ss_epochs = args.ss_epochs or SS_EPOCHS.get(method, 30)
@@ -90,13 +98,14 @@ def main():
             for seed in args.seeds:
                 s = ["--seed", str(seed)]
                 run = f"{method}{seed}"
-                ss = train(data, out, f"ss_{run}", *s, *METHOD_FLAGS[method], "--epochs", str(ss_epochs))
-                cpt = os.path.join(out, f"ss_{run}", "amdim_cpt.pth")
-                cls = train(data, out, f"cls_{run}", *s, "--classifiers", "--checkpoint_path", cpt,
+                ss = train(flags, out, f"ss_{run}", *s, *METHOD_FLAGS[method], "--epochs", str(ss_epochs))
+                cpt = os.path.join(out, f"ss_{run}", CPT)
+                cls = train(flags, out, f"cls_{run}", *s, "--classifiers", "--checkpoint_path", cpt,
                             "--epochs", str(args.cls_epochs))
-                rnd = train(data, out, f"rand_{run}", *s, "--classifiers", "--epochs", str(args.cls_epochs))
+                rnd = train(flags, out, f"rand_{run}", *s, *METHOD_FLAGS[method], "--classifiers",
+                            "--epochs", str(args.cls_epochs))
                 row = [ss["top1_linear"], ss["top1_mlp"], cls["top1_linear"], cls["top1_mlp"], knn(data, cpt),
-                       rnd["top1_linear"], rnd["top1_mlp"]]
+                       rnd["top1_linear"], rnd["top1_mlp"], knn(data, os.path.join(out, f"rand_{run}", CPT))]
                 rows.append(row)
                 print(f"{seed:>4} | " + " ".join(f"{v:10.2f}" for v in row), flush=True)
             cols = list(zip(*rows))

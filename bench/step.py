@@ -55,6 +55,9 @@ CONFIGS = {
     "cmc-amdim-small": ("cmc", 32, 64, ["--arch", "amdim", "--ndf", "32", "--n_rkhs", "256", "--n_depth", "1"]),
     "cmc-resnet18": ("cmc", 32, 64, ["--arch", "resnet18"]),
     "cmc-resnet50": ("cmc", 128, 32, ["--arch", "resnet50"]),
+    # CMC's own encoders (--arch alexnet_cmc, its default; resnet18v1: half-width stages per view).
+    "cmc-alexnet": ("cmc", 32, 64, ["--arch", "alexnet_cmc"]),
+    "cmc-resnet18v1": ("cmc", 32, 64, ["--arch", "resnet18v1"]),
     # SwAV with its multi-crop: the AMDIM encoder takes only 32 px, so its small crops are 32 px crops of small
     # areas; the ResNets take the defaults (2 x 32 + 4 x 16 px; 2 x 128 + 6 x 64 px). A full queue (3840, the
     # seed's batch-256 one) and unfrozen prototypes, so every part of the step runs.
@@ -77,6 +80,8 @@ CONFIGS = {
     "amdim-in128": ("amdim", 128, 120, ["--ndf", "192", "--n_rkhs", "1536", "--n_depth", "8"]),
     "moco-r50-128px": ("moco", 128, 128, ["--arch", "resnet50", "--mlp"]),
     "cmc-r50-128px": ("cmc", 128, 128, ["--arch", "resnet50"]),
+    "cmc-alexnet-128px": ("cmc", 128, 128, ["--arch", "alexnet_cmc"]),
+    "cmc-r50v2-128px": ("cmc", 128, 128, ["--arch", "resnet50v2"]),
     "swav-r50-2x224-6x96": ("swav", 128, 64, ["--arch", "resnet50", "--nmb_crops", "2", "6", "--size_crops", "224",
                                               "96", *SWAV_STATE]),
     "swav-r50-2x128-6x64": ("swav", 128, 64, ["--arch", "resnet50", "--nmb_crops", "2", "6", "--size_crops", "128",
@@ -84,8 +89,8 @@ CONFIGS = {
     "deepclusterv2-r50-2x128-6x64": ("deepclusterv2", 128, 64, ["--arch", "resnet50", "--nmb_crops", "2", "6",
                                                                 "--size_crops", "128", "64", *DC_STATE]),
 }
-GPU_CONFIGS = ["amdim-c10", "amdim-in128", "moco-r50-128px", "cmc-r50-128px", "swav-r50-2x224-6x96",
-               "swav-r50-2x128-6x64", "deepclusterv2-r50-2x128-6x64"]
+GPU_CONFIGS = ["amdim-c10", "amdim-in128", "moco-r50-128px", "cmc-r50-128px", "cmc-alexnet-128px", "cmc-r50v2-128px",
+               "swav-r50-2x224-6x96", "swav-r50-2x128-6x64", "deepclusterv2-r50-2x128-6x64"]
 MULTI_CROP = ("swav", "deepclusterv2")
 CPU_CONFIGS = [name for name in CONFIGS if name not in GPU_CONFIGS]
 # --dry-run: every config tiny (flag -> value; SwAV's crops a quarter of their size), at batch TINY_BATCH, so
