@@ -112,6 +112,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=positive,
                    help="default: the seed's (amdim 300, ImageNet/Places205 50; moco 200; classifiers 120, "
                         "ImageNet 30, Places205 15); LR milestones scale with it (--lr_decay_epochs sets them)")
+    p.add_argument("--updates", type=positive,
+                   help="instead of --epochs: the fewest whole epochs that hold this many updates (compare.py's "
+                        "--budget_updates)")
     p.add_argument("--lr_decay_epochs", type=hparams.epoch_list,
                    help="the epochs at which the learning rate decays, comma-separated (the seed CMC's flag: "
                         "120,160,200 with --epochs 240); step-decay schedules only (not --cos, not --method swav); "
@@ -167,6 +170,8 @@ def parse_args(argv=None):
     if args.protocol is not None and not args.classifiers:
         p.error(f"--protocol {args.protocol} is an evaluation protocol: add --classifiers (self-supervised runs "
                 f"train AMDIM's online classifiers)")
+    if args.updates is not None and args.epochs is not None:
+        p.error(f"--updates {args.updates} and --epochs {args.epochs} both set the run's length: give one of them")
     if args.layer is not None and not args.classifiers:
         p.error(f"--layer {args.layer} chooses the layer an evaluation classifier reads: add --classifiers")
     if args.subset and args.dataset not in ("IN128", "FOLDER", "PLACES205"):
@@ -274,9 +279,7 @@ def with_evaluation(args, hp, how):
     given = {"protocol": args.protocol, "probe_layer": args.layer}
     chosen = {"protocol": None if args.protocol == "amdim" else args.protocol,
               "probe_layer": checked_layer(args.layer, layers, hp)}
-    for key, flag in keys.items():
-        if own is None:
-            continue
+    for key, flag in keys.items() if own is not None else ():
         if given[key] is None:
             chosen[key] = own[key]
         elif chosen[key] != own[key]:
@@ -421,7 +424,8 @@ def setup(dist, args):
     # Each rank's share, len // world_size images, makes (len // world_size) // (batch_size // world_size) full
     # batches: the same number (nested floor divisions).
     updates_per_epoch = len(splits.train) // args.batch_size
-    epochs, milestones = phase.recipe(model.hyperparams).epochs_and_milestones(args.dataset, args.epochs,
+    wanted = args.epochs if args.updates is None else math.ceil(args.updates / updates_per_epoch)
+    epochs, milestones = phase.recipe(model.hyperparams).epochs_and_milestones(args.dataset, wanted,
                                                                               args.lr_decay_epochs)
     schedule = phase.schedule(model.hyperparams, args, epochs, milestones, updates_per_epoch)
     updates_left = max(0, epochs - cursor[phase.epoch_key]) * updates_per_epoch

@@ -208,6 +208,18 @@ def test_lr_decay_epochs_replace_the_scaled_milestones_as_the_seed_cmcs_later_co
     assert [r["lr"] for r in records if r.get("event") == "epoch"] == pytest.approx([0.1, 0.02, 0.004])
 
 
+def test_updates_trains_the_fewest_whole_epochs_holding_them(tmp_path, monkeypatch, capsys):
+    small_digits(monkeypatch)                     # 300 training images: 3 updates an epoch
+    train.main(TINY + ["--updates", "7", "--output_dir", str(tmp_path), "--run_name", "budget"])
+    with open(tmp_path / "budget" / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert records[0]["config"]["epochs"] == 3 == math.ceil(7 / 3)
+    assert [(r["epoch"], r["step"]) for r in records if r.get("event") == "epoch"] == [(1, 3), (2, 6), (3, 9)]
+    with pytest.raises(SystemExit):
+        train.parse_args(TINY + ["--updates", "7", "--epochs", "2"])
+    assert "--updates 7 and --epochs 2 both set the run's length" in capsys.readouterr().err
+
+
 def test_bn_refresh_uses_at_most_50_batches():
     m = checkpoint.build_model(dict(ndf=8, n_classes=10, n_rkhs=32, tclip=20.0, n_depth=1, encoder_size=32,
                                     use_bn=False))
