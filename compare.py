@@ -254,7 +254,7 @@ def read_records(run_dir):
 
 def run_step(job, name, script, argv, quiet, log_path):
     """Run `script argv` (train.py or test.py) for `job`; its output goes to log_path (and, unless quiet, to this
-    terminal). Returns its stdout's last line; on failure sets job.error to the run's one-line error."""
+    terminal). Returns its output's lines; None on failure, where job.error becomes the run's one-line error."""
     print(f"[compare] {job.method} seed {job.seed}: {name}", flush=True)
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     cmd = [sys.executable, os.path.join(ROOT, script), *argv]
@@ -263,20 +263,20 @@ def run_step(job, name, script, argv, quiet, log_path):
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))      # progress lines as they come
-        last = ""
+        lines = []
         for line in proc.stdout:
             log.write(line)
             if not quiet:
                 sys.stdout.write(line)
             if line.strip():
-                last = line.strip()
+                lines.append(line.strip())
         status = proc.wait()
     if status != 0:
-        message = re.sub(r"^(\S+: )?error: ", "", last)         # utils.run_main's and argparse's one line
+        message = re.sub(r"^(\S+: )?error: ", "", lines[-1] if lines else "")  # run_main's and argparse's one line
         job.error = f"{name}: {message or f'exit status {status}'}"
         print(f"[compare] {job.method} seed {job.seed}: failed: {job.error}", flush=True)
         return None
-    return last
+    return lines
 
 
 def calibrate(job):
@@ -313,11 +313,11 @@ def run_job(job):
             return
     knn_path = os.path.join(job.dir, "knn.json")
     if not os.path.exists(knn_path):
-        last = run_step(job, f"kNN (k {args.knn_k})", "test.py", job.knn_argv(), args.quiet,
-                        os.path.join(job.dir, "knn.log"))
-        if last is None:
+        lines = run_step(job, f"kNN (k {args.knn_k})", "test.py", job.knn_argv(), args.quiet,
+                         os.path.join(job.dir, "knn.log"))
+        if lines is None:
             return
-        write_json(knn_path, json.loads(last))
+        write_json(knn_path, json.loads(next(line for line in reversed(lines) if line.startswith("{"))))
     for protocol in ("amdim", *args.protocols):
         run_dir = os.path.join(job.dir, f"cls_{protocol}")
         if not run_finished(run_dir):

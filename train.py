@@ -114,7 +114,7 @@ def parse_args(argv=None):
                         "ImageNet 30, Places205 15); LR milestones scale with it (--lr_decay_epochs sets them)")
     p.add_argument("--updates", type=positive,
                    help="instead of --epochs: the fewest whole epochs that hold this many updates (compare.py's "
-                        "--budget_updates)")
+                        "--budget_updates); default: none, --epochs sets the run's length")
     p.add_argument("--lr_decay_epochs", type=hparams.epoch_list,
                    help="the epochs at which the learning rate decays, comma-separated (the seed CMC's flag: "
                         "120,160,200 with --epochs 240); step-decay schedules only (not --cos, not --method swav); "
