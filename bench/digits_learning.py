@@ -38,10 +38,8 @@ RUN = ["--batch_size", "100", "--num_workers", "2", "--log_every", "100000", "--
 # DeepCluster-v2 (set for --folder cifar10-mini, where its check runs): SwAV's crops and head; three heads of 300
 # clusters (~17 images a cluster, solo-learn's CIFAR ratio: 3000 for 50,000); the seed's rates (4.8 and 0.0048 for
 # a batch of 4096) scaled linearly to the batch of 100, without warm-up; prototypes never trained (the seed's
-# default: k-means sets them each epoch). The encoder's kNN on cifar10-mini, seed 2, 30 epochs, against the random
-# encoder's 28.3: 30 clusters at rate 0.6 (solo-learn's for 256, unscaled) 24.0; 300 clusters at 0.6 26.8 (26.4 after
-# 60 epochs); at 0.23 32.5 and at 0.12 32.3 (online linear 31.7 and 34.2); at 0.6 with crops of area 0.08-1
-# instead of 0.3-1, 25.0.
+# default: k-means sets them each epoch). With the unscaled 0.6 or 3 x 30 clusters its kNN stayed below the random
+# encoder's (the tuning runs: docs/benchmarks.md, "DeepCluster-v2 learning check on cifar10-mini").
 METHOD_FLAGS = {"amdim": ["--warmup_updates", "50"], "moco": ["--method", "moco"],
                 "cmc": ["--method", "cmc", "--nce_k", "1024"],
                 "swav": ["--method", "swav", "--nmb_prototypes", "30", "--queue_length", "300",
